@@ -1,0 +1,86 @@
+"""Train expert trajectories (SPEC section 3) and write them as a PTM-ST buffer.
+
+    python buffer.py                                  # built-in synthetic dataset, CPU-sized
+    python buffer.py --dataset flickr --image_encoder nfnet --text_encoder bert --image_trainable \
+        --num_experts 20 --train_epochs 10 --buffer_path buffer
+
+Processes sharing a --buffer_path (torchrun ranks, several shells) train disjoint experts; a rerun
+after a kill trains only the experts still missing. --num_experts is the total wanted.
+"""
+import argparse
+import os
+import sys
+
+from distill_utils import cli_args
+from distill_utils.data import load_split, load_train, prepare
+from distill_utils.errors import UserError, cli_main
+from distill_utils.experts import train_expert
+from distill_utils.io import ensure_writable_dir
+from distill_utils.run_log import RunLog
+from distill_utils.trajectories import FORMAT, buffer_dir, claim_index, save_pair, write_manifest
+from networks.dual_encoder import NetConfig, NetworkFactory
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_args.add_data_args(p)
+    cli_args.add_network_args(p)
+    g = p.add_argument_group("experts")
+    g.add_argument("--num_experts", type=int, default=5, help="experts wanted in the buffer directory (default: 5)")
+    g.add_argument("--train_epochs", type=int, default=10, help="epochs per expert (default: 10)")
+    g.add_argument("--buffer_path", default="buffer", help="root of the buffers (default: buffer)")
+    g.add_argument("--lr_teacher_img", type=float, default=0.1, help="expert SGD lr, img params (default: 0.1)")
+    g.add_argument("--lr_teacher_txt", type=float, default=0.1, help="expert SGD lr, txt params (default: 0.1)")
+    g.add_argument("--mom", type=float, default=0.0, help="expert SGD momentum (default: 0)")
+    g.add_argument("--l2", type=float, default=0.0, help="expert SGD weight decay (default: 0)")
+    g.add_argument("--batch_train", type=int, default=128, help="real pairs per expert batch (default: 128)")
+    g.add_argument("--eval_freq", type=int, default=5, help="report test retrieval every N epochs (default: 5)")
+    cli_args.add_loss_arg(p, "InfoNCE")
+    cli_args.add_runtime_args(p)
+    return p
+
+
+def manifest_for(args, net):
+    return {"format": FORMAT, "kind": "normal", "dataset": args.dataset, "image_encoder": args.image_encoder,
+            "text_encoder": args.text_encoder, "image_size": args.image_size, "image_trainable": args.image_trainable,
+            "out_embedding": args.out_embedding, "loss_type": args.loss_type, "train_epochs": args.train_epochs,
+            "timestamps": args.train_epochs + 1, "img_params": net.img_layout.describe(),
+            "txt_params": net.txt_layout.describe(), "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+
+
+def local_device(args):
+    """Under torchrun, each rank takes its own GPU."""
+    rank = os.environ.get("LOCAL_RANK")
+    if rank is not None and args.device.type == "cuda" and args.device.index is None:
+        args.device = cli_args.torch.device("cuda", int(rank))
+
+
+@cli_main
+def main(argv=None):
+    args = cli_args.finalize(make_parser().parse_args(argv))
+    cli_args.positive(args, "num_experts", "train_epochs", "batch_train", "eval_freq", "lr_teacher_img", "lr_teacher_txt")
+    if args.mom < 0 or args.l2 < 0:
+        raise UserError("--mom and --l2 must be >= 0")
+    local_device(args)
+    save_dir = ensure_writable_dir(buffer_dir(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder,
+                                              args.loss_type), "--buffer_path")
+    prepare(args)
+    train, test = load_train(args), load_split(args, "test")
+    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
+                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
+    log = RunLog(save_dir, vars(args) | {"device": str(args.device)}, args.wandb, name=f"buffer_{args.dataset}")
+    first = True
+    while (n := claim_index(save_dir, args.num_experts)) is not None:
+        net = factory.build(seed=args.seed * 100003 + n, device=args.device)
+        if first:
+            write_manifest(save_dir, manifest_for(args, net))
+        img, txt = train_expert(net, train, test, args, args.seed * 100003 + n, log, expert_id=n, eval_untrained=first)
+        save_pair(save_dir, n, [img], [txt])
+        print(f"saved expert {n} -> {save_dir}", flush=True)
+        first = False
+    log.close()
+    print(f"buffer complete: {args.num_experts} experts in {save_dir}")
+
+
+if __name__ == "__main__":
+    main()

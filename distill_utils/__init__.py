@@ -1,0 +1,1 @@
+"""Data, trajectories, shortcut trajectories, losses, matching, EMA, metrics, evaluation."""

@@ -1,0 +1,107 @@
+"""Image-text retrieval datasets in the BLIP/Karpathy JSON layout (SPEC section 1).
+
+Train file: [{"image": rel_path, "caption": str}, ...] (one entry per pair).
+Val/test file: [{"image": rel_path, "caption": [str, ...]}, ...] (one entry per image).
+"""
+import os
+from dataclasses import dataclass
+
+import torch
+
+from .captions import pre_caption
+from .errors import UserError
+from .io import load_json
+
+
+@dataclass(frozen=True)
+class Layout:
+    train: str
+    val: str
+    test: str
+    image_dir: str
+
+
+LAYOUTS = {
+    "flickr": Layout("flickr30k_train.json", "flickr30k_val.json", "flickr30k_test.json", "Flickr30k"),
+    "coco": Layout("coco_karpathy_train.json", "coco_karpathy_val.json", "coco_karpathy_test.json", "COCO"),
+    "cc3m": Layout("cc3m_captions_train.json", "cc3m_captions_val.json", "cc3m_captions_test.json", "CC3M"),
+    "synthetic": Layout("synthetic_train.json", "synthetic_val.json", "synthetic_test.json", "synthetic"),
+}
+
+
+def default_roots(dataset):
+    """(image_root, ann_root) where the paper's README puts the data."""
+    if dataset == "synthetic":
+        return "data/synthetic", "data/synthetic"
+    return os.path.join("distill_utils", "data", LAYOUTS[dataset].image_dir), os.path.join("data", "Annotation")
+
+
+@dataclass
+class TrainPairs:
+    """One entry per (image, caption) pair; several pairs may share an image."""
+    name: str
+    image_paths: list
+    captions: list
+
+    def __len__(self):
+        return len(self.captions)
+
+
+@dataclass
+class RetrievalSplit:
+    """Images, their captions and the maps between them (txt2img: LongTensor, img2txt: lists)."""
+    name: str
+    image_paths: list
+    texts: list
+    txt2img: torch.Tensor
+    img2txt: list
+
+
+def _annotation(dataset, split, ann_root):
+    filename = getattr(LAYOUTS[dataset], split)
+    path = os.path.join(ann_root, filename)
+    entries = load_json(path, what="annotation file")
+    if not isinstance(entries, list) or not entries:
+        raise UserError(f"annotation file {path}: expected a non-empty JSON list of entries")
+    return path, entries
+
+
+def _check_entry(path, i, entry, caption_type):
+    if not isinstance(entry, dict) or not isinstance(entry.get("image"), str):
+        raise UserError(f"annotation file {path}: entry {i} has no string 'image' field")
+    caption = entry.get("caption")
+    if caption_type is str and not isinstance(caption, str):
+        raise UserError(f"annotation file {path}: entry {i}: 'caption' must be a string in a train file")
+    if caption_type is list and not (isinstance(caption, list) and caption and all(isinstance(c, str) for c in caption)):
+        raise UserError(f"annotation file {path}: entry {i}: 'caption' must be a non-empty list of strings")
+
+
+def load_train_pairs(dataset, ann_root, image_root, max_words=30):
+    path, entries = _annotation(dataset, "train", ann_root)
+    for i, entry in enumerate(entries):
+        _check_entry(path, i, entry, str)
+    return TrainPairs(
+        name=f"{dataset}_train",
+        image_paths=[os.path.join(image_root, e["image"]) for e in entries],
+        captions=[pre_caption(e["caption"], max_words) for e in entries],
+    )
+
+
+def load_retrieval_split(dataset, split, ann_root, image_root, max_words=30):
+    path, entries = _annotation(dataset, split, ann_root)
+    image_paths, texts, txt2img, img2txt = [], [], [], []
+    for img_id, entry in enumerate(entries):
+        _check_entry(path, img_id, entry, list)
+        image_paths.append(os.path.join(image_root, entry["image"]))
+        img2txt.append(list(range(len(texts), len(texts) + len(entry["caption"]))))
+        for caption in entry["caption"]:
+            texts.append(pre_caption(caption, max_words))
+            txt2img.append(img_id)
+    return RetrievalSplit(f"{dataset}_{split}", image_paths, texts, torch.tensor(txt2img), img2txt)
+
+
+def check_images_exist(paths, flag="--image_root"):
+    """Fail early, with one line, if any image file is missing."""
+    for path in dict.fromkeys(paths):
+        if not os.path.isfile(path):
+            raise UserError(f"image file {path} is missing (check {flag})")

@@ -1,0 +1,89 @@
+"""Decoded, resized, normalised images: in memory for small sets, streamed for large ones."""
+import torch
+from PIL import Image, UnidentifiedImageError
+from torch.utils.data import DataLoader, Dataset
+from torchvision import transforms
+from torchvision.transforms import InterpolationMode
+from tqdm import tqdm
+
+from .errors import UserError
+
+# CLIP's normalisation, as in BLIP/LoRS/PTM-ST.
+MEAN = (0.48145466, 0.4578275, 0.40821073)
+STD = (0.26862954, 0.26130258, 0.27577711)
+IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
+
+
+def read_image(path, image_size):
+    """Decode and resize one image to a uint8 tensor [3, S, S]."""
+    try:
+        with Image.open(path) as img:
+            img = img.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
+    except FileNotFoundError:
+        raise UserError(f"image file {path} is missing") from None
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"image file {path} is unreadable ({type(err).__name__})") from None
+    return transforms.functional.pil_to_tensor(img)
+
+
+def normalize(uint8_images):
+    """uint8 [..., 3, H, W] -> float, CLIP-normalised."""
+    x = uint8_images.float().div_(255.0)
+    mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=x.device).view(3, 1, 1)
+    return (x - mean) / std
+
+
+def denormalize(images):
+    """Inverse of `normalize` (to [0, 1], for drawing)."""
+    mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
+    std = torch.tensor(STD, device=images.device).view(3, 1, 1)
+    return (images * std + mean).clamp(0, 1)
+
+
+class _PathDataset(Dataset):
+    def __init__(self, paths, image_size):
+        self.paths, self.image_size = paths, image_size
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, i):
+        return read_image(self.paths[i], self.image_size), i
+
+
+class ImageStore:
+    """Images addressed by pair index. Each distinct file is decoded once when kept in memory."""
+
+    def __init__(self, paths, image_size, in_memory=None, workers=0):
+        self.paths, self.image_size, self.workers = list(paths), image_size, workers
+        unique = list(dict.fromkeys(self.paths))
+        self._slot = torch.tensor([{p: k for k, p in enumerate(unique)}[p] for p in self.paths])
+        if in_memory is None:
+            in_memory = len(unique) * 3 * image_size * image_size <= IN_MEMORY_LIMIT_BYTES
+        self.pixels = None
+        if in_memory:
+            loader = DataLoader(_PathDataset(unique, image_size), batch_size=64, num_workers=workers)
+            chunks = [imgs for imgs, _ in tqdm(loader, desc="decoding images", leave=False, disable=len(unique) < 2000)]
+            self.pixels = torch.cat(chunks)
+
+    def __len__(self):
+        return len(self.paths)
+
+    def get(self, indices):
+        """Normalised images [B, 3, S, S] for pair indices (a LongTensor)."""
+        if self.pixels is not None:
+            return normalize(self.pixels[self._slot[indices]])
+        return normalize(torch.stack([read_image(self.paths[i], self.image_size) for i in indices.tolist()]))
+
+    def batches(self, order, batch_size):
+        """Yield (images, indices) over `order` in chunks; streams through worker processes when not in memory."""
+        chunks = torch.split(order, batch_size)
+        if self.pixels is not None or self.workers == 0:
+            for idx in chunks:
+                yield self.get(idx), idx
+            return
+        loader = DataLoader(_PathDataset(self.paths, self.image_size), batch_sampler=[c.tolist() for c in chunks],
+                            num_workers=self.workers, persistent_workers=False)
+        for imgs, idx in loader:
+            yield normalize(imgs), idx

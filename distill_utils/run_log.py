@@ -1,0 +1,29 @@
+"""Metrics to stdout, to <run_dir>/metrics.jsonl (appended, so resumed runs keep their history) and,
+optionally, to Weights & Biases."""
+import json
+import os
+import time
+
+
+class RunLog:
+    def __init__(self, run_dir, config=None, wandb_mode="disabled", name=None, project="ptm-st"):
+        self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
+        self.wandb = None
+        if wandb_mode != "disabled":
+            import wandb  # optional: only imported when asked for
+            self.wandb = wandb.init(project=project, name=name, config=config, mode=wandb_mode,
+                                    dir=run_dir, resume="allow")
+
+    def log(self, record, step=None, echo=None):
+        record = {"time": round(time.time(), 3), **({"step": step} if step is not None else {}), **record}
+        if self.path:
+            with open(self.path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+        if self.wandb is not None:
+            self.wandb.log({k: v for k, v in record.items() if isinstance(v, (int, float))}, step=step)
+        if echo:
+            print(echo, flush=True)
+
+    def close(self):
+        if self.wandb is not None:
+            self.wandb.finish()

@@ -1,0 +1,67 @@
+"""Training a dual encoder from external flat parameters: the one code path for experts,
+distillation students and evaluation students."""
+from dataclasses import dataclass
+
+import torch
+
+from .losses import contrastive_loss
+from .metrics import retrieval_metrics
+
+
+class Student:
+    """A network plus a loss, evaluated at given (img_flat, txt_flat) parameters."""
+
+    def __init__(self, net, loss_type):
+        self.net, self.loss_type = net, loss_type
+        self.criterion = contrastive_loss(loss_type)
+
+    def loss(self, img_flat, txt_flat, images, texts, targets):
+        return self.criterion(self.net.logits(images, texts, img_flat, txt_flat), targets)
+
+    def grads(self, img_flat, txt_flat, images, texts, targets, create_graph=False):
+        """(loss, d loss / d img_flat, d loss / d txt_flat) at the given parameters."""
+        loss = self.loss(img_flat, txt_flat, images, texts, targets)
+        g_img, g_txt = torch.autograd.grad(loss, (img_flat, txt_flat), create_graph=create_graph)
+        return loss, g_img, g_txt
+
+
+def make_sgd(img_flat, txt_flat, lr_img, lr_txt, momentum, weight_decay):
+    return torch.optim.SGD([{"params": [img_flat], "lr": lr_img}, {"params": [txt_flat], "lr": lr_txt}],
+                           lr=lr_img, momentum=momentum, weight_decay=weight_decay)
+
+
+def train_epoch(student, img_flat, txt_flat, optimizer, batches):
+    """One pass of SGD over `batches` of (images, text features, target matrix); returns the mean loss."""
+    student.net.train()
+    total, count = 0.0, 0
+    for images, texts, targets in batches:
+        optimizer.zero_grad(set_to_none=True)
+        loss = student.loss(img_flat, txt_flat, images, texts, targets)
+        loss.backward()
+        optimizer.step()
+        total, count = total + loss.item() * len(images), count + len(images)
+    return total / max(count, 1)
+
+
+@dataclass
+class RetrievalData:
+    """A val/test split ready for scoring: its image store, text features and text -> image map."""
+    images: object
+    text_features: torch.Tensor
+    txt2img: torch.Tensor
+
+
+@torch.no_grad()
+def embed_split(net, img_flat, txt_flat, data, device, batch_size=256):
+    was_training = net.training
+    net.eval()
+    order = torch.arange(len(data.images))
+    img = torch.cat([net.embed_images(x.to(device), img_flat) for x, _ in data.images.batches(order, batch_size)])
+    txt = torch.cat([net.embed_texts(t.to(device), txt_flat) for t in torch.split(data.text_features, 4096)])
+    net.train(was_training)
+    return img, txt
+
+
+def evaluate_retrieval(net, img_flat, txt_flat, data, device, batch_size=256):
+    img, txt = embed_split(net, img_flat, txt_flat, data, device, batch_size)
+    return retrieval_metrics(img @ txt.t(), data.txt2img)

@@ -1,0 +1,76 @@
+"""Distilled subsets on disk: the published format (`image`, `text`, `similarity_params`,
+`similarity_mat`, `syn_lr_img`, `syn_lr_txt`) plus, in ours, a `config` dict describing the phase
+and the network it was distilled for."""
+from dataclasses import dataclass, field
+
+import torch
+
+from .errors import UserError
+from .io import load_torch, save_torch
+
+REQUIRED = ("image", "text", "syn_lr_img", "syn_lr_txt")
+
+
+@dataclass
+class DistilledSubset:
+    image: torch.Tensor       # [N, 3, H, W], normalised pixels
+    text: torch.Tensor        # [N, D], text-encoder features
+    similarity: torch.Tensor  # [N, N], soft targets
+    lr_img: float
+    lr_txt: float
+    similarity_params: list = field(default_factory=list)
+    config: dict = field(default_factory=dict)
+
+    def __len__(self):
+        return len(self.image)
+
+
+def _as_tensor(value, path, key):
+    if isinstance(value, (int, float)):
+        return torch.tensor(float(value))
+    if isinstance(value, list):
+        try:
+            return torch.tensor(value, dtype=torch.float32)
+        except (TypeError, ValueError):
+            pass
+    if not torch.is_tensor(value):
+        raise UserError(f"distilled file {path}: '{key}' is not a tensor")
+    return value.float()
+
+
+def _matrix_from_params(params, path):
+    if len(params) == 1:
+        return params[0]
+    if len(params) == 3:  # low rank, LoRS default alpha = 1
+        a, left, right = params
+        return torch.diag(a) + left @ right.t() / left.shape[1]
+    raise UserError(f"distilled file {path}: 'similarity_params' must hold 1 (full) or 3 (lowrank) tensors")
+
+
+def load_subset(path):
+    obj = load_torch(path, what="distilled file")
+    if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED):
+        missing = [k for k in REQUIRED if not isinstance(obj, dict) or k not in obj]
+        raise UserError(f"distilled file {path}: missing {', '.join(missing)} (not a distilled subset)")
+    image, text = _as_tensor(obj["image"], path, "image"), _as_tensor(obj["text"], path, "text")
+    params = [_as_tensor(p, path, "similarity_params") for p in obj.get("similarity_params") or []]
+    if "similarity_mat" in obj and obj["similarity_mat"] is not None:
+        sim = _as_tensor(obj["similarity_mat"], path, "similarity_mat")
+    elif params:
+        sim = _matrix_from_params(params, path)
+    else:
+        sim = torch.eye(len(image))
+    n = len(image)
+    if image.dim() != 4 or image.shape[1] != 3 or text.dim() != 2 or len(text) != n or tuple(sim.shape) != (n, n):
+        raise UserError(f"distilled file {path}: inconsistent shapes image {tuple(image.shape)}, text "
+                        f"{tuple(text.shape)}, similarity {tuple(sim.shape)} (want [N,3,H,W], [N,D], [N,N])")
+    return DistilledSubset(image, text, sim, float(_as_tensor(obj["syn_lr_img"], path, "syn_lr_img")),
+                           float(_as_tensor(obj["syn_lr_txt"], path, "syn_lr_txt")), params, dict(obj.get("config") or {}))
+
+
+def save_subset(subset, path):
+    save_torch({"image": subset.image.detach().cpu(), "text": subset.text.detach().cpu(),
+                "similarity_params": [p.detach().cpu() for p in subset.similarity_params],
+                "similarity_mat": subset.similarity.detach().cpu(),
+                "syn_lr_img": torch.tensor(float(subset.lr_img)), "syn_lr_txt": torch.tensor(float(subset.lr_txt)),
+                "config": subset.config}, path)

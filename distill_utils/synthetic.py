@@ -1,0 +1,186 @@
+"""The built-in `synthetic` dataset: procedurally drawn shapes with compositional captions.
+
+Every image shows one or more shapes (colour, shape, size, position) on a coloured background;
+its captions name all attributes, in several paraphrases, so that no single word identifies
+an image and retrieval needs the whole sentence. Written to disk in the Karpathy layout and
+read through the same loader as Flickr30k. Deterministic for a given seed.
+
+    python -m distill_utils.synthetic --out data/synthetic --seed 0
+"""
+import argparse
+import itertools
+import json
+import os
+import random
+import re
+import shutil
+
+from PIL import Image, ImageDraw
+
+from .errors import UserError, cli_main
+from .io import save_json
+
+COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220), "yellow": (240, 210, 30),
+           "purple": (148, 60, 189), "orange": (255, 127, 14), "white": (245, 245, 245), "black": (15, 15, 15)}
+BACKGROUNDS = {"grey": (128, 128, 128), "navy": (25, 30, 75), "sand": (215, 195, 150), "mint": (170, 225, 200)}
+SHAPES = ("circle", "square", "triangle", "cross", "diamond")
+SIZES = {"small": 0.11, "large": 0.2}  # radius as a fraction of the canvas
+POSITIONS = {"left": (0.27, 0.5), "right": (0.73, 0.5), "top": (0.5, 0.27), "bottom": (0.5, 0.73), "centre": (0.5, 0.5)}
+
+# Paraphrase vocabulary: each attribute value has several wordings.
+WORDS = {
+    "small": ["small", "little", "tiny"], "large": ["large", "big", "huge"],
+    "circle": ["circle", "disc"], "square": ["square", "block"], "triangle": ["triangle"],
+    "cross": ["cross", "plus sign"], "diamond": ["diamond", "rhombus"],
+    "left": ["on the left", "at the left side", "in the left half"],
+    "right": ["on the right", "at the right side", "in the right half"],
+    "top": ["at the top", "near the top edge", "in the upper part"],
+    "bottom": ["at the bottom", "near the bottom edge", "in the lower part"],
+    "centre": ["in the centre", "in the middle"],
+    "grey": ["grey", "gray"], "navy": ["navy"], "sand": ["sand", "beige"], "mint": ["mint"],
+}
+OBJECT_TEMPLATES = ["a {size} {colour} {shape} {where}", "a {colour} {shape} that is {size}, {where}"]
+_ARTICLE = re.compile(r"\ba (?=[aeiou])")
+SCENE_TEMPLATES = ["{objects} on a {bg} background", "there is {objects}; the background is {bg}",
+                   "a {bg} picture showing {objects}", "{bg} backdrop with {objects}",
+                   "an image of {objects} over {bg}"]
+VERSION = 1
+
+
+def _all_scenes(max_objects):
+    """Every scene: (background, ((colour, shape, size, position), ...)) with distinct positions."""
+    objects = list(itertools.product(COLOURS, SHAPES, SIZES))
+    scenes = []
+    for n in range(1, max_objects + 1):
+        for positions in itertools.combinations(POSITIONS, n):
+            for attrs in itertools.product(objects, repeat=n):
+                for bg in BACKGROUNDS:
+                    scenes.append((bg, tuple(a + (p,) for a, p in zip(attrs, positions))))
+    return scenes
+
+
+def caption(scene, rng):
+    bg, objects = scene
+    phrases = [rng.choice(OBJECT_TEMPLATES).format(size=rng.choice(WORDS[size]), colour=colour,
+                                                   shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
+               for colour, shape, size, pos in objects]
+    text = rng.choice(SCENE_TEMPLATES).format(objects=" and ".join(phrases), bg=rng.choice(WORDS[bg]))
+    return _ARTICLE.sub("an ", text)
+
+
+def _polygon(shape, cx, cy, r, angle):
+    import math
+    if shape == "square":
+        corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
+        pts = [(x * 0.8, y * 0.8) for x, y in corners]
+    elif shape == "triangle":
+        pts = [(math.cos(a), math.sin(a)) for a in (-math.pi / 2, math.pi / 6, 5 * math.pi / 6)]
+    elif shape == "diamond":
+        pts = [(0, -1), (0.7, 0), (0, 1), (-0.7, 0)]
+    else:  # cross
+        w = 0.33
+        pts = [(-w, -1), (w, -1), (w, -w), (1, -w), (1, w), (w, w), (w, 1), (-w, 1), (-w, w), (-1, w), (-1, -w), (-w, -w)]
+    c, s = math.cos(angle), math.sin(angle)
+    return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
+
+
+def draw(scene, px, rng, supersample=4):
+    """Render a scene at `px` x `px` (drawn larger, then downsampled for smooth edges)."""
+    bg, objects = scene
+    size = px * supersample
+    img = Image.new("RGB", (size, size), BACKGROUNDS[bg])
+    pen = ImageDraw.Draw(img)
+    for colour, shape, size_name, pos in objects:
+        cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in POSITIONS[pos])
+        r = SIZES[size_name] * rng.uniform(0.9, 1.1) * size
+        if shape == "circle":
+            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[colour])
+        else:
+            pen.polygon(_polygon(shape, cx, cy, r, rng.uniform(-0.3, 0.3)), fill=COLOURS[colour])
+    return img.resize((px, px), Image.LANCZOS)
+
+
+def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng):
+    entries = []
+    for k, scene in enumerate(scenes):
+        rel = f"images/{split}_{k:05d}.png"
+        draw(scene, px, rng).save(os.path.join(out_dir, rel), compress_level=6)
+        caps = [caption(scene, rng) for _ in range(captions_per_image)]
+        entries += [{"image": rel, "caption": c} for c in caps] if per_entry else [{"image": rel, "caption": caps}]
+    with open(os.path.join(out_dir, f"synthetic_{split}.json"), "w") as f:
+        json.dump(entries, f, indent=0)
+
+
+def generate(out_dir, seed=0, train_images=1000, test_images=200, val_images=None, captions_per_train_image=2,
+             captions_per_test_image=5, image_px=64, max_objects=1):
+    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct."""
+    val_images = test_images if val_images is None else val_images
+    rng = random.Random(seed)
+    scenes = _all_scenes(max_objects)
+    if val_images + test_images > len(scenes):
+        raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} distinct scenes")
+    held_out = rng.sample(scenes, val_images + test_images)
+    train = [rng.choice(scenes) for _ in range(train_images)]
+    os.makedirs(os.path.join(out_dir, "images"))
+    _write_split(out_dir, "train", train, captions_per_train_image, True, image_px, rng)
+    _write_split(out_dir, "val", held_out[:val_images], captions_per_test_image, False, image_px, rng)
+    _write_split(out_dir, "test", held_out[val_images:], captions_per_test_image, False, image_px, rng)
+
+
+def ensure_synthetic(root, **params):
+    """Generate the dataset at `root` unless it is already there with the same parameters."""
+    meta = {"generator": "ptm-st synthetic", "version": VERSION, **params}
+    meta_path = os.path.join(root, "synthetic_meta.json")
+    if os.path.isfile(meta_path):
+        with open(meta_path) as f:
+            found = json.load(f)
+        if found != meta:
+            diff = {k: (found.get(k), v) for k, v in meta.items() if found.get(k) != v}
+            raise UserError(f"{root} holds a synthetic dataset generated with other settings {diff} "
+                            "(found, wanted); pass another --ann_root/--image_root or delete it")
+        return root
+    if os.path.isdir(root) and os.listdir(root):
+        raise UserError(f"{root} exists and is not a synthetic dataset directory (no synthetic_meta.json)")
+    parent = os.path.dirname(os.path.abspath(root))
+    os.makedirs(parent, exist_ok=True)
+    tmp = os.path.join(parent, f".{os.path.basename(root)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        generate(tmp, **params)
+        save_json(meta, os.path.join(tmp, "synthetic_meta.json"))
+        if os.path.isdir(root):
+            os.rmdir(root)
+        os.rename(tmp, root)
+    except OSError:
+        if not os.path.isfile(meta_path):  # not a concurrent writer that finished first
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
+@cli_main
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default="data/synthetic", help="output directory (created; must not hold other data)")
+    p.add_argument("--seed", type=int, default=0, help="generator seed: same seed, same dataset")
+    p.add_argument("--train_images", type=int, default=1000, help="train images")
+    p.add_argument("--captions_per_train_image", type=int, default=2, help="train pairs per image")
+    p.add_argument("--test_images", type=int, default=200, help="test images (5 captions each)")
+    p.add_argument("--val_images", type=int, default=200, help="val images (5 captions each)")
+    p.add_argument("--image_px", type=int, default=64, help="side of the written PNGs")
+    p.add_argument("--max_objects", type=int, default=1, help="shapes per image, 1 to 5")
+    a = p.parse_args(argv)
+    if not 1 <= a.max_objects <= len(POSITIONS):
+        raise UserError(f"--max_objects {a.max_objects}: expected 1 to {len(POSITIONS)}")
+    for flag in ("train_images", "test_images", "val_images", "captions_per_train_image", "image_px"):
+        if getattr(a, flag) < 1:
+            raise UserError(f"--{flag} {getattr(a, flag)}: expected a positive integer")
+    ensure_synthetic(a.out, seed=a.seed, train_images=a.train_images, test_images=a.test_images,
+                     val_images=a.val_images, captions_per_train_image=a.captions_per_train_image,
+                     image_px=a.image_px, max_objects=a.max_objects)
+    print(f"synthetic dataset in {a.out}")
+
+
+if __name__ == "__main__":
+    main()

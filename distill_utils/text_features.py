@@ -1,0 +1,45 @@
+"""Frozen text features, computed once per (caption list, encoder) and cached on disk.
+
+The cache key holds a hash of the normalised captions and a fingerprint of the encoder's
+files, so an edited caption file or a different checkpoint is recomputed, never reused.
+"""
+import hashlib
+import os
+import re
+
+import torch
+from tqdm import tqdm
+
+from networks.text_encoders import build_text_encoder, fingerprint
+from .io import load_torch, save_torch
+
+
+def captions_digest(texts):
+    return hashlib.sha256("\n".join(texts).encode()).hexdigest()
+
+
+def cache_path(cache_dir, tag, encoder_spec):
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(encoder_spec.rstrip("/")))[:40]
+    return os.path.join(cache_dir, "text_features", f"{tag}__{slug}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt")
+
+
+def encode_texts(encoder, texts, batch_size=256):
+    chunks = [encoder.encode(texts[i:i + batch_size])
+              for i in tqdm(range(0, len(texts), batch_size), desc="text features", leave=False)]
+    return torch.cat(chunks)
+
+
+def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=None):
+    """Features [len(texts), D] (float32, CPU) for `texts`, from the cache when it is valid."""
+    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec)}
+    path = cache_path(cache_dir, tag, encoder_spec)
+    if os.path.isfile(path):
+        cached = load_torch(path, what="text feature cache")
+        if isinstance(cached, dict) and cached.get("key") == key:
+            return cached["features"]
+        print(f"text feature cache {path} is stale (captions or encoder changed): recomputing")
+    encoder = encoder or build_text_encoder(encoder_spec, device)
+    features = encode_texts(encoder, texts)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    save_torch({"key": key, "features": features}, path)
+    return features

@@ -1,0 +1,215 @@
+"""Expert trajectory buffers (SPEC section 3), compatible with the published PTM-ST buffers.
+
+<buffer_path>/<dataset>/<image_encoder>_<text_encoder>/<loss_type>/normal/ holds pairs
+img_replay_buffer_<n>.pt / txt_replay_buffer_<n>.pt. Each file is a list of experts; an expert
+is a list of timestamps; a timestamp is a list of parameter tensors in module.parameters()
+order. manifest.json beside them records how they were made; published buffers have none.
+"""
+import os
+import re
+import socket
+import time
+
+import torch
+
+from .errors import UserError
+from .io import atomic_path, dump_json, load_json, load_torch, save_torch
+
+MANIFEST = "manifest.json"
+FORMAT = "ptm-st-buffer/1"
+_FILE = re.compile(r"^(img|txt)_replay_buffer_(\d+)\.pt$")
+# Manifest fields that must agree between writers of one directory and with a reader's network.
+IDENTITY_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable",
+                   "out_embedding", "loss_type", "img_params", "txt_params", "train_epochs")
+
+
+def slug(name):
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(str(name).rstrip("/")))
+
+
+def buffer_dir(buffer_path, dataset, image_encoder, text_encoder, loss_type):
+    return os.path.join(buffer_path, dataset, f"{slug(image_encoder)}_{slug(text_encoder)}", loss_type, "normal")
+
+
+def pair_paths(directory, n):
+    return (os.path.join(directory, f"img_replay_buffer_{n}.pt"), os.path.join(directory, f"txt_replay_buffer_{n}.pt"))
+
+
+def list_pairs(directory, flag="--buffer_path"):
+    """[(n, img_path, txt_path)] sorted by n; refuses an empty directory or unmatched files."""
+    if not os.path.isdir(directory):
+        raise UserError(f"{flag} {directory}: no such directory")
+    found = {"img": set(), "txt": set()}
+    for name in os.listdir(directory):
+        m = _FILE.match(name)
+        if m:
+            found[m.group(1)].add(int(m.group(2)))
+    if not found["img"] and not found["txt"]:
+        raise UserError(f"{flag} {directory}: no img_replay_buffer_<n>.pt / txt_replay_buffer_<n>.pt files")
+    unmatched = sorted(found["img"] ^ found["txt"])
+    if unmatched:
+        n = unmatched[0]
+        side = "txt" if n in found["img"] else "img"
+        raise UserError(f"{flag} {directory}: {side}_replay_buffer_{n}.pt is missing (img and txt files must pair up)")
+    return [(n, *pair_paths(directory, n)) for n in sorted(found["img"])]
+
+
+def _check_structure(obj, path):
+    """A file must be a list of experts, each a list of timestamps, each a list of tensors of one shape set."""
+    bad = UserError(f"buffer file {path}: expected a list of experts, each a list of timestamps of tensor lists")
+    if not isinstance(obj, list) or not obj:
+        raise bad
+    for e, expert in enumerate(obj):
+        if not isinstance(expert, list) or not expert:
+            raise bad
+        shapes = None
+        for t, stamp in enumerate(expert):
+            if not isinstance(stamp, (list, tuple)) or not all(torch.is_tensor(p) for p in stamp):
+                raise bad
+            these = [tuple(p.shape) for p in stamp]
+            if shapes is not None and these != shapes:
+                raise UserError(f"buffer file {path}: expert {e} timestamp {t} has tensor shapes unlike timestamp 0")
+            shapes = these
+    return obj
+
+
+def load_experts(path):
+    return _check_structure(load_torch(path, what="buffer file"), path)
+
+
+def shapes_of(stamp):
+    return [list(p.shape) for p in stamp]
+
+
+def check_shapes(found_shapes, layout, side, where):
+    """Refuse a trajectory whose parameter shapes differ from the network's, naming both."""
+    want = [list(s) for s in layout.shapes]
+    if [list(s) for s in found_shapes] != want:
+        first = next((i for i, (a, b) in enumerate(zip(found_shapes, want)) if list(a) != b), min(len(found_shapes), len(want)))
+        got = list(found_shapes[first]) if first < len(found_shapes) else "nothing"
+        exp = f"{layout.names[first]} {want[first]}" if first < len(want) else "nothing"
+        raise UserError(f"{where}: {side} parameters do not match the network: buffer has {len(found_shapes)} tensors, "
+                        f"network {len(want)}; first difference at #{first}: buffer {got} vs network {exp}")
+
+
+def read_manifest(directory):
+    path = os.path.join(directory, MANIFEST)
+    return load_json(path, what="buffer manifest") if os.path.isfile(path) else None
+
+
+def write_manifest(directory, manifest):
+    """Create manifest.json if absent (atomically, first writer wins); else check it agrees on IDENTITY_FIELDS."""
+    path = os.path.join(directory, MANIFEST)
+    if not os.path.exists(path):
+        with atomic_path(path + ".new") as tmp:
+            dump_json(manifest, tmp)
+            try:
+                os.link(tmp, path)  # fails if another writer got there first
+            except FileExistsError:
+                pass
+    found = load_json(path, what="buffer manifest")
+    diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
+    if diff:
+        k = diff[0]
+        raise UserError(f"--buffer_path: {path} was made with {k}={found.get(k)!r}, this run has {manifest.get(k)!r}; "
+                        "use another --buffer_path")
+    return found
+
+
+def _pid_alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def claim_index(directory, limit):
+    """Reserve the lowest expert index < limit that no file or live claim holds; None when all are taken.
+
+    Several processes (torchrun ranks, two shells) sharing a directory thus train disjoint experts;
+    a claim left by a killed process on this host is taken over, so a rerun resumes the work.
+    """
+    host = socket.gethostname()
+    for n in range(limit):
+        if os.path.exists(pair_paths(directory, n)[0]):
+            continue
+        claim = os.path.join(directory, f".claim_{n}")
+        try:
+            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                with open(claim) as f:
+                    owner_host, owner_pid = f.read().split()[:2]
+            except (OSError, ValueError):
+                continue  # being written right now
+            if owner_host == host and not _pid_alive(int(owner_pid)):
+                os.remove(claim)
+                return claim_index(directory, limit)
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{host} {os.getpid()} {time.time():.0f}\n")
+        if os.path.exists(pair_paths(directory, n)[0]):  # finished between our check and our claim
+            os.remove(claim)
+            continue
+        return n
+    return None
+
+
+def save_pair(directory, n, img_experts, txt_experts):
+    """Write one pair atomically (txt first, so an img file always has its twin), then drop the claim."""
+    img_path, txt_path = pair_paths(directory, n)
+    save_torch(txt_experts, txt_path)
+    save_torch(img_experts, img_path)
+    claim = os.path.join(directory, f".claim_{n}")
+    if os.path.exists(claim):
+        os.remove(claim)
+
+
+class ExpertStream:
+    """Cycles through a buffer's experts, holding one file in memory; the file order is reshuffled each pass.
+
+    Its position is three integers, so a resumed distillation continues with the same experts.
+    """
+
+    def __init__(self, directory, seed, flag="--buffer_path"):
+        self.directory, self.seed = directory, seed
+        self.pairs = list_pairs(directory, flag)
+        self.pass_idx = self.file_pos = self.expert_pos = 0
+        self._loaded = None
+
+    def _order(self):
+        g = torch.Generator().manual_seed(self.seed * 7919 + self.pass_idx)
+        return torch.randperm(len(self.pairs), generator=g).tolist()
+
+    def _file(self):
+        n, img_path, txt_path = self.pairs[self._order()[self.file_pos]]
+        if self._loaded is None or self._loaded[0] != n:
+            img, txt = load_experts(img_path), load_experts(txt_path)
+            if len(img) != len(txt):
+                raise UserError(f"buffer pair {img_path}: {len(img)} img experts but {len(txt)} txt experts")
+            self._loaded = (n, img, txt, img_path)
+        return self._loaded
+
+    def next(self):
+        """(img_trajectory, txt_trajectory, source path) of the next expert."""
+        _, img, txt, path = self._file()
+        out = (img[self.expert_pos], txt[self.expert_pos], path)
+        self.expert_pos += 1
+        if self.expert_pos == len(img):
+            self.expert_pos, self.file_pos = 0, self.file_pos + 1
+            if self.file_pos == len(self.pairs):
+                self.file_pos, self.pass_idx = 0, self.pass_idx + 1
+        return out
+
+    def peek_first(self):
+        _, img, txt, path = self._file()
+        return img[0], txt[0], path
+
+    def state_dict(self):
+        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos}
+
+    def load_state_dict(self, state):
+        self.pass_idx, self.file_pos, self.expert_pos = state["pass_idx"], state["file_pos"], state["expert_pos"]

@@ -1,0 +1,44 @@
+"""A small ConvNet for CPU work (instance/group norm, never batch norm, so per-sample gradients stay clean)."""
+import re
+
+import torch.nn as nn
+
+_NAME = re.compile(r"^convnet((?:_(?:w\d+|d\d+|e\d+|in|gn|nonorm))*)$")
+
+
+class ConvNet(nn.Module):
+    """[conv3x3 -> norm -> ReLU -> avgpool2] x depth, flattened (keeps where things are), then a linear embedding."""
+
+    def __init__(self, width=64, depth=3, norm="in", embed_dim=512, image_size=32):
+        super().__init__()
+        layers, channels, side = [], 3, image_size
+        for _ in range(depth):
+            layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
+            if norm == "in":
+                layers.append(nn.GroupNorm(width, width))
+            elif norm == "gn":
+                layers.append(nn.GroupNorm(4, width))
+            layers += [nn.ReLU(), nn.AvgPool2d(2)]
+            channels, side = width, side // 2
+        if side < 1:
+            raise ValueError(f"image size {image_size} too small for depth {depth}")
+        self.features = nn.Sequential(*layers)
+        self.fc = nn.Linear(width * side * side, embed_dim)
+        self.num_features = embed_dim
+
+    def forward(self, x):
+        return self.fc(self.features(x).flatten(1))
+
+
+def parse_convnet(name):
+    """'convnet[_w64][_d3][_e512][_in|_gn|_nonorm]' -> ConvNet kwargs, or None if not a convnet name."""
+    m = _NAME.match(name)
+    if not m:
+        return None
+    kwargs = {}
+    for part in filter(None, m.group(1).split("_")):
+        if part[0] in "wde" and part[1:].isdigit():
+            kwargs[{"w": "width", "d": "depth", "e": "embed_dim"}[part[0]]] = int(part[1:])
+        else:
+            kwargs["norm"] = {"in": "in", "gn": "gn", "nonorm": "none"}[part]
+    return kwargs

