@@ -34,7 +34,7 @@ def retrieval_metrics(sims_i2t, txt2img):
     result = {}
     for prefix, r in (("txt", tr_ranks), ("img", ir_ranks)):
         for k in KS:
-            result[f"{prefix}_r{k}"] = 100.0 * (r < k).float().mean().item()
+            result[f"{prefix}_r{k}"] = 100.0 * (r < k).double().mean().item()
         result[f"{prefix}_r_mean"] = sum(result[f"{prefix}_r{k}"] for k in KS) / len(KS)
     result["r_mean"] = (result["txt_r_mean"] + result["img_r_mean"]) / 2
     return result

@@ -100,6 +100,24 @@ def draw(scene, px, rng, supersample=4):
     return img.resize((px, px), Image.LANCZOS)
 
 
+def _attribute_counts(scenes):
+    counts = {}
+    for bg, objects in scenes:
+        for value in (bg,) + tuple(v for obj in objects for v in obj):
+            counts[value] = counts.get(value, 0) + 1
+    return counts
+
+
+def _sample_held_out(rng, pool, n, tries=1000):
+    """n distinct scenes in which every attribute value that occurs occurs at least twice (when n allows),
+    so that no attribute word singles out one image."""
+    for _ in range(tries):
+        scenes = rng.sample(pool, n)
+        if min(_attribute_counts(scenes).values()) >= 2:
+            break
+    return scenes
+
+
 def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng):
     entries = []
     for k, scene in enumerate(scenes):
@@ -119,12 +137,14 @@ def generate(out_dir, seed=0, train_images=1000, test_images=200, val_images=Non
     scenes = _all_scenes(max_objects)
     if val_images + test_images > len(scenes):
         raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} distinct scenes")
-    held_out = rng.sample(scenes, val_images + test_images)
+    test = _sample_held_out(rng, scenes, test_images)
+    taken = set(test)
+    val = _sample_held_out(rng, [s for s in scenes if s not in taken], val_images)
     train = [rng.choice(scenes) for _ in range(train_images)]
     os.makedirs(os.path.join(out_dir, "images"))
     _write_split(out_dir, "train", train, captions_per_train_image, True, image_px, rng)
-    _write_split(out_dir, "val", held_out[:val_images], captions_per_test_image, False, image_px, rng)
-    _write_split(out_dir, "test", held_out[val_images:], captions_per_test_image, False, image_px, rng)
+    _write_split(out_dir, "val", val, captions_per_test_image, False, image_px, rng)
+    _write_split(out_dir, "test", test, captions_per_test_image, False, image_px, rng)
 
 
 def ensure_synthetic(root, **params):
