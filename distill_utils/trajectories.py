@@ -13,7 +13,7 @@ import time
 import torch
 
 from .errors import UserError
-from .io import atomic_path, dump_json, load_json, load_torch, save_torch
+from .io import dump_json, load_json, load_torch, save_torch
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -101,12 +101,14 @@ def write_manifest(directory, manifest):
     """Create manifest.json if absent (atomically, first writer wins); else check it agrees on IDENTITY_FIELDS."""
     path = os.path.join(directory, MANIFEST)
     if not os.path.exists(path):
-        with atomic_path(path + ".new") as tmp:
+        tmp = os.path.join(directory, f".{MANIFEST}.tmp{os.getpid()}")
+        try:
             dump_json(manifest, tmp)
-            try:
-                os.link(tmp, path)  # fails if another writer got there first
-            except FileExistsError:
-                pass
+            os.link(tmp, path)  # complete or absent; fails if another writer got there first
+        except FileExistsError:
+            pass
+        finally:
+            os.remove(tmp)
     found = load_json(path, what="buffer manifest")
     diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
     if diff:

@@ -1,9 +1,29 @@
 """A small ConvNet for CPU work (instance/group norm, never batch norm, so per-sample gradients stay clean)."""
 import re
 
+import torch
 import torch.nn as nn
 
 _NAME = re.compile(r"^convnet((?:_(?:w\d+|d\d+|e\d+|in|gn|nonorm))*)$")
+
+
+class GroupNorm(nn.Module):
+    """nn.GroupNorm written with plain ops (same parameters). PyTorch's fused group-norm backward switches
+    to another formula under create_graph; this one does not, so the memory-constant matching can replay
+    a student step bit for bit."""
+
+    def __init__(self, groups, channels, eps=1e-5):
+        super().__init__()
+        self.groups, self.eps = groups, eps
+        self.weight = nn.Parameter(torch.ones(channels))
+        self.bias = nn.Parameter(torch.zeros(channels))
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        g = x.reshape(n, self.groups, -1)
+        centred = g - g.mean(-1, keepdim=True)
+        y = (centred * torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + self.eps)).reshape(x.shape)
+        return y * self.weight.view(1, c, 1, 1) + self.bias.view(1, c, 1, 1)
 
 
 class ConvNet(nn.Module):
@@ -15,9 +35,9 @@ class ConvNet(nn.Module):
         for _ in range(depth):
             layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))
             if norm == "in":
-                layers.append(nn.GroupNorm(width, width))
+                layers.append(GroupNorm(width, width))
             elif norm == "gn":
-                layers.append(nn.GroupNorm(4, width))
+                layers.append(GroupNorm(4, width))
             layers += [nn.ReLU(), nn.AvgPool2d(2)]
             channels, side = width, side // 2
         if side < 1:

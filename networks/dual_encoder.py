@@ -18,6 +18,11 @@ from .image_encoders import build_image_encoder, is_convnet
 from .params import ParamLayout
 
 
+def _normalize(x):
+    """L2-normalise rows; half-precision outputs (autocast) are normalised in float32."""
+    return F.normalize(x.float() if x.dtype in (torch.float16, torch.bfloat16) else x, dim=1)
+
+
 class DualEncoder(nn.Module):
     def __init__(self, image_encoder, image_dim, text_dim, image_trainable, out_embedding=768, temperature=0.07):
         super().__init__()
@@ -56,12 +61,12 @@ class DualEncoder(nn.Module):
         if not self.image_trainable:
             images = self.image_encoder(images)
         out = module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
-        return F.normalize(out.float(), dim=1)
+        return _normalize(out)
 
     def embed_texts(self, text_features, txt_flat=None):
         module = self.txt_module
         out = module(text_features) if txt_flat is None else functional_call(module, self.txt_layout.unflatten(txt_flat), (text_features,))
-        return F.normalize(out.float(), dim=1)
+        return _normalize(out)
 
     def logits(self, images, text_features, img_flat=None, txt_flat=None):
         """Image-to-text logits [B_img, B_txt] = scale * cos."""
@@ -95,7 +100,7 @@ class NetworkFactory:
     def build(self, seed, device="cpu"):
         c = self.config
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
+            torch.manual_seed(seed if c.image_trainable else 0)  # a frozen random encoder is shared by all nets
             if self._encoder_state is None:
                 encoder, dim = build_image_encoder(c.image_encoder, c.image_size, c.image_pretrained, c.image_checkpoint)
                 if self._external_weights:
@@ -103,5 +108,6 @@ class NetworkFactory:
             else:
                 encoder, dim = build_image_encoder(c.image_encoder, c.image_size, False, None)
                 encoder.load_state_dict(self._encoder_state)
+            torch.manual_seed(seed)
             net = DualEncoder(encoder, dim, c.text_dim, c.image_trainable, c.out_embedding, c.temperature)
         return net.to(device)

@@ -80,6 +80,8 @@ class HFTextEncoder:
 
     def __init__(self, spec, device="cpu"):
         from transformers import AutoModel, AutoTokenizer
+        from transformers.utils import logging as hf_logging
+        hf_logging.disable_progress_bar()
         model_dir = resolve_model_dir(spec)
         try:
             self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)

@@ -43,13 +43,15 @@ def tiny_args(tiny_data, tiny_text_encoder, tmp_path_factory):
 
 
 def run_cli(main, argv, capsys):
-    """Run an entry point in-process; returns (exit status, stderr)."""
+    """Run an entry point in-process; returns (exit status, its `error:` lines, or all of stderr if none)."""
     try:
         main(argv)
         code = 0
     except SystemExit as e:
         code = e.code
-    return code, capsys.readouterr().err
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    return code, "\n".join(errors) if errors else err
 
 
 @pytest.fixture(autouse=True)

@@ -84,3 +84,16 @@ def test_factory_builds_identical_nets_per_seed_and_keeps_checkpoint_weights(tmp
     assert not torch.equal(a.initial_params()[1], c.initial_params()[1])  # text head random per seed
     plain = NetworkFactory(NetConfig("convnet_w8_d2_e16", 16, 12, True))
     assert not torch.equal(plain.build(1).initial_params()[0], plain.build(2).initial_params()[0])
+
+
+def test_plain_group_norm_matches_torch():
+    from networks.convnet import GroupNorm
+    x = torch.randn(3, 8, 5, 5)
+    ours, ref = GroupNorm(4, 8), torch.nn.GroupNorm(4, 8)
+    with torch.no_grad():
+        for p in (ours.weight, ours.bias, ref.weight, ref.bias):
+            p.copy_(torch.randn(8))
+        ref.weight.copy_(ours.weight)
+        ref.bias.copy_(ours.bias)
+    assert torch.allclose(ours(x), ref(x), atol=1e-5)
+    assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]

@@ -1,0 +1,161 @@
+"""PTM-ST: phased distillation with shortcut trajectories (SPEC section 5, Algorithm 1).
+
+    for p = 1..P:                                   # --subset_num phases, run in order
+        init X_p, Y_p from N_p random real pairs, S_p = I, lrs = teacher lrs
+        for i = 1..I_p:
+            take the next expert and a start epoch T in [T-_p, T+_p)   # --buffer_path of phase p
+            train a student syn_steps SGD steps on (X_p, Y_p, S_p) from theta_T
+            L = ||theta_student - theta_{T+dT}||^2 / ||theta_T - theta_{T+dT}||^2   (img + txt)
+            update X_p, Y_p, S_p, lrs; EMA copy <- decay * EMA + (1 - decay) * current
+        D_p <- the EMA copy, frozen                 # evaluations of phase p train on D_1..D_{p-1}, then D_p
+
+    bash sh/distill.sh                              # two phases on the built-in synthetic dataset (CPU)
+    python distill_ptm-st.py --dataset flickr --image_trainable --buffer_path \
+        buffer/flickr/nfnet_bert/InfoNCE/convexified_0_6 buffer/flickr/nfnet_bert/InfoNCE/convexified_0_8 \
+        --min_start_epoch 0 1 --max_start_epoch 2 3 --num_queries 200 299 --Iteration 2000 2000 --subset_num 2
+
+Writes runs/<dataset>/<name>/: config.json, metrics.jsonl, distilled_<p>_<it>.pt (published format
+plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.txt, distilled_<p>_final.pt and a
+checkpoint; --resume continues a killed run and ends exactly where an uninterrupted one would.
+"""
+import argparse
+import datetime
+import json
+import os
+
+from distill_utils import cli_args
+from distill_utils.data import load_split, load_train, prepare
+from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
+from distill_utils.errors import UserError, cli_main
+from distill_utils.io import ensure_writable_dir, load_json, save_json
+from distill_utils.matching import MATCHING
+from distill_utils.phases import parse_phases
+from distill_utils.run_log import RunLog
+from distill_utils.subsets import load_subset
+from networks.dual_encoder import NetConfig, NetworkFactory
+
+# Options that may change when a run is resumed: they do not alter its result.
+RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache"}
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_args.add_data_args(p)
+    cli_args.add_network_args(p)
+    g = p.add_argument_group("phases (one value per phase)")
+    g.add_argument("--subset_num", type=int, default=2, help="number of phases P (default: 2)")
+    g.add_argument("--buffer_path", nargs="+", help="expert buffer directory of each phase (normal/ or convexified_S_E/)")
+    g.add_argument("--min_start_epoch", type=int, nargs="+", help="lowest start epoch T of each phase")
+    g.add_argument("--max_start_epoch", type=int, nargs="+", help="start epochs are drawn from [min, max)")
+    g.add_argument("--num_queries", type=int, nargs="+", help="synthetic pairs N_p of each phase")
+    g.add_argument("--Iteration", type=int, nargs="+", help="distillation iterations I_p of each phase")
+    g.add_argument("--sim_rank", type=int, nargs="+", help="rank of S in each phase (--sim_type lowrank only)")
+    g = p.add_argument_group("distillation")
+    g.add_argument("--syn_steps", type=int, default=8, help="student SGD steps per iteration (default: 8)")
+    g.add_argument("--expert_epochs", type=int, default=1, help="target = expert epoch T + this (default: 1)")
+    g.add_argument("--mini_batch_size", type=int, default=40, help="synthetic pairs per student step (default: 40)")
+    g.add_argument("--lr_img", type=float, default=1000, help="lr of the synthetic pixels (default: 1000)")
+    g.add_argument("--lr_txt", type=float, default=1000, help="lr of the synthetic text features (default: 1000)")
+    g.add_argument("--lr_sim", type=float, default=10.0, help="lr of the similarity parameters (default: 10)")
+    g.add_argument("--lr_lr", type=float, default=0.01, help="lr of the two student lrs (default: 0.01)")
+    g.add_argument("--lr_teacher_img", type=float, default=0.1, help="initial student lr, img params (default: 0.1)")
+    g.add_argument("--lr_teacher_txt", type=float, default=0.1, help="initial student lr, txt params (default: 0.1)")
+    g.add_argument("--clamp_lr", type=float, default=0.0,
+                   help="lower bound of the learned student lrs (default: 0, a learning rate never turns negative)")
+    g.add_argument("--sim_type", default="full", choices=["full", "lowrank"], help="similarity matrix (default: full)")
+    g.add_argument("--alpha", type=float, default=1.0, help="lowrank: S = diag(a) + alpha/r L R^T (default: 1)")
+    g.add_argument("--ema_decay", type=float, default=0.99, help="EMA decay of the saved subset; 0 = no EMA (default: 0.99)")
+    g.add_argument("--matching", default="constant", choices=sorted(MATCHING),
+                   help="constant: two-pass gradient, memory independent of --syn_steps; unrolled: exact "
+                        "back-propagation through all steps (default: constant)")
+    cli_args.add_loss_arg(p, "WBCE")
+    g = p.add_argument_group("evaluation and saving")
+    g.add_argument("--eval_it", type=int, default=50, help="save (and evaluate) every N iterations and at each phase end (default: 50)")
+    g.add_argument("--num_eval", type=int, default=5, help="students per evaluation; 0 = save without evaluating (default: 5)")
+    g.add_argument("--epoch_eval_train", type=int, default=100, help="student epochs per subset (default: 100)")
+    g.add_argument("--batch_train", type=int, default=128, help="student batch size in evaluation (default: 128)")
+    g.add_argument("--checkpoint_it", type=int, default=25, help="write a resumable checkpoint every N iterations (default: 25)")
+    g.add_argument("--name", help="run name (default: ptm-st_<date>_<time>)")
+    g.add_argument("--runs_dir", default="runs", help="root of the run directories (default: runs)")
+    g.add_argument("--resume", action="store_true", help="continue runs/<dataset>/<name> from its checkpoint")
+    cli_args.add_runtime_args(p)
+    return p
+
+
+def check_args(args):
+    cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "mini_batch_size", "lr_img", "lr_txt",
+                      "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
+    for flag in ("lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha"):
+        if getattr(args, flag) is not None and getattr(args, flag) < 0:
+            raise UserError(f"--{flag} {getattr(args, flag)}: expected a value >= 0")
+    if not 0 <= args.ema_decay < 1:
+        raise UserError(f"--ema_decay {args.ema_decay}: expected 0 <= decay < 1")
+    if args.sim_type == "full" and args.sim_rank is not None:
+        raise UserError("--sim_rank applies to --sim_type lowrank only")
+    if args.resume and not args.name:
+        raise UserError("--resume needs the --name of the run to continue")
+    args.name = args.name or datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
+    return parse_phases(args)
+
+
+def open_run_dir(args):
+    """runs/<dataset>/<name>/ with config.json; a resumed run must have been started with the same settings."""
+    run_dir = os.path.join(args.runs_dir, args.dataset, args.name)
+    config = {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+    config_path = os.path.join(run_dir, "config.json")
+    if args.resume:
+        if not os.path.isfile(config_path):
+            raise UserError(f"--resume: {run_dir} holds no run to continue (no config.json)")
+        saved = load_json(config_path, what="run config")
+        changed = [k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]]
+        if changed:
+            k = changed[0]
+            raise UserError(f"--resume: --{k} was {saved.get(k)!r} in {run_dir}, now {config[k]!r}; resume with the same settings")
+    elif os.path.exists(config_path):
+        raise UserError(f"--name {args.name}: {run_dir} exists; pass --resume to continue it or choose another --name")
+    ensure_writable_dir(run_dir, "--runs_dir")
+    if not args.resume:
+        save_json(config, config_path)
+    return run_dir
+
+
+def truncate_log(path, phase, iteration):
+    """Drop the records written after the checkpoint: the resumed run writes them again."""
+    if not os.path.isfile(path):
+        return
+    with open(path) as f:
+        records = [json.loads(line) for line in f if line.strip()]
+    keep = [r for r in records if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
+    with open(path + ".tmp", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in keep)
+    os.replace(path + ".tmp", path)
+
+
+@cli_main
+def main(argv=None):
+    args = cli_args.finalize(make_parser().parse_args(argv))
+    phases = check_args(args)
+    run_dir = open_run_dir(args)
+    prepare(args)
+    train, test = load_train(args), load_split(args, "test")
+    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
+                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
+    ckpt = read_checkpoint(run_dir) if args.resume else None
+    if ckpt:
+        truncate_log(os.path.join(run_dir, "metrics.jsonl"), ckpt["phase"], ckpt["iteration"])
+    log = RunLog(run_dir, vars(args) | {"device": str(args.device)}, args.wandb, name=args.name)
+    ctx = RunContext(args, run_dir, train, test, factory, log)
+    preflight(ctx, phases)
+    frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets
+    for phase in phases:
+        if ckpt and phase.index < ckpt["phase"]:
+            frozen.append(load_subset(os.path.join(run_dir, f"distilled_{phase.index}_final.pt")))
+            continue
+        resume = ckpt if ckpt and phase.index == ckpt["phase"] else None
+        frozen.append(distill_phase(ctx, phase, frozen, resume))
+    log.close()
+    print(f"done: {len(frozen)} subsets ({' + '.join(str(len(d)) for d in frozen)} pairs) in {run_dir}")
+
+
+if __name__ == "__main__":
+    main()

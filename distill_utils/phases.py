@@ -1,0 +1,51 @@
+"""Per-phase settings of PTM-ST: one entry of each list flag per phase."""
+from dataclasses import asdict, dataclass
+from typing import Optional
+
+from .errors import UserError
+
+LIST_FLAGS = ("buffer_path", "min_start_epoch", "max_start_epoch", "num_queries", "Iteration")
+
+
+@dataclass(frozen=True)
+class Phase:
+    index: int
+    buffer_path: str
+    min_start_epoch: int
+    max_start_epoch: int
+    num_queries: int
+    iterations: int
+    sim_rank: Optional[int] = None
+
+    def as_dict(self):
+        return asdict(self)
+
+
+def parse_phases(args):
+    """Phases from the list flags; refuses a list whose length differs from --subset_num."""
+    flags = LIST_FLAGS + (("sim_rank",) if args.sim_type == "lowrank" else ())
+    for flag in flags:
+        values = getattr(args, flag)
+        if values is None or len(values) != args.subset_num:
+            got = "none" if values is None else len(values)
+            raise UserError(f"--{flag}: expected {args.subset_num} values (one per phase, --subset_num), got {got}")
+    phases = []
+    for p in range(args.subset_num):
+        phase = Phase(p, args.buffer_path[p], args.min_start_epoch[p], args.max_start_epoch[p], args.num_queries[p],
+                      args.Iteration[p], args.sim_rank[p] if args.sim_type == "lowrank" else None)
+        _check(phase, args)
+        phases.append(phase)
+    return phases
+
+
+def _check(ph, args):
+    where = f"phase {ph.index}"
+    if not 0 <= ph.min_start_epoch < ph.max_start_epoch:
+        raise UserError(f"--min_start_epoch/--max_start_epoch ({where}): need 0 <= min < max, got "
+                        f"{ph.min_start_epoch}, {ph.max_start_epoch} (start epochs are drawn from [min, max))")
+    if ph.num_queries < 2 or ph.iterations < 1:
+        raise UserError(f"--num_queries/--Iteration ({where}): need at least 2 pairs and 1 iteration")
+    if args.mini_batch_size > ph.num_queries:
+        raise UserError(f"--mini_batch_size {args.mini_batch_size} exceeds --num_queries {ph.num_queries} ({where})")
+    if ph.sim_rank is not None and not 1 <= ph.sim_rank <= ph.num_queries:
+        raise UserError(f"--sim_rank ({where}): need 1 <= rank <= num_queries, got {ph.sim_rank}")

@@ -1,0 +1,88 @@
+"""The learnable synthetic subset of one phase (SPEC section 5): pixels X, text features Y, the
+similarity parameters of S and two student learning rates, with their optimiser and EMA copy."""
+from dataclasses import dataclass
+
+import torch
+
+from .ema import EMA
+from .similarity import make_similarity
+from .subsets import DistilledSubset
+
+
+@dataclass(frozen=True)
+class SynOptim:
+    lr_img: float          # lr of the pixels
+    lr_txt: float          # lr of the text features
+    lr_sim: float          # lr of the similarity parameters
+    lr_lr: float           # lr of the two student lrs
+    momentum: float = 0.5
+    ema_decay: float = 0.99
+    clamp_lr: float = 0.0   # lower bound of the student lrs
+
+
+class SyntheticSet:
+    def __init__(self, image, text, similarity, lr_img, lr_txt, opt: SynOptim):
+        self.similarity = similarity
+        self.image = image.detach().clone().requires_grad_(True)
+        self.text = text.detach().clone().requires_grad_(True)
+        self.sim_params = [p.detach().clone().requires_grad_(True) for p in similarity.params]
+        like = dict(dtype=self.image.dtype, device=self.image.device, requires_grad=True)
+        self.lr_img = torch.tensor(float(lr_img), **like)
+        self.lr_txt = torch.tensor(float(lr_txt), **like)
+        self.opt = opt
+        self.optimizer = torch.optim.SGD([
+            {"params": [self.image], "lr": opt.lr_img},
+            {"params": [self.text], "lr": opt.lr_txt},
+            {"params": [self.lr_img, self.lr_txt], "lr": opt.lr_lr},
+            {"params": self.sim_params, "lr": opt.lr_sim},
+        ], lr=opt.lr_img, momentum=opt.momentum)
+        self.ema = EMA(self.tensors(), opt.ema_decay)
+
+    @classmethod
+    def from_real(cls, train, n, sim_kind, sim_rank, alpha, lr_img, lr_txt, opt, generator, device):
+        """X, Y from n random real pairs; S from the identity (low rank: a = 1, L random, R = 0)."""
+        idx = torch.randperm(len(train), generator=generator)[:n]
+        similarity = make_similarity(sim_kind, n, sim_rank, alpha, device, generator)
+        return cls(train.images.get(idx).to(device), train.text_features[idx].to(device), similarity,
+                   lr_img, lr_txt, opt), idx
+
+    def __len__(self):
+        return len(self.image)
+
+    def tensors(self):
+        """Everything that learns, in a fixed order (the EMA and checkpoints use it)."""
+        return [self.image, self.text, *self.sim_params, self.lr_img, self.lr_txt]
+
+    def batch(self, idx):
+        """(pixels, text features, similarity sub-matrix) of minibatch `idx`, differentiable in all three."""
+        return self.image[idx], self.text[idx], self.similarity.batch(self.sim_params, idx)
+
+    def zero_grad(self):
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self):
+        """Apply the gradients set by the matching step, clamp the lrs, update the EMA copy."""
+        self.optimizer.step()
+        with torch.no_grad():
+            self.lr_img.clamp_(min=self.opt.clamp_lr)
+            self.lr_txt.clamp_(min=self.opt.clamp_lr)
+        self.ema.update(self.tensors())
+        self.zero_grad()
+
+    def subset(self, config, ema=True):
+        """The (EMA) subset in the published format."""
+        values = self.ema.shadow if ema else [t.detach() for t in self.tensors()]
+        image, text, *sim_params, lr_img, lr_txt = (v.detach().cpu().clone() for v in values)
+        return DistilledSubset(image, text, self.similarity.matrix(sim_params), lr_img.item(), lr_txt.item(),
+                               sim_params, dict(config))
+
+    def state_dict(self):
+        return {"tensors": [t.detach().cpu() for t in self.tensors()], "optimizer": self.optimizer.state_dict(),
+                "ema": self.ema.state_dict()}
+
+    def load_state_dict(self, state):
+        with torch.no_grad():
+            for t, saved in zip(self.tensors(), state["tensors"]):
+                t.copy_(saved)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.ema.load_state_dict({**state["ema"], "shadow": [s.to(self.image.device) for s in state["ema"]["shadow"]]})
