@@ -1,0 +1,117 @@
+"""Turn a buffer of expert trajectories into shortcut trajectories (SPEC section 4).
+
+    python convexify.py --start 0 --end 6 --normal_dir buffer/flickr/nfnet_bert/InfoNCE/normal
+    # -> buffer/flickr/nfnet_bert/InfoNCE/convexified_0_6/, same file names, end - start timestamps per expert
+
+Works on published buffers (no manifest.json) as well. Files are converted one at a time into a hidden
+sibling directory that is renamed into place at the end, so a failure leaves no output directory.
+"""
+import argparse
+import os
+import shlex
+import shutil
+import sys
+
+from tqdm import tqdm
+
+from distill_utils.errors import UserError, cli_main
+from distill_utils.io import ensure_writable_dir, save_json, save_torch
+from distill_utils.shortcut import shortcut_trajectory
+from distill_utils.trajectories import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--start", type=int, required=True, help="first timestamp of the window (epoch, 0 = initialisation)")
+    p.add_argument("--end", type=int, required=True, help="end of the window, exclusive (at most the timestamps recorded)")
+    p.add_argument("--normal_dir", required=True, help="buffer directory holding img_/txt_replay_buffer_<n>.pt pairs")
+    p.add_argument("--out_dir", help="output directory; must not exist yet "
+                                     "(default: <parent of normal_dir>/convexified_<start>_<end>)")
+    return p
+
+
+def check_file(experts, path, end, lengths=None):
+    """Refuse a file whose experts differ in length or shapes, or are too short for the window."""
+    length, shapes = len(experts[0]), [p.shape for p in experts[0][0]]
+    if not shapes:
+        raise UserError(f"buffer file {path}: expert 0 holds no parameter tensors")
+    for e, expert in enumerate(experts):
+        if len(expert) != length:
+            raise UserError(f"buffer file {path}: expert {e} has {len(expert)} timestamps but expert 0 has {length}")
+        if [p.shape for p in expert[0]] != shapes:
+            raise UserError(f"buffer file {path}: expert {e} has tensor shapes unlike expert 0")
+    if end > length:
+        raise UserError(f"--end {end} is beyond the {length} timestamps recorded in {path}")
+    if lengths is not None and lengths != (len(experts), length):
+        raise UserError(f"buffer file {path}: {len(experts)} experts of {length} timestamps, but its img twin has "
+                        f"{lengths[0]} of {lengths[1]}")
+    return len(experts), length
+
+
+def convert_file(src, dst, start, end, lengths=None):
+    """Convert one buffer file, dropping each input expert once converted; returns (experts, timestamps)."""
+    experts = load_experts(src)
+    found = check_file(experts, src, end, lengths)
+    out = []
+    for e in range(len(experts)):
+        out.append(shortcut_trajectory(experts[e], start, end))
+        experts[e] = None
+    save_torch(out, dst)
+    return found
+
+
+def manifest_for(normal_dir, start, end, argv):
+    """The source manifest (published buffers have none) with what this conversion changed."""
+    source = read_manifest(normal_dir) or {}
+    manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal_dir),
+                         "window": [start, end], "timestamps": end - start,
+                         "command": f"{os.path.basename(sys.executable)} convexify.py {shlex.join(argv)}"}
+    if "command" in source:
+        manifest["source_command"] = source["command"]
+    return manifest
+
+
+def convexify(pairs, manifest, out_dir, start, end):
+    """Convert every pair into a hidden sibling of out_dir, then rename it into place."""
+    tmp = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had our pid
+    os.mkdir(tmp)
+    try:
+        with tqdm(total=2 * len(pairs), desc="convexify", unit="file", leave=False) as bar:
+            for _, img_path, txt_path in pairs:
+                lengths = None
+                for path in (img_path, txt_path):
+                    bar.set_postfix_str(os.path.basename(path))
+                    lengths = convert_file(path, os.path.join(tmp, os.path.basename(path)), start, end, lengths)
+                    bar.update()
+        save_json(manifest, os.path.join(tmp, MANIFEST))
+        try:
+            os.rename(tmp, out_dir)
+        except OSError as err:
+            raise UserError(f"output {out_dir}: cannot move it into place ({err.strerror})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@cli_main
+def main(argv=None):
+    argv = sys.argv[1:] if argv is None else argv
+    args = make_parser().parse_args(argv)
+    if args.start < 0:
+        raise UserError(f"--start {args.start}: must be >= 0")
+    if args.start >= args.end:
+        raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
+    pairs = list_pairs(args.normal_dir, "--normal_dir")
+    manifest = manifest_for(args.normal_dir, args.start, args.end, argv)
+    parent = os.path.dirname(os.path.abspath(args.normal_dir))
+    out_dir = os.path.abspath(args.out_dir or os.path.join(parent, f"convexified_{args.start}_{args.end}"))
+    flag = "--out_dir" if args.out_dir else "--normal_dir"
+    if os.path.exists(out_dir):
+        raise UserError(f"{flag}: output {out_dir} already exists; remove it or choose another --out_dir")
+    ensure_writable_dir(os.path.dirname(out_dir), flag)
+    convexify(pairs, manifest, out_dir, args.start, args.end)
+    print(f"convexified {len(pairs)} buffer pairs, timestamps [{args.start}, {args.end}) -> {out_dir}")
+
+
+if __name__ == "__main__":
+    main()
