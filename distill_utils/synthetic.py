@@ -44,7 +44,7 @@ _ARTICLE = re.compile(r"\ba (?=[aeiou])")
 SCENE_TEMPLATES = ["{objects} on a {bg} background", "there is {objects}; the background is {bg}",
                    "a {bg} picture showing {objects}", "{bg} backdrop with {objects}",
                    "an image of {objects} over {bg}"]
-VERSION = 1
+VERSION = 2
 
 
 def _all_scenes(max_objects):

@@ -1,0 +1,279 @@
+"""Evaluation of distilled data (SPEC section 6): fresh students trained phase by phase, then retrieval.
+
+A *pair source* is anything with `name`, `lr_img`, `lr_txt`, `epochs` (None: the protocol's
+epoch_eval_train), `__len__` and `batches(batch_size, generator, device)` yielding
+(images, text features, target matrix). `SubsetSource` serves a distilled subset (targets: the
+batch's sub-matrix of S), `RealPairSource` real training pairs (identity targets, streamed through
+the ImageStore). `evaluate_sequence` trains `num_eval` students on the sources in order, with the
+one training step of `student.py`, and reports mean and std over the runs.
+
+Learning rate: each phase gets a fresh SGD optimizer with its source's lrs (momentum 0.9, weight
+decay 5e-4); with `lr_decay` the lrs drop x0.1 for the second half of the phase's epochs, as in the
+authors' code (LoRS/PTM-ST `lr_schedule = [Epoch // 2 + 1]`).
+
+Which number: `final` is the test score after the last epoch (the honest default); `best` is the
+best test r_mean over the evaluation points (the paper's convention: optimistic, it selects on
+test); `val` is the test score at the evaluation point with the best val r_mean.
+"""
+import math
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from .errors import UserError
+from .student import Student, evaluate_retrieval, make_sgd, train_epoch
+
+ALL_KEYS = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "img_r_mean", "txt_r_mean", "r_mean")
+SELECTIONS = ("final", "val")
+MEANING = {"final": "test score after the last epoch (the honest number)",
+           "val_selected": "test score at the evaluation point with the best val r_mean",
+           "best": "best test r_mean over the evaluation points (selects on test: the paper's "
+                                    "convention, optimistic)"}
+
+
+class SubsetSource:
+    """A distilled subset: its images, text features, similarity matrix (soft targets) and learned lrs."""
+
+    def __init__(self, subset, name=None):
+        self.image, self.text = subset.image.detach(), subset.text.detach()
+        self.similarity = subset.similarity.detach()
+        self.lr_img, self.lr_txt = float(subset.lr_img), float(subset.lr_txt)
+        self.name = name or f"distilled[{len(self)}]"
+        self.epochs = None
+        self._on_device = None
+
+    def __len__(self):
+        return len(self.image)
+
+    def _tensors(self, device):
+        if self._on_device is None or self._on_device[0] != device:  # moved once, not every epoch
+            self._on_device = (device, *(t.to(device) for t in (self.image, self.text, self.similarity)))
+        return self._on_device[1:]
+
+    def batches(self, batch_size, generator, device):
+        image, text, sim = self._tensors(device)
+        order = torch.randperm(len(self), generator=generator).to(device)
+        for idx in torch.split(order, batch_size):
+            yield image[idx], text[idx], sim[idx[:, None], idx]
+
+
+class RealPairSource:
+    """Real training pairs `indices` of a TrainData (all of them when None), with identity targets."""
+
+    def __init__(self, train, indices, lr_img, lr_txt, name, epochs=None):
+        self.train = train
+        self.indices = torch.arange(len(train)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
+        self.lr_img, self.lr_txt, self.name, self.epochs = float(lr_img), float(lr_txt), name, epochs
+
+    def __len__(self):
+        return len(self.indices)
+
+    def batches(self, batch_size, generator, device):
+        order = self.indices[torch.randperm(len(self), generator=generator)]
+        for images, idx in self.train.images.batches(order, batch_size):
+            yield (images.to(device), self.train.text_features[idx].to(device),
+                   torch.eye(len(idx), device=device))
+
+
+def _same_text_encoder(a, b):
+    from networks.text_encoders import ALIASES
+    return ALIASES.get(a, a) == ALIASES.get(b, b)
+
+
+def check_subset(subset, path, expected):
+    """Refuse a distilled file the evaluation network cannot train on; returns notes worth printing.
+
+    `expected`: dataset, image_encoder, text_encoder, image_size, image_trainable, text_dim of the
+    evaluation. Image size and text dimension are checked on the tensors; with a `config` (our format)
+    also dataset and text encoder. A different image encoder is cross-architecture evaluation: allowed.
+    """
+    where = f"distilled file {path}"
+    for key, t in (("image", subset.image), ("text", subset.text), ("similarity", subset.similarity)):
+        if not torch.isfinite(t).all():
+            raise UserError(f"{where}: '{key}' holds NaN or inf values")
+    if not all(math.isfinite(lr) and lr >= 0 for lr in (subset.lr_img, subset.lr_txt)):
+        raise UserError(f"{where}: learned lrs must be finite and >= 0, found {subset.lr_img}, {subset.lr_txt}")
+    size = expected["image_size"]
+    if tuple(subset.image.shape[-2:]) != (size, size):
+        raise UserError(f"{where}: images are {subset.image.shape[-2]}x{subset.image.shape[-1]}, "
+                        f"the evaluation network takes {size}x{size} (--image_size)")
+    if subset.text.shape[1] != expected["text_dim"]:
+        raise UserError(f"{where}: text features are {subset.text.shape[1]}-d, --text_encoder "
+                        f"{expected['text_encoder']} gives {expected['text_dim']}-d")
+    cfg = subset.config
+    if not cfg:
+        return [f"{path}: no config (published format): checked image size and text dimension only"]
+    if "text_encoder" in cfg and not _same_text_encoder(cfg["text_encoder"], expected["text_encoder"]):
+        raise UserError(f"{where}: distilled with text encoder {cfg['text_encoder']!r}, this evaluation uses "
+                        f"{expected['text_encoder']!r} (--text_encoder)")
+    if "dataset" in cfg and cfg["dataset"] != expected["dataset"]:
+        raise UserError(f"{where}: distilled from dataset {cfg['dataset']!r}, "
+                        f"this evaluation is on {expected['dataset']!r}")
+    notes = []
+    if "image_encoder" in cfg and cfg["image_encoder"] != expected["image_encoder"]:
+        notes.append(f"{path}: cross-architecture evaluation: distilled with image encoder {cfg['image_encoder']!r}, "
+                     f"evaluated with {expected['image_encoder']!r}")
+    if "image_trainable" in cfg and bool(cfg["image_trainable"]) != expected["image_trainable"]:
+        notes.append(f"{path}: distilled with image_trainable={cfg['image_trainable']}, evaluated with "
+                     f"image_trainable={expected['image_trainable']}")
+    return notes
+
+
+@dataclass
+class EvalProtocol:
+    num_eval: int = 5
+    epoch_eval_train: int = 100
+    batch_train: int = 128
+    loss_type: str = "WBCE"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_points: int = 5       # test evaluations spread evenly over the whole sequence; the last is the final epoch
+    select_on: str = "final"   # the headline number: "final" or "val"
+    lr_decay: bool = True      # x0.1 for the second half of each phase's epochs
+
+    def epochs_of(self, source):
+        return source.epochs if source.epochs is not None else self.epoch_eval_train
+
+
+def run_seed(seed, k):
+    """The seed of evaluation run k: network init, batch order and dropout."""
+    return (seed * 1_000_003 + k) % (2**63)
+
+
+def eval_epochs(total, points):
+    """The global epochs (1-based) after which the test split is scored: `points` evenly spaced, the last = total."""
+    return sorted({max(1, math.ceil(total * j / points)) for j in range(1, points + 1)})
+
+
+def _fork_rng(device):
+    devices = [device] if torch.device(device).type == "cuda" else []
+    return torch.random.fork_rng(devices=devices)
+
+
+def train_run(sources, net, test, protocol, seed, device, val=None, log=None, run=0, desc="eval"):
+    """Train one fresh student on `sources` in order; returns its evaluation points and the phases trained."""
+    student = Student(net, protocol.loss_type)
+    img, txt = (p.to(device).requires_grad_(True) for p in net.initial_params())
+    generator = torch.Generator().manual_seed(seed)
+    total = sum(protocol.epochs_of(s) for s in sources)
+    points_at = set(eval_epochs(total, protocol.eval_points))
+    points, trained, epoch = [], [], 0
+    bar = tqdm(total=total, desc=f"{desc} run {run}", leave=False)
+    for phase, source in enumerate(sources):
+        epochs = protocol.epochs_of(source)
+        opt = make_sgd(img, txt, source.lr_img, source.lr_txt, protocol.momentum, protocol.weight_decay)
+        trained.append({"phase": phase, "name": source.name, "pairs": len(source), "epochs": epochs,
+                        "lr_img": source.lr_img, "lr_txt": source.lr_txt})
+        if log:
+            log.log({"event": "eval_phase", "run": run, **trained[-1]})
+        for e in range(epochs):
+            if protocol.lr_decay and e == math.ceil(epochs / 2) and epochs > 1:
+                for group in opt.param_groups:
+                    group["lr"] *= 0.1
+            loss = train_epoch(student, img, txt, opt, source.batches(protocol.batch_train, generator, device))
+            epoch += 1
+            bar.update(1)
+            bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
+            if epoch in points_at:
+                points.append(_score(net, img, txt, test, val, device, epoch, phase, loss))
+                if log:
+                    log.log({"event": "eval_point", "run": run, **_flat(points[-1])})
+    bar.close()
+    return points, trained
+
+
+def _score(net, img, txt, test, val, device, epoch, phase, loss):
+    point = {"epoch": epoch, "phase": phase, "train_loss": loss}
+    for split, data in (("test", test), ("val", val)):
+        if data is None:
+            continue
+        if torch.isfinite(img).all() and torch.isfinite(txt).all():
+            point[split] = evaluate_retrieval(net, img, txt, data, device)
+        else:  # a diverged student scores nothing (NaN scores would rank every query first)
+            point[split] = {k: 0.0 for k in ALL_KEYS}
+    return point
+
+
+def _flat(point):
+    out = {k: point[k] for k in ("epoch", "phase", "train_loss")}
+    for split in ("test", "val"):
+        out.update({f"{split}_{k}": v for k, v in point.get(split, {}).items()})
+    return out
+
+
+def summarize(runs_metrics):
+    """{mean: {metric: x}, std: {metric: x}} over runs (population std, as the authors' np.std)."""
+    keys = runs_metrics[0].keys()
+    return {"mean": {k: float(np.mean([m[k] for m in runs_metrics])) for k in keys},
+            "std": {k: float(np.std([m[k] for m in runs_metrics])) for k in keys}}
+
+
+def _run_record(seed, points, trained, with_val):
+    best = max(points, key=lambda p: p["test"]["r_mean"])
+    record = {"seed": seed, "phases": trained, "points": points, "final": points[-1]["test"],
+              "best": best["test"], "best_epoch": best["epoch"]}
+    if with_val:
+        chosen = max(points, key=lambda p: p["val"]["r_mean"])
+        record.update(val_selected=chosen["test"], val_epoch=chosen["epoch"])
+    return record
+
+
+def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, log=None, desc="eval"):
+    """Train `protocol.num_eval` fresh students (factory.build) on `sources` in order; a report dict.
+
+    Run k uses run_seed(seed, k) for its network, batch order and dropout; the caller's RNG state is
+    left untouched, so a periodic evaluation does not perturb the run that calls it.
+    """
+    if not sources:
+        raise ValueError("evaluate_sequence: no sources to train on")
+    if protocol.select_on == "val" and val is None:
+        raise ValueError("evaluate_sequence: select_on='val' needs the val split")
+    seeds = [run_seed(seed, k) for k in range(protocol.num_eval)]
+    runs = []
+    for k, s in enumerate(seeds):
+        with _fork_rng(device):
+            torch.manual_seed(s)  # dropout masks
+            net = factory.build(seed=s, device=device)
+            points, trained = train_run(sources, net, test, protocol, s, device, val, log, run=k, desc=desc)
+        runs.append(_run_record(s, points, trained, val is not None))
+    report = {"protocol": asdict(protocol), "seeds": seeds, "phase_sequence": [p["name"] for p in runs[0]["phases"]],
+              "phases": runs[0]["phases"], "eval_epochs": [p["epoch"] for p in runs[0]["points"]],
+              "final": summarize([r["final"] for r in runs]),
+              "best": summarize([r["best"] for r in runs]),
+              "meaning": MEANING, "runs": runs}
+    if val is not None:
+        report["val_selected"] = summarize([r["val_selected"] for r in runs])
+    report["reported"] = "val_selected" if protocol.select_on == "val" else "final"
+    return report
+
+
+def headline(report):
+    """The reported mean metrics (final epoch, or val-selected)."""
+    return report[report["reported"]]["mean"]
+
+
+ROWS = (("final", "final epoch"), ("val_selected", "val-selected"), ("best", "best on test"))
+COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
+           ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"), ("mean", "r_mean"))
+
+
+def format_table(report, title=None):
+    """IR@1/5/10, TR@1/5/10 and their mean as mean ± std, one row per selection; the reported row is starred."""
+    label_width = max(len(label) for _, label in ROWS) + 2
+    lines = [title] if title else []
+    lines.append(" " * label_width + "".join(f"  {name:>14}" for name, _ in COLUMNS))
+    for key, label in ROWS:
+        if key not in report:
+            continue
+        mean, std = report[key]["mean"], report[key]["std"]
+        star = "*" if key == report["reported"] else " "
+        cells = "".join(f"  {mean[k]:6.2f} ± {std[k]:5.2f}" for _, k in COLUMNS)
+        lines.append(f"{star}{label:<{label_width - 1}}{cells}")
+    n = len(report["seeds"])
+    lines.append(f"(* reported; mean ± std over {n} run{'s' if n != 1 else ''}; eval points at epochs "
+                 f"{report['eval_epochs']}; 'best on test': each run's best test r_mean over them, the paper's "
+                 "convention, optimistic)")
+    return "\n".join(lines)
+

@@ -1,0 +1,172 @@
+"""Evaluate distilled subsets (SPEC section 6), or a baseline, under one protocol.
+
+Trains --num_eval fresh students on the subsets in the given order (each with its learned lrs and
+its similarity matrix as soft targets), then reports test retrieval as mean ± std over the runs.
+
+    python evaluate.py --image_trainable --ckpt_path runs/synthetic/synthetic_demo/distilled_0_final.pt \
+        runs/synthetic/synthetic_demo/distilled_1_final.pt
+    python evaluate.py --image_trainable --baseline random --num_pairs 100
+    python evaluate.py --dataset flickr --image_encoder nfnet --text_encoder bert --image_trainable \
+        --ckpt_path distilled_0.pt distilled_1.pt --baseline random --out results.json
+
+With both --ckpt_path and --baseline, both are evaluated with the same seeds; the random and
+prototype baselines then default to the files' total number of pairs. Baselines train with
+identity targets: random/prototype at the teacher lrs (as the spec says), the full set at
+0.01 by default, since 0.1 with the protocol's momentum 0.9 makes WBCE collapse on the full
+synthetic set for 2 runs out of 3 (see --full_lr).
+"""
+import argparse
+import os
+import sys
+
+from distill_utils import cli_args
+from distill_utils.baselines import load_final_expert, pair_embeddings, prototype_indices, random_indices
+from distill_utils.data import load_split, load_train, prepare
+from distill_utils.datasets import load_train_pairs
+from distill_utils.errors import UserError, cli_main
+from distill_utils.evaluation import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, check_subset,
+                                      evaluate_sequence, format_table)
+from distill_utils.io import ensure_writable_dir, save_json
+from distill_utils.run_log import RunLog
+from distill_utils.subsets import load_subset
+from distill_utils.trajectories import buffer_dir
+from networks.dual_encoder import NetConfig, NetworkFactory
+
+BASELINES = ("random", "prototype", "full")
+
+
+def make_parser():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    cli_args.add_data_args(p)
+    cli_args.add_network_args(p)
+    g = p.add_argument_group("what to evaluate")
+    g.add_argument("--ckpt_path", nargs="+", default=[], help="distilled subset files, trained on in this order")
+    g.add_argument("--baseline", choices=BASELINES,
+                   help="real-pair baseline: random | prototype (k-means coreset) | full; the pairs are chosen once "
+                        "(with --seed) and shared by all --num_eval runs")
+    g.add_argument("--num_pairs", type=int,
+                   help="pairs of the random/prototype baseline (default: the --ckpt_path total)")
+    g.add_argument("--buffer_path", help="prototype baseline: directory of expert files whose first expert's final "
+                                         "parameters embed the train pairs (default: buffer/<dataset>/"
+                                         "<image_encoder>_<text_encoder>/InfoNCE/normal, where buffer.py writes)")
+    g.add_argument("--lr_teacher_img", type=float, default=0.1,
+                   help="random/prototype baselines: student lr, img params (default: 0.1, the teachers')")
+    g.add_argument("--lr_teacher_txt", type=float, default=0.1,
+                   help="random/prototype baselines: student lr, txt params (default: 0.1, the teachers')")
+    g.add_argument("--full_epochs", type=int, default=10,
+                   help="full baseline: epochs over the whole train set (default: 10, the experts' budget)")
+    g.add_argument("--full_lr", type=float,
+                   help="full baseline: student lr, both groups (default: the teacher lrs x (1 - momentum) = 0.01, "
+                        "the experts' effective step: they train without momentum)")
+    g = p.add_argument_group("protocol")
+    g.add_argument("--num_eval", type=int, default=5, help="fresh students trained and averaged (default: 5)")
+    g.add_argument("--epoch_eval_train", type=int, default=100,
+                   help="epochs per distilled subset / coreset (default: 100)")
+    g.add_argument("--batch_train", type=int, default=128, help="pairs per student batch (default: 128)")
+    g.add_argument("--eval_points", type=int, default=5,
+                   help="test evaluations spread over training, the last at the final epoch (default: 5)")
+    g.add_argument("--select_on", default="final", choices=SELECTIONS,
+                   help="reported number: final epoch, or the evaluation point best on the val split (default: final)")
+    g.add_argument("--lr_decay", action=argparse.BooleanOptionalAction, default=True,
+                   help="lr x0.1 for the second half of each phase's epochs, as the authors' code (default: on)")
+    g.add_argument("--out", help="write config, seeds and all numbers to this JSON file")
+    cli_args.add_loss_arg(p, "WBCE")
+    cli_args.add_runtime_args(p)
+    return p
+
+
+def check_args(args):
+    if not args.ckpt_path and not args.baseline:
+        raise UserError("nothing to evaluate: give --ckpt_path FILE [FILE ...] and/or --baseline")
+    cli_args.positive(args, "num_eval", "epoch_eval_train", "batch_train", "eval_points", "full_epochs",
+                      "num_pairs", "lr_teacher_img", "lr_teacher_txt", "full_lr")
+    if args.num_pairs is not None and args.baseline not in ("random", "prototype"):
+        raise UserError("--num_pairs applies to --baseline random or prototype only")
+    if args.baseline in ("random", "prototype") and args.num_pairs is None and not args.ckpt_path:
+        raise UserError(f"--baseline {args.baseline} needs --num_pairs N (or --ckpt_path files to match in size)")
+    if args.full_lr is not None and args.baseline != "full":
+        raise UserError("--full_lr applies to --baseline full only")
+    if args.buffer_path and args.baseline != "prototype":
+        raise UserError("--buffer_path applies to --baseline prototype only")
+    if args.out:
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+
+
+def expected_of(args, text_dim):
+    return {"dataset": args.dataset, "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
+            "image_size": args.image_size, "image_trainable": args.image_trainable, "text_dim": text_dim,
+            "out_embedding": args.out_embedding}
+
+
+def baseline_sources(args, factory, num_pairs):
+    """([RealPairSource], the chosen pair indices or None) for --baseline."""
+    total = len(load_train_pairs(args.dataset, args.ann_root, args.image_root))  # checked before any feature work
+    if args.baseline != "full" and num_pairs > total:
+        raise UserError(f"--num_pairs {num_pairs}: the {args.dataset} train set has only {total} pairs")
+    train = load_train(args)
+    if args.baseline == "full":
+        damp = 1 - EvalProtocol.momentum  # momentum 0.9 makes each step ~10x longer
+        lr_img, lr_txt = ((args.full_lr, args.full_lr) if args.full_lr else
+                          (round(args.lr_teacher_img * damp, 12), round(args.lr_teacher_txt * damp, 12)))
+        return [RealPairSource(train, None, lr_img, lr_txt, "full", args.full_epochs)], None
+    if args.baseline == "random":
+        indices = random_indices(num_pairs, len(train), args.seed)
+    else:
+        directory = args.buffer_path or buffer_dir("buffer", args.dataset, args.image_encoder, args.text_encoder,
+                                                   "InfoNCE")
+        net = factory.build(seed=args.seed, device=args.device)
+        img, txt = load_final_expert(directory, net, expected_of(args, train.text_features.shape[1]))
+        embeddings = pair_embeddings(net, img, txt, train, args.device)
+        indices = prototype_indices(embeddings, num_pairs, args.seed)
+    source = RealPairSource(train, indices, args.lr_teacher_img, args.lr_teacher_txt, f"{args.baseline}[{num_pairs}]")
+    return [source], indices.tolist()
+
+
+def methods_to_run(args, subsets, factory):
+    """({method: [sources in training order]}, {baseline: selected indices})."""
+    methods, selections = {}, {}
+    if subsets:
+        methods["distilled"] = [SubsetSource(s, name=os.path.basename(path)) for path, s in subsets]
+    if args.baseline:
+        num_pairs = args.num_pairs or sum(len(s) for _, s in subsets)
+        methods[args.baseline], selections[args.baseline] = baseline_sources(args, factory, num_pairs)
+    return methods, selections
+
+
+@cli_main
+def main(argv=None):
+    args = cli_args.finalize(make_parser().parse_args(argv))
+    check_args(args)
+    subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
+    prepare(args)
+    test = load_split(args, "test")
+    val = load_split(args, "val") if args.select_on == "val" else None
+    text_dim = test.text_features.shape[1]
+    notes = [note for path, s in subsets for note in check_subset(s, path, expected_of(args, text_dim))]
+    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, text_dim, args.image_trainable,
+                                       args.out_embedding, args.image_pretrained, args.image_checkpoint))
+    methods, selections = methods_to_run(args, subsets, factory)
+    protocol = EvalProtocol(args.num_eval, args.epoch_eval_train, args.batch_train, args.loss_type,
+                            eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay)
+    config = {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+    log = RunLog(None, config, args.wandb, name=f"eval_{args.dataset}")
+    for note in notes:
+        print(f"note: {note}")
+    print(f"network: {args.image_encoder} (image_trainable={args.image_trainable}) + {args.text_encoder} text features "
+          f"({text_dim}-d), image size {args.image_size}, loss {args.loss_type}, device {args.device}", flush=True)
+    results = {}
+    for name, sources in methods.items():
+        results[name] = evaluate_sequence(sources, factory, test, protocol, args.seed, args.device, val, log, desc=name)
+        phases = " -> ".join(f"{p['name']} ({p['pairs']} pairs, {p['epochs']} ep)" for p in results[name]["phases"])
+        print(format_table(results[name], title=f"\n{name}: {phases}"), flush=True)
+    log.close()
+    if args.out:
+        command = " ".join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)])
+        save_json({"command": command, "config": config, "notes": notes, "selections": selections,
+                   "results": results}, args.out)
+        print(f"results -> {args.out}")
+    return results
+
+
+if __name__ == "__main__":
+    main()
