@@ -19,7 +19,7 @@ case "$dataset" in
     for f in "${ckpts[@]}"; do
       [ -f "$f" ] || { echo "$f not found: run 'bash sh/distill.sh' first" >&2; exit 1; }
     done
-    python evaluate.py --dataset synthetic --image_trainable \
+    python evaluate.py --dataset synthetic --image_trainable --loss_type InfoNCE \
       --ckpt_path "${ckpts[@]}" --baseline random \
       --num_eval 5 --epoch_eval_train 100 --batch_train 128 \
       --out "$run/eval.json" "$@"

@@ -53,3 +53,22 @@ def test_unknown_local_directory_and_offline_hub_name_fail_fast(monkeypatch):
     with pytest.raises(UserError, match="cannot be reached"):
         resolve_model_dir("some-org/model-that-is-not-cached")
     assert time.time() - start < 5
+
+
+def test_openclip_text_tower_from_a_local_checkpoint(tmp_path):
+    """A tiny open_clip architecture registered here, its weights saved to a file and loaded offline."""
+    import json
+    import open_clip
+    from networks.text_encoders import build_text_encoder
+    config = {"embed_dim": 16, "vision_cfg": {"image_size": 16, "layers": 1, "width": 64, "patch_size": 8},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    (tmp_path / "tiny-clip-test.json").write_text(json.dumps(config))
+    open_clip.add_model_config(str(tmp_path / "tiny-clip-test.json"))
+    torch.manual_seed(0)
+    weights = tmp_path / "tiny.pt"
+    torch.save(open_clip.create_model("tiny-clip-test").state_dict(), weights)
+    enc = build_text_encoder(f"openclip:tiny-clip-test@{weights}")
+    feats = enc.encode(["a red circle", "a big blue square"])
+    assert feats.shape == (2, 16) and not torch.allclose(feats[0], feats[1])
+    with pytest.raises(UserError, match="unknown open_clip architecture"):
+        build_text_encoder("openclip:no-such-arch")

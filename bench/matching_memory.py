@@ -1,0 +1,120 @@
+"""Seconds and peak memory of one distillation iteration vs --syn_steps, in both matching modes.
+
+    python -m bench.matching_memory                       # CPU or CUDA (auto), steps 2 4 8 16 32
+    python -m bench.matching_memory --device cuda --image_size 64
+
+One fixed configuration (a ConvNet with a trainable image side, a projection head on 384-d text
+features, N synthetic pairs); each (mode, steps) runs in a fresh process. Peak memory is what the
+iteration adds over the process after set-up: CUDA max_memory_allocated, or on CPU the resident-set
+high-water mark (VmHWM, reset before the iterations; large allocations are mmap-backed so that freed
+memory leaves the resident set). Target: constant mode at 32 steps within
+1.15x of 2 steps.
+"""
+import argparse
+import multiprocessing as mp
+import os
+import statistics
+import time
+
+import torch
+
+from distill_utils.matching import MATCHING, minibatch_schedule
+from distill_utils.similarity import make_similarity
+from distill_utils.student import Student
+from distill_utils.syn_set import SynOptim, SyntheticSet
+from networks.dual_encoder import NetConfig, NetworkFactory
+
+
+def _rss_mb(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) / 1024
+
+
+def _reset_peak_rss():
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def measure(mode, steps, cfg, queue):
+    torch.manual_seed(0)
+    torch.set_num_threads(cfg["threads"])
+    device = torch.device(cfg["device"])
+    net = NetworkFactory(NetConfig(cfg["encoder"], cfg["image_size"], 384, True)).build(0, device).train()
+    student = Student(net, "WBCE")
+    n, side = cfg["num_queries"], cfg["image_size"]
+    syn = SyntheticSet(torch.randn(n, 3, side, side, device=device), torch.randn(n, 384, device=device),
+                       make_similarity("full", n, device=device), 0.1, 0.1, SynOptim(100, 100, 10, 1e-3))
+    img, txt = net.initial_params()
+    start = (img.to(device), txt.to(device))
+    target = tuple(p + 0.01 * torch.randn_like(p) for p in start)
+    gen = torch.Generator().manual_seed(0)
+    run = lambda: MATCHING[mode](student, syn, start, target, minibatch_schedule(n, cfg["batch"], steps, gen))
+    run()  # warm-up
+    syn.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        base = torch.cuda.memory_allocated(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    else:
+        base = _rss_mb("VmRSS:")
+        _reset_peak_rss()
+    times = []
+    for _ in range(cfg["repeats"]):
+        tick = time.perf_counter()
+        run()
+        syn.zero_grad()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        times.append(time.perf_counter() - tick)
+    peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
+            else _rss_mb("VmHWM:") - base)
+    queue.put({"mode": mode, "steps": steps, "seconds": statistics.median(times), "peak_mb": peak})
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--steps", type=int, nargs="+", default=[2, 4, 8, 16, 32], help="syn_steps values")
+    p.add_argument("--modes", nargs="+", default=["constant", "unrolled"], choices=sorted(MATCHING), help="matching modes")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    p.add_argument("--image_encoder", default="convnet", help="image encoder of the student (default: convnet)")
+    p.add_argument("--image_size", type=int, default=32, help="image side (default: 32)")
+    p.add_argument("--num_queries", type=int, default=100, help="synthetic pairs (default: 100)")
+    p.add_argument("--mini_batch_size", type=int, default=50, help="pairs per student step (default: 50)")
+    p.add_argument("--repeats", type=int, default=3, help="timed iterations per setting, median reported (default: 3)")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
+    a = p.parse_args()
+    device = ("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device
+    cfg = {"device": device, "encoder": a.image_encoder, "image_size": a.image_size, "num_queries": a.num_queries,
+           "batch": a.mini_batch_size, "repeats": a.repeats, "threads": a.threads}
+    print(f"config: {cfg}")
+    # Large CPU allocations straight from mmap, returned on free: the resident set then follows live tensors.
+    os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
+    os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
+    ctx = mp.get_context("spawn")
+    rows = []
+    for mode in a.modes:
+        for steps in a.steps:
+            queue = ctx.Queue()
+            proc = ctx.Process(target=measure, args=(mode, steps, cfg, queue))
+            proc.start()
+            rows.append(queue.get())
+            proc.join()
+            r = rows[-1]
+            print(f"{mode:>9} steps {steps:>3}: {r['seconds']:8.3f} s/iteration  peak +{r['peak_mb']:8.1f} MB", flush=True)
+    print("\n| mode | " + " | ".join(f"{s} steps" for s in a.steps) + " |")
+    print("|---|" + "---|" * len(a.steps))
+    for mode in a.modes:
+        cells = [f"{r['seconds']:.2f} s, {r['peak_mb']:.0f} MB" for r in rows if r["mode"] == mode]
+        print(f"| {mode} | " + " | ".join(cells) + " |")
+    const = {r["steps"]: r["peak_mb"] for r in rows if r["mode"] == "constant"}
+    lo, hi = min(a.steps), max(a.steps)
+    if lo in const and hi in const and const[lo] > 0:
+        ratio = const[hi] / const[lo]
+        print(f"\nconstant mode: peak at {hi} steps / peak at {lo} steps = {ratio:.3f} (target <= 1.15): "
+              f"{'OK' if ratio <= 1.15 else 'MISSED'}")
+
+
+if __name__ == "__main__":
+    main()
