@@ -11,6 +11,8 @@ import argparse
 import os
 import sys
 
+import torch
+
 from distill_utils import cli_args
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.errors import UserError, cli_main
@@ -52,7 +54,7 @@ def local_device(args):
     """Under torchrun, each rank takes its own GPU."""
     rank = os.environ.get("LOCAL_RANK")
     if rank is not None and args.device.type == "cuda" and args.device.index is None:
-        args.device = cli_args.torch.device("cuda", int(rank))
+        args.device = torch.device("cuda", int(rank))
 
 
 @cli_main

@@ -14,9 +14,10 @@
         buffer/flickr/nfnet_bert/InfoNCE/convexified_0_6 buffer/flickr/nfnet_bert/InfoNCE/convexified_0_8 \
         --min_start_epoch 0 1 --max_start_epoch 2 3 --num_queries 200 299 --Iteration 2000 2000 --subset_num 2
 
-Writes runs/<dataset>/<name>/: config.json, metrics.jsonl, distilled_<p>_<it>.pt (published format
-plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.txt, distilled_<p>_final.pt and a
-checkpoint; --resume continues a killed run and ends exactly where an uninterrupted one would.
+Writes runs/<dataset>/<name>/: config.json, metrics.jsonl, distilled_<p>_<it>.pt (the EMA subset in the
+published format plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.txt,
+distilled_<p>_final.pt, distilled_<p>_final_raw.pt (the subset without EMA: what --ema_decay 0 gives)
+and a checkpoint; --resume continues a killed run and ends exactly where an uninterrupted one would.
 """
 import argparse
 import datetime

@@ -6,6 +6,7 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .trajectories import check_shapes, list_pairs, load_experts, read_manifest
+from networks.names import same_setting
 
 # Manifest fields that must agree with the evaluation network for the expert to embed anything meaningful.
 EXPERT_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable", "out_embedding")
@@ -25,7 +26,7 @@ def load_final_expert(directory, net, expected):
     manifest = read_manifest(directory)
     if manifest is not None:
         for key in EXPERT_FIELDS:
-            if key in manifest and manifest[key] != expected[key]:
+            if key in manifest and not same_setting(key, manifest[key], expected[key]):
                 raise UserError(f"--buffer_path {directory}: experts were trained with {key}={manifest[key]!r}, "
                                 f"this evaluation has {expected[key]!r}")
     _, img_path, txt_path = list_pairs(directory)[0]

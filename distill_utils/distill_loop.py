@@ -17,8 +17,9 @@ from .phases import Phase
 from .student import Student
 from .subsets import save_subset
 from .syn_set import SynOptim, SyntheticSet
-from .trajectories import ExpertStream, check_shapes, read_manifest, shapes_of, slug
+from .trajectories import ExpertStream, check_shapes, read_manifest, shapes_of
 from .visualize import save_captions, save_image_grid
+from networks.names import same_setting
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -51,8 +52,7 @@ def check_buffer(stream, phase, net, args):
     manifest = read_manifest(phase.buffer_path) or {}
     for key, ours in (("image_encoder", args.image_encoder), ("text_encoder", args.text_encoder),
                       ("image_trainable", args.image_trainable), ("image_size", args.image_size)):
-        if key in manifest and (slug(manifest[key]) if "encoder" in key else manifest[key]) != (
-                slug(ours) if "encoder" in key else ours):
+        if key in manifest and not same_setting(key, manifest[key], ours):
             raise UserError(f"{where}: experts were trained with {key}={manifest[key]!r}, this run has {ours!r}")
     last_needed = phase.max_start_epoch - 1 + args.expert_epochs
     if last_needed >= min(len(img_traj), len(txt_traj)):
@@ -110,7 +110,7 @@ def save_point(ctx, syn, phase, done, frozen):
                      **{f"eval_{k}": v for k, v in m.items()},
                      **{f"eval_std_{k}": v for k, v in report["final"]["std"].items()},
                      **{f"eval_best_{k}": v for k, v in report["best"]["mean"].items()}},
-                    echo=f"phase {phase.index} it {done}: EMA subset, final epoch, {report['seeds'].__len__()} runs | "
+                    echo=f"phase {phase.index} it {done}: EMA subset, final epoch, {len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 
 
@@ -162,8 +162,8 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     stream = ExpertStream(phase.buffer_path, seed)
     check_buffer(stream, phase, net, a)
     opt = SynOptim(a.lr_img, a.lr_txt, a.lr_sim, a.lr_lr, momentum=0.5, ema_decay=a.ema_decay, clamp_lr=a.clamp_lr)
-    syn, _ = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
-                                    a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
+    syn = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
+                                 a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
     begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
     match = MATCHING[a.matching]
     seconds, steps_timed = 0.0, 0
@@ -188,8 +188,12 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
             save_point(ctx, syn, phase, done, frozen)
         if saved or done % a.checkpoint_it == 0:
             write_checkpoint(ctx, phase, done, syn, stream, generator)
-    final = syn.subset(subset_config(ctx, phase, phase.iterations))
+    config = subset_config(ctx, phase, phase.iterations)
+    final = syn.subset(config)
     save_subset(final, os.path.join(ctx.run_dir, f"distilled_{phase.index}_final.pt"))
+    if a.ema_decay > 0:  # the EMA never feeds back, so this is exactly what a run without EMA ends with
+        save_subset(syn.subset(config | {"ema_decay": 0.0}, ema=False),
+                    os.path.join(ctx.run_dir, f"distilled_{phase.index}_final_raw.pt"))
     if steps_timed:
         ctx.log.log({"event": "phase_done", "phase": phase.index, "seconds_per_iteration": seconds / steps_timed,
                      "peak_memory_mb": peak_memory_mb(device)},

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .student import Student, evaluate_retrieval, make_sgd, train_epoch
+from networks.names import same_model
 
 ALL_KEYS = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "img_r_mean", "txt_r_mean", "r_mean")
 SELECTIONS = ("final", "val")
@@ -77,11 +78,6 @@ class RealPairSource:
                    torch.eye(len(idx), device=device))
 
 
-def _same_text_encoder(a, b):
-    from networks.text_encoders import ALIASES
-    return ALIASES.get(a, a) == ALIASES.get(b, b)
-
-
 def check_subset(subset, path, expected):
     """Refuse a distilled file the evaluation network cannot train on; returns notes worth printing.
 
@@ -105,7 +101,7 @@ def check_subset(subset, path, expected):
     cfg = subset.config
     if not cfg:
         return [f"{path}: no config (published format): checked image size and text dimension only"]
-    if "text_encoder" in cfg and not _same_text_encoder(cfg["text_encoder"], expected["text_encoder"]):
+    if "text_encoder" in cfg and not same_model(cfg["text_encoder"], expected["text_encoder"]):
         raise UserError(f"{where}: distilled with text encoder {cfg['text_encoder']!r}, this evaluation uses "
                         f"{expected['text_encoder']!r} (--text_encoder)")
     if "dataset" in cfg and cfg["dataset"] != expected["dataset"]:

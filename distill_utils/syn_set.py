@@ -44,7 +44,7 @@ class SyntheticSet:
         idx = torch.randperm(len(train), generator=generator)[:n]
         similarity = make_similarity(sim_kind, n, sim_rank, alpha, device, generator)
         return cls(train.images.get(idx).to(device), train.text_features[idx].to(device), similarity,
-                   lr_img, lr_txt, opt), idx
+                   lr_img, lr_txt, opt)
 
     def __len__(self):
         return len(self.image)

@@ -66,8 +66,20 @@ def test_two_phase_run_writes_the_expected_files(tiny_args, expert_dir, tmp_path
     assert all(0 <= r["eval_r_mean"] <= 100 for r in evals)
     assert [r["iteration"] for r in records if r.get("phase") == 1 and "loss" in r] == [1, 2, 3]
     assert json.load(open(run_dir / "config.json"))["num_queries"] == [6, 8]
-    # the saved subset is the EMA copy: it moved from its real-pair initialisation, but less than the raw data
     assert any(r.get("event") == "phase_done" and r["seconds_per_iteration"] > 0 for r in records)
+
+
+def test_raw_subset_is_what_a_run_without_ema_ends_with(tiny_args, expert_dir, tmp_path, capsys):
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "ema", "--num_eval", "0"), capsys)[0] == 0
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "noema", "--num_eval", "0",
+                                       "--ema_decay", "0"), capsys)[0] == 0
+    for p in (0, 1):
+        raw = _tensors(tmp_path / "synthetic" / "ema", f"distilled_{p}_final_raw.pt")
+        no_ema = _tensors(tmp_path / "synthetic" / "noema", f"distilled_{p}_final.pt")
+        ema = _tensors(tmp_path / "synthetic" / "ema", f"distilled_{p}_final.pt")
+        assert all(torch.equal(a, b) for a, b in zip(raw, no_ema))
+        assert not torch.equal(raw[0], ema[0])
+    assert not (tmp_path / "synthetic" / "noema" / "distilled_0_final_raw.pt").exists()
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):

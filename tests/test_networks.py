@@ -97,3 +97,10 @@ def test_plain_group_norm_matches_torch():
         ref.bias.copy_(ours.bias)
     assert torch.allclose(ours(x), ref(x), atol=1e-5)
     assert [n for n, _ in ours.named_parameters()] == [n for n, _ in ref.named_parameters()]
+
+
+def test_model_names_compare_as_models():
+    from networks.names import same_model, same_setting
+    assert same_model("nfnet", "nfnet_l0") and same_model("bert", "google-bert/bert-base-uncased")
+    assert same_model("./models/minilm/", "/data/minilm") and not same_model("bert", "distilbert")
+    assert same_setting("image_size", 224, 224) and not same_setting("text_encoder", "minilm", "bert")
