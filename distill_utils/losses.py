@@ -15,8 +15,9 @@ def _cwcl(logits, targets):
 
 
 def _kl(logits, targets):
-    # as in LoRS: targets sharpened by a softmax at temperature 0.1; mean over all elements
-    return F.kl_div(torch.log_softmax(logits, 1), torch.softmax(targets * 10, 1), reduction="mean")
+    # as in LoRS: targets sharpened by a softmax at temperature 0.1; mean over all elements, spelled out
+    # because torch will change reduction="mean" to mean "batchmean"
+    return F.kl_div(torch.log_softmax(logits, 1), torch.softmax(targets * 10, 1), reduction="none").mean()
 
 
 def _symmetric(fn):
