@@ -15,7 +15,7 @@ import torch
 
 from distill_utils import cli_args
 from distill_utils.data import load_split, load_train, prepare
-from distill_utils.errors import UserError, cli_main
+from distill_utils.errors import cli_main
 from distill_utils.experts import train_expert
 from distill_utils.io import ensure_writable_dir
 from distill_utils.run_log import RunLog
@@ -61,8 +61,7 @@ def local_device(args):
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
     cli_args.positive(args, "num_experts", "train_epochs", "batch_train", "eval_freq", "lr_teacher_img", "lr_teacher_txt")
-    if args.mom < 0 or args.l2 < 0:
-        raise UserError("--mom and --l2 must be >= 0")
+    cli_args.non_negative(args, "mom", "l2")
     local_device(args)
     save_dir = ensure_writable_dir(buffer_dir(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder,
                                               args.loss_type), "--buffer_path")

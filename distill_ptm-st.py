@@ -86,9 +86,7 @@ def make_parser():
 def check_args(args):
     cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "mini_batch_size", "lr_img", "lr_txt",
                       "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
-    for flag in ("lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha"):
-        if getattr(args, flag) is not None and getattr(args, flag) < 0:
-            raise UserError(f"--{flag} {getattr(args, flag)}: expected a value >= 0")
+    cli_args.non_negative(args, "lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha")
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema_decay {args.ema_decay}: expected 0 <= decay < 1")
     if args.sim_type == "full" and args.sim_rank is not None:

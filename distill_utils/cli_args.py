@@ -53,6 +53,13 @@ def positive(args, *names):
             raise UserError(f"--{name} {value}: expected a positive number")
 
 
+def non_negative(args, *names):
+    for name in names:
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise UserError(f"--{name} {value}: expected 0 or more")
+
+
 def resolve_device(name):
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -77,7 +84,6 @@ def finalize(args):
         args.image_encoder = args.image_encoder or ("convnet" if synthetic else "nfnet")
         positive(args, "out_embedding")
     positive(args, "image_size", "synthetic_train_images", "synthetic_test_images")
-    if args.workers < 0:
-        raise UserError(f"--workers {args.workers}: expected 0 or more")
+    non_negative(args, "workers")
     args.device = resolve_device(args.device)
     return args
