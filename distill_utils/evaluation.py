@@ -108,7 +108,7 @@ def check_subset(subset, path, expected):
         raise UserError(f"{where}: distilled from dataset {cfg['dataset']!r}, "
                         f"this evaluation is on {expected['dataset']!r}")
     notes = []
-    if "image_encoder" in cfg and cfg["image_encoder"] != expected["image_encoder"]:
+    if "image_encoder" in cfg and not same_model(cfg["image_encoder"], expected["image_encoder"]):
         notes.append(f"{path}: cross-architecture evaluation: distilled with image encoder {cfg['image_encoder']!r}, "
                      f"evaluated with {expected['image_encoder']!r}")
     if "image_trainable" in cfg and bool(cfg["image_trainable"]) != expected["image_trainable"]:

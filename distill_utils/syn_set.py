@@ -71,7 +71,7 @@ class SyntheticSet:
 
     def subset(self, config, ema=True):
         """The (EMA) subset in the published format."""
-        values = self.ema.shadow if ema else [t.detach() for t in self.tensors()]
+        values = self.ema.shadow if ema else self.tensors()
         image, text, *sim_params, lr_img, lr_txt = (v.detach().cpu().clone() for v in values)
         return DistilledSubset(image, text, self.similarity.matrix(sim_params), lr_img.item(), lr_txt.item(),
                                sim_params, dict(config))
