@@ -69,7 +69,7 @@ def main(argv=None):
     train, test = load_train(args), load_split(args, "test")
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
                                        args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
-    log = RunLog(save_dir, vars(args) | {"device": str(args.device)}, args.wandb, name=f"buffer_{args.dataset}")
+    log = RunLog(save_dir, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
     first = True
     while (n := claim_index(save_dir, args.num_experts)) is not None:
         net = factory.build(seed=args.seed * 100003 + n, device=args.device)

@@ -14,6 +14,7 @@ import sys
 
 from tqdm import tqdm
 
+from distill_utils import cli_args
 from distill_utils.errors import UserError, cli_main
 from distill_utils.io import ensure_writable_dir, save_json, save_torch
 from distill_utils.shortcut import shortcut_trajectory
@@ -97,8 +98,7 @@ def convexify(pairs, manifest, out_dir, start, end):
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = make_parser().parse_args(argv)
-    if args.start < 0:
-        raise UserError(f"--start {args.start}: must be >= 0")
+    cli_args.non_negative(args, "start")
     if args.start >= args.end:
         raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
     pairs = list_pairs(args.normal_dir, "--normal_dir")

@@ -28,7 +28,7 @@ from distill_utils import cli_args
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
 from distill_utils.errors import UserError, cli_main
-from distill_utils.io import ensure_writable_dir, load_json, save_json
+from distill_utils.io import atomic_path, ensure_writable_dir, load_json, save_json
 from distill_utils.matching import MATCHING
 from distill_utils.phases import parse_phases
 from distill_utils.run_log import RunLog
@@ -100,7 +100,7 @@ def check_args(args):
 def open_run_dir(args):
     """runs/<dataset>/<name>/ with config.json; a resumed run must have been started with the same settings."""
     run_dir = os.path.join(args.runs_dir, args.dataset, args.name)
-    config = {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+    config = cli_args.config_of(args)
     config_path = os.path.join(run_dir, "config.json")
     if args.resume:
         if not os.path.isfile(config_path):
@@ -125,9 +125,8 @@ def truncate_log(path, phase, iteration):
     with open(path) as f:
         records = [json.loads(line) for line in f if line.strip()]
     keep = [r for r in records if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
-    with open(path + ".tmp", "w") as f:
+    with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
-    os.replace(path + ".tmp", path)
 
 
 @cli_main
@@ -142,7 +141,7 @@ def main(argv=None):
     ckpt = read_checkpoint(run_dir) if args.resume else None
     if ckpt:
         truncate_log(os.path.join(run_dir, "metrics.jsonl"), ckpt["phase"], ckpt["iteration"])
-    log = RunLog(run_dir, vars(args) | {"device": str(args.device)}, args.wandb, name=args.name)
+    log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
     ctx = RunContext(args, run_dir, train, test, factory, log)
     preflight(ctx, phases)
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets

@@ -148,7 +148,7 @@ def main(argv=None):
     methods, selections = methods_to_run(args, subsets, factory)
     protocol = EvalProtocol(args.num_eval, args.epoch_eval_train, args.batch_train, args.loss_type,
                             eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay)
-    config = {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+    config = cli_args.config_of(args)
     log = RunLog(None, config, args.wandb, name=f"eval_{args.dataset}")
     for note in notes:
         print(f"note: {note}")

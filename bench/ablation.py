@@ -17,6 +17,9 @@ import subprocess
 import sys
 import time
 
+from distill_utils.evaluation import COLUMNS as METRICS
+from distill_utils.io import atomic_path
+
 ENCODER, CROSS_ENCODER, TEXT = "convnet", "convnet_w32_d4_gn", "minilm"
 EXPERTS = ["--num_experts", "4", "--train_epochs", "8", "--lr_teacher_img", "0.1", "--lr_teacher_txt", "0.1",
            "--batch_train", "128", "--eval_freq", "8", "--loss_type", "InfoNCE"]
@@ -47,8 +50,6 @@ PHASING_NOTE = (
     "paper's recipes do, helped (N = 20, val: 15.6 -> 19.0). The paper's setting differs in ways this CPU "
     "benchmark cannot follow (a pretrained NFNet, 200 + 299 pairs, 2000 iterations per phase); we report the "
     "rows as measured.")
-METRICS = [("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"), ("TR@1", "txt_r1"), ("TR@5", "txt_r5"),
-           ("TR@10", "txt_r10"), ("mean", "r_mean")]
 
 
 class Bench:
@@ -143,10 +144,13 @@ class Bench:
         print(f"bench: {minutes:.1f} min; results -> {self.a.out}")
 
 
-def _result(bench, name):
+def _report(bench, name):
     with open(os.path.join(bench.work, "eval", f"{name}.json")) as f:
-        results = json.load(f)["results"]
-    report = next(iter(results.values()))
+        return next(iter(json.load(f)["results"].values()))
+
+
+def _result(bench, name):
+    report = _report(bench, name)
     return report["final"]["mean"], report["final"]["std"]
 
 
@@ -182,7 +186,8 @@ def write_report(bench, minutes):
             speed = _speed(bench, run, n)
             extra = f"{speed[0]:.2f} | {speed[1]:.0f}" if speed else " | "
             lines.append(f"| {row} | {_cells(mean, std)} | {extra} |")
-        lines.append(f"| full train set (2000 pairs) | {_cells(*_result(bench, 'full'))} | | |")
+        lines.append(f"| full train set ({_report(bench, 'full')['phases'][0]['pairs']} pairs) | "
+                     f"{_cells(*_result(bench, 'full'))} | | |")
         lines += ["", f"Cross-architecture (`{CROSS_ENCODER}`: narrower, deeper, group norm), same protocol:", "",
                   "| method | " + " | ".join(label for label, _ in METRICS) + " |", "|---" * (len(METRICS) + 1) + "|",
                   f"| random real pairs | {_cells(*_result(bench, f'cross_random_N{n}'))} |",
@@ -217,7 +222,7 @@ def write_report(bench, minutes):
               "- s/iter and peak MB: one distillation iteration on one CPU thread while a second job shares the "
               "machine; peak memory is the process's peak resident set", ""]
     os.makedirs(os.path.dirname(os.path.abspath(bench.a.out)), exist_ok=True)
-    with open(bench.a.out, "w") as f:
+    with atomic_path(bench.a.out) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
 
 

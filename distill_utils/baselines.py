@@ -4,9 +4,7 @@ the teacher lrs; the full training set is the third baseline (no selection neede
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .trajectories import check_shapes, list_pairs, load_experts, read_manifest
-from networks.names import same_setting
+from .trajectories import check_manifest, check_shapes, list_pairs, load_experts, shapes_of
 
 # Manifest fields that must agree with the evaluation network for the expert to embed anything meaningful.
 EXPERT_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable", "out_embedding")
@@ -23,16 +21,11 @@ def load_final_expert(directory, net, expected):
     `expected` holds the run's values of EXPERT_FIELDS; a buffer with a manifest must agree on them,
     one without (published) is checked by parameter shapes only.
     """
-    manifest = read_manifest(directory)
-    if manifest is not None:
-        for key in EXPERT_FIELDS:
-            if key in manifest and not same_setting(key, manifest[key], expected[key]):
-                raise UserError(f"--buffer_path {directory}: experts were trained with {key}={manifest[key]!r}, "
-                                f"this evaluation has {expected[key]!r}")
+    check_manifest(directory, {key: expected[key] for key in EXPERT_FIELDS}, f"--buffer_path {directory}")
     _, img_path, txt_path = list_pairs(directory)[0]
     img, txt = load_experts(img_path)[0][-1], load_experts(txt_path)[0][-1]
-    check_shapes([p.shape for p in img], net.img_layout, "img", f"--buffer_path {img_path}")
-    check_shapes([p.shape for p in txt], net.txt_layout, "txt", f"--buffer_path {txt_path}")
+    check_shapes(shapes_of(img), net.img_layout, "img", f"--buffer_path {img_path}")
+    check_shapes(shapes_of(txt), net.txt_layout, "txt", f"--buffer_path {txt_path}")
     return net.img_layout.flatten(img).float(), net.txt_layout.flatten(txt).float()
 
 

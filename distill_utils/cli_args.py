@@ -46,6 +46,11 @@ def add_runtime_args(p):
                    help="Weights & Biases logging (default: disabled)")
 
 
+def config_of(args):
+    """The parsed options as a JSON-able dict (config.json, --out, W&B)."""
+    return {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+
+
 def positive(args, *names):
     for name in names:
         value = getattr(args, name)

@@ -17,9 +17,8 @@ from .phases import Phase
 from .student import Student
 from .subsets import save_subset
 from .syn_set import SynOptim, SyntheticSet
-from .trajectories import ExpertStream, check_shapes, read_manifest, shapes_of
+from .trajectories import ExpertStream, check_manifest, check_shapes, shapes_of
 from .visualize import save_captions, save_image_grid
-from networks.names import same_setting
 
 CHECKPOINT = "checkpoint.pt"
 
@@ -49,11 +48,8 @@ def check_buffer(stream, phase, net, args):
     where = f"--buffer_path {phase.buffer_path} ({os.path.basename(path)})"
     check_shapes(shapes_of(img_traj[0]), net.img_layout, "img", where)
     check_shapes(shapes_of(txt_traj[0]), net.txt_layout, "txt", where)
-    manifest = read_manifest(phase.buffer_path) or {}
-    for key, ours in (("image_encoder", args.image_encoder), ("text_encoder", args.text_encoder),
-                      ("image_trainable", args.image_trainable), ("image_size", args.image_size)):
-        if key in manifest and not same_setting(key, manifest[key], ours):
-            raise UserError(f"{where}: experts were trained with {key}={manifest[key]!r}, this run has {ours!r}")
+    check_manifest(phase.buffer_path, {key: getattr(args, key) for key in
+                                       ("image_encoder", "text_encoder", "image_trainable", "image_size")}, where)
     last_needed = phase.max_start_epoch - 1 + args.expert_epochs
     if last_needed >= min(len(img_traj), len(txt_traj)):
         raise UserError(f"--max_start_epoch {phase.max_start_epoch} + --expert_epochs {args.expert_epochs} needs "

@@ -14,6 +14,7 @@ import torch
 
 from .errors import UserError
 from .io import dump_json, load_json, load_torch, save_torch
+from networks.names import same_setting
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -95,6 +96,15 @@ def check_shapes(found_shapes, layout, side, where):
 def read_manifest(directory):
     path = os.path.join(directory, MANIFEST)
     return load_json(path, what="buffer manifest") if os.path.isfile(path) else None
+
+
+def check_manifest(directory, ours, where):
+    """Refuse a buffer whose manifest disagrees with `ours` ({field: value}) on a field both record;
+    model names are compared as models. A buffer without a manifest (published) passes."""
+    manifest = read_manifest(directory) or {}
+    for key, value in ours.items():
+        if key in manifest and not same_setting(key, manifest[key], value):
+            raise UserError(f"{where}: experts were trained with {key}={manifest[key]!r}, this run has {value!r}")
 
 
 def write_manifest(directory, manifest):
