@@ -13,7 +13,7 @@ import sys
 
 import torch
 
-from distill_utils import cli_args
+from distill_utils import cli_args, speed
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.errors import cli_main
 from distill_utils.experts import train_expert
@@ -39,6 +39,7 @@ def make_parser():
     g.add_argument("--eval_freq", type=int, default=5, help="report test retrieval every N epochs (default: 5)")
     cli_args.add_loss_arg(p, "InfoNCE")
     cli_args.add_runtime_args(p)
+    speed.add_speed_args(p)
     return p
 
 
@@ -63,12 +64,14 @@ def main(argv=None):
     cli_args.positive(args, "num_experts", "train_epochs", "batch_train", "eval_freq", "lr_teacher_img", "lr_teacher_txt")
     cli_args.non_negative(args, "mom", "l2")
     local_device(args)
+    speed.deterministic(args.device)
     save_dir = ensure_writable_dir(buffer_dir(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder,
                                               args.loss_type), "--buffer_path")
     prepare(args)
     train, test = load_train(args), load_split(args, "test")
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
-                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
+                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint,
+                                       amp=args.amp, channels_last=args.channels_last))
     log = RunLog(save_dir, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
     first = True
     while (n := claim_index(save_dir, args.num_experts)) is not None:

@@ -24,7 +24,7 @@ import datetime
 import json
 import os
 
-from distill_utils import cli_args
+from distill_utils import cli_args, speed
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
 from distill_utils.errors import UserError, cli_main
@@ -80,6 +80,7 @@ def make_parser():
     g.add_argument("--runs_dir", default="runs", help="root of the run directories (default: runs)")
     g.add_argument("--resume", action="store_true", help="continue runs/<dataset>/<name> from its checkpoint")
     cli_args.add_runtime_args(p)
+    speed.add_speed_args(p, distill=True)
     return p
 
 
@@ -133,15 +134,19 @@ def truncate_log(path, phase, iteration):
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
     phases = check_args(args)
+    speed.check_speed_args(args)
+    runtime = speed.deterministic(args.device)
     run_dir = open_run_dir(args)
     prepare(args)
     train, test = load_train(args), load_split(args, "test")
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
-                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
+                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint,
+                                       amp=args.amp, channels_last=args.channels_last))
     ckpt = read_checkpoint(run_dir) if args.resume else None
     if ckpt:
         truncate_log(os.path.join(run_dir, "metrics.jsonl"), ckpt["phase"], ckpt["iteration"])
     log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
+    log.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last})
     ctx = RunContext(args, run_dir, train, test, factory, log)
     preflight(ctx, phases)
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets

@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from distill_utils import cli_args
+from distill_utils import cli_args, speed
 from distill_utils.baselines import load_final_expert, pair_embeddings, prototype_indices, random_indices
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.datasets import load_train_pairs
@@ -72,6 +72,7 @@ def make_parser():
     g.add_argument("--out", help="write config, seeds and all numbers to this JSON file")
     cli_args.add_loss_arg(p, "WBCE")
     cli_args.add_runtime_args(p)
+    speed.add_speed_args(p)
     return p
 
 
@@ -137,6 +138,7 @@ def methods_to_run(args, subsets, factory):
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
     check_args(args)
+    speed.deterministic(args.device)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
     prepare(args)
     test = load_split(args, "test")
@@ -144,7 +146,8 @@ def main(argv=None):
     text_dim = test.text_features.shape[1]
     notes = [note for path, s in subsets for note in check_subset(s, path, expected_of(args, text_dim))]
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, text_dim, args.image_trainable,
-                                       args.out_embedding, args.image_pretrained, args.image_checkpoint))
+                                       args.out_embedding, args.image_pretrained, args.image_checkpoint,
+                                       amp=args.amp, channels_last=args.channels_last))
     methods, selections = methods_to_run(args, subsets, factory)
     protocol = EvalProtocol(args.num_eval, args.epoch_eval_train, args.batch_train, args.loss_type,
                             eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay)

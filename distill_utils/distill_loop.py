@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import trange
 
+from .amp_guard import AmpGuard, describe as describe_amp_check
 from .errors import UserError
 from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from .io import load_torch, save_torch
@@ -124,8 +125,9 @@ def peak_memory_mb(device):
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def write_checkpoint(ctx, phase, done, syn, stream, generator):
+def write_checkpoint(ctx, phase, done, syn, stream, generator, guard):
     save_torch({"phase": phase.index, "iteration": done, "syn": syn.state_dict(), "experts": stream.state_dict(),
+                "amp_guard": guard.state_dict(),
                 "generator": generator.get_state(), "rng": torch.get_rng_state(),
                 "cuda_rng": torch.cuda.get_rng_state(ctx.device) if ctx.device.type == "cuda" else None,
                 "last_save": ctx.last_save}, os.path.join(ctx.run_dir, CHECKPOINT))
@@ -136,8 +138,10 @@ def read_checkpoint(run_dir):
     return load_torch(path, what="checkpoint") if os.path.isfile(path) else None
 
 
-def _restore(ckpt, syn, stream, generator, ctx):
+def _restore(ckpt, syn, stream, generator, guard, ctx):
     syn.load_state_dict(ckpt["syn"])
+    if "amp_guard" in ckpt:
+        guard.load_state_dict(ckpt["amp_guard"])
     stream.load_state_dict(ckpt["experts"])
     generator.set_state(ckpt["generator"])
     torch.set_rng_state(ckpt["rng"])
@@ -160,7 +164,8 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     opt = SynOptim(a.lr_img, a.lr_txt, a.lr_sim, a.lr_lr, momentum=0.5, ema_decay=a.ema_decay, clamp_lr=a.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
-    begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
+    guard = AmpGuard(student, a.amp, a.amp_tolerance, a.amp_check_it)
+    begin = _restore(resume, syn, stream, generator, guard, ctx) if resume else 0
     match = MATCHING[a.matching]
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
@@ -168,7 +173,9 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         tick = time.perf_counter()
         start, target, t = expert_segment(stream, phase, generator, a.expert_epochs, device)
         schedule = minibatch_schedule(len(syn), a.mini_batch_size, a.syn_steps, generator)
-        result = match(student, syn, start, target, schedule)
+        result, check = guard.match(match, syn, start, target, schedule, it)
+        if check:
+            ctx.log.log({"phase": phase.index, **check}, echo=f"phase {phase.index}: {describe_amp_check(check)}")
         _check_finite(result, syn, phase, it, ctx)
         syn.step()
         if device.type == "cuda":
@@ -183,7 +190,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         if saved:
             save_point(ctx, syn, phase, done, frozen)
         if saved or done % a.checkpoint_it == 0:
-            write_checkpoint(ctx, phase, done, syn, stream, generator)
+            write_checkpoint(ctx, phase, done, syn, stream, generator, guard)
     config = subset_config(ctx, phase, phase.iterations)
     final = syn.subset(config)
     save_subset(final, os.path.join(ctx.run_dir, f"distilled_{phase.index}_final.pt"))

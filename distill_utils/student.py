@@ -6,17 +6,40 @@ import torch
 
 from .losses import contrastive_loss
 from .metrics import retrieval_metrics
+from .speed import autocast
 
 
 class Student:
-    """A network plus a loss, evaluated at given (img_flat, txt_flat) parameters."""
+    """A network plus a loss, evaluated at given (img_flat, txt_flat) parameters.
 
-    def __init__(self, net, loss_type):
+    amp ('off', 'bf16', 'fp16'; default: the network's `amp`): the network's forward runs under autocast,
+    the loss in float32. fp16 training scales the loss (one GradScaler per student, kept across epochs).
+    """
+
+    def __init__(self, net, loss_type, amp=None):
         self.net, self.loss_type = net, loss_type
         self.criterion = contrastive_loss(loss_type)
+        self.amp = getattr(net, "amp", "off") if amp is None else amp
+        self.scaler = None
 
     def loss(self, img_flat, txt_flat, images, texts, targets):
-        return self.criterion(self.net.logits(images, texts, img_flat, txt_flat), targets)
+        if self.amp == "off":
+            return self.criterion(self.net.logits(images, texts, img_flat, txt_flat), targets)
+        with autocast(images.device, self.amp):
+            logits = self.net.logits(images, texts, img_flat, txt_flat)
+        return self.criterion(logits.float(), targets)
+
+    def backward_step(self, loss, optimizer):
+        """loss.backward() and optimizer.step(), through a GradScaler under fp16 (skips steps with inf grads)."""
+        if self.amp != "fp16":
+            loss.backward()
+            optimizer.step()
+            return
+        if self.scaler is None:
+            self.scaler = torch.amp.GradScaler(loss.device.type)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(optimizer)
+        self.scaler.update()
 
     def grads(self, img_flat, txt_flat, images, texts, targets, create_graph=False):
         """(loss, d loss / d img_flat, d loss / d txt_flat) at the given parameters."""
@@ -37,8 +60,7 @@ def train_epoch(student, img_flat, txt_flat, optimizer, batches):
     for images, texts, targets in batches:
         optimizer.zero_grad(set_to_none=True)
         loss = student.loss(img_flat, txt_flat, images, texts, targets)
-        loss.backward()
-        optimizer.step()
+        student.backward_step(loss, optimizer)
         total, count = total + loss.item() * len(images), count + len(images)
     return total / max(count, 1)
 

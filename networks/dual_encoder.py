@@ -32,6 +32,8 @@ class DualEncoder(nn.Module):
         self.image_head = None if image_trainable else ProjectionHead(image_dim, embed_dim)
         self.text_head = ProjectionHead(text_dim, embed_dim)
         self.logit_scale = 1.0 / temperature  # fixed, as in the paper
+        self.amp = "off"  # autocast dtype the Student runs this network under (--amp)
+        self.channels_last = False  # images enter the encoder channels-last (--channels_last)
         if not image_trainable:
             self.image_encoder.requires_grad_(False)
         self.img_layout = ParamLayout(self.img_module)
@@ -58,6 +60,8 @@ class DualEncoder(nn.Module):
 
     def embed_images(self, images, img_flat=None):
         module = self.img_module
+        if self.channels_last and images.dim() == 4:
+            images = images.contiguous(memory_format=torch.channels_last)
         if not self.image_trainable:
             images = self.image_encoder(images)
         out = module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
@@ -83,6 +87,8 @@ class NetConfig:
     image_pretrained: Optional[bool] = None
     image_checkpoint: Optional[str] = None
     temperature: float = 0.07
+    amp: str = "off"
+    channels_last: bool = False
 
     def as_dict(self):
         return asdict(self)
@@ -110,4 +116,5 @@ class NetworkFactory:
                 encoder.load_state_dict(self._encoder_state)
             torch.manual_seed(seed)
             net = DualEncoder(encoder, dim, c.text_dim, c.image_trainable, c.out_embedding, c.temperature)
+        net.amp, net.channels_last = c.amp, c.channels_last
         return net.to(device)

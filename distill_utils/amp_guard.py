@@ -1,0 +1,83 @@
+"""--amp for the distillation passes, guarded: every `check_every` iterations the matching step is also
+run in float32 on the same iteration (same expert, minibatches and dropout masks), and if the relative
+error of the synthetic-data gradient exceeds the tolerance, the rest of the run uses float32.
+
+The float32 run happens first and the global RNG is rewound before the mixed-precision one, so a check
+leaves the run exactly where a run without checks would be; on failure the float32 gradient is kept.
+"""
+import torch
+
+DATA = "image", "text", "similarity"
+
+
+def _rng_state():
+    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
+
+
+def _set_rng_state(state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state_all(state[1])
+
+
+def relative_error(value, reference):
+    """||value - reference|| / ||reference|| (0 when both are zero), in float64."""
+    value, reference = value.double(), reference.double()
+    ref = reference.norm()
+    if ref == 0:
+        return 0.0 if value.norm() == 0 else float("inf")
+    return ((value - reference).norm() / ref).item()
+
+
+def gradient_errors(syn, reference):
+    """{image, text, similarity, lr_img, lr_txt}: relative error of syn's .grad against `reference` grads
+    (in syn.tensors() order); similarity is the largest over the similarity parameters."""
+    grads = [t.grad for t in syn.tensors()]
+    errors = [relative_error(g, r) for g, r in zip(grads, reference)]
+    return {"image": errors[0], "text": errors[1], "similarity": max(errors[2:-2]),
+            "lr_img": errors[-2], "lr_txt": errors[-1]}
+
+
+class AmpGuard:
+    def __init__(self, student, amp, tolerance, check_every):
+        self.student, self.amp, self.tolerance, self.check_every = student, amp, tolerance, check_every
+        self.active = amp != "off"
+
+    def state_dict(self):
+        return {"active": self.active}
+
+    def load_state_dict(self, state):
+        self.active = state["active"]
+
+    def match(self, match, syn, start, target, schedule, iteration):
+        """(MatchResult, check record or None): one matching step, setting syn's .grad."""
+        self.student.amp = self.amp if self.active else "off"
+        if not self.active or iteration % self.check_every:
+            return match(self.student, syn, start, target, schedule), None
+        rng = _rng_state()
+        self.student.amp = "off"
+        reference_result = match(self.student, syn, start, target, schedule)
+        reference = [t.grad.clone() for t in syn.tensors()]
+        syn.zero_grad()
+        _set_rng_state(rng)
+        self.student.amp = self.amp
+        result = match(self.student, syn, start, target, schedule)
+        errors = gradient_errors(syn, reference)
+        worst = max(errors[k] for k in DATA)
+        record = {"event": "amp_check", "iteration": iteration + 1, "amp": self.amp, "amp_rel_err_max": worst,
+                  **{f"amp_rel_err_{k}": v for k, v in errors.items()}, "amp_tolerance": self.tolerance}
+        if not worst <= self.tolerance:
+            self.active = False
+            self.student.amp = "off"
+            for t, g in zip(syn.tensors(), reference):
+                t.grad = g
+            record["amp_fallback"] = True
+            return reference_result, record
+        return result, record
+
+
+def describe(record):
+    """One line for the console."""
+    return (f"{record['amp']} gradient vs float32 at iteration {record['iteration']}: largest relative error "
+            f"{record['amp_rel_err_max']:.2e} (tolerance {record['amp_tolerance']:g})"
+            + ("; float32 from now on" if record.get("amp_fallback") else ""))
