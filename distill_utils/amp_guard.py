@@ -29,10 +29,9 @@ def relative_error(value, reference):
     return ((value - reference).norm() / ref).item()
 
 
-def gradient_errors(syn, reference):
-    """{image, text, similarity, lr_img, lr_txt}: relative error of syn's .grad against `reference` grads
-    (in syn.tensors() order); similarity is the largest over the similarity parameters."""
-    grads = [t.grad for t in syn.tensors()]
+def gradient_errors(grads, reference):
+    """{image, text, similarity, lr_img, lr_txt}: relative errors of gradients against `reference`, both in
+    SyntheticSet.tensors() order; similarity is the largest over the similarity parameters."""
     errors = [relative_error(g, r) for g, r in zip(grads, reference)]
     return {"image": errors[0], "text": errors[1], "similarity": max(errors[2:-2]),
             "lr_img": errors[-2], "lr_txt": errors[-1]}
@@ -62,7 +61,7 @@ class AmpGuard:
         _set_rng_state(rng)
         self.student.amp = self.amp
         result = match(self.student, syn, start, target, schedule)
-        errors = gradient_errors(syn, reference)
+        errors = gradient_errors([t.grad for t in syn.tensors()], reference)
         worst = max(errors[k] for k in DATA)
         record = {"event": "amp_check", "iteration": iteration + 1, "amp": self.amp, "amp_rel_err_max": worst,
                   **{f"amp_rel_err_{k}": v for k, v in errors.items()}, "amp_tolerance": self.tolerance}

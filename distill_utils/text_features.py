@@ -11,6 +11,7 @@ import torch
 from tqdm import tqdm
 
 from networks.text_encoders import build_text_encoder, fingerprint
+from .errors import UserError
 from .io import load_torch, save_torch
 
 
@@ -30,8 +31,15 @@ def encode_texts(encoder, texts, batch_size=256):
 
 
 def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=None):
-    """Features [len(texts), D] (float32, CPU) for `texts`, from the cache when it is valid."""
-    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec)}
+    """Features [len(texts), D] (float32, CPU) for `texts`, from the cache when it is valid.
+
+    Where the encoder is not installed (a GPU machine the features were carried to), a cache made for the
+    same captions and encoder name is used as it is: its files cannot be checked, and it says so.
+    """
+    try:
+        key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec)}
+    except UserError as missing:
+        return _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing)
     path = cache_path(cache_dir, tag, encoder_spec)
     if os.path.isfile(path):
         cached = load_torch(path, what="text feature cache")
@@ -43,3 +51,14 @@ def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=Non
     os.makedirs(os.path.dirname(path), exist_ok=True)
     save_torch({"key": key, "features": features}, path)
     return features
+
+
+def _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing):
+    path = cache_path(cache_dir, tag, encoder_spec)
+    cached = load_torch(path, what="text feature cache") if os.path.isfile(path) else None
+    key = cached.get("key", {}) if isinstance(cached, dict) else {}
+    if key.get("captions") != captions_digest(texts) or key.get("encoder") != encoder_spec:
+        raise missing
+    print(f"note: {missing}; using the cached features {path} (same captions and encoder name, encoder files "
+          f"{key.get('fingerprint')} not checkable here)")
+    return cached["features"]

@@ -2,6 +2,7 @@
 import os
 
 import torch
+import torch.nn as nn
 
 from distill_utils.errors import UserError
 from distill_utils.io import load_torch
@@ -46,6 +47,24 @@ def load_checkpoint(model, path):
     model.load_state_dict(state)
 
 
+class SiLU(nn.Module):
+    """x * sigmoid(x) with plain ops. PyTorch's fused SiLU backward switches to another formula under
+    create_graph, so the memory-constant matching's pass 2 would not replay pass 1 bit for bit (as GroupNorm
+    in convnet.py)."""
+
+    def forward(self, x):
+        return x * torch.sigmoid(x)
+
+
+def replay_safe(model):
+    """Swap the activations whose backward changes under create_graph (nn.SiLU, NFNet's) for plain-op ones."""
+    for module in list(model.modules()):
+        for name, child in list(module.named_children()):
+            if type(child) is nn.SiLU:
+                setattr(module, name, SiLU())
+    return model
+
+
 def build_image_encoder(name, image_size, pretrained=None, checkpoint=None):
     """(module, output dim). pretrained=None means: timm weights for timm models, none for the ConvNet."""
     conv = parse_convnet(name)
@@ -69,6 +88,7 @@ def build_image_encoder(name, image_size, pretrained=None, checkpoint=None):
             model = timm.create_model(timm_name, pretrained=download, num_classes=0, global_pool="avg")
         except (RuntimeError, OSError) as err:
             raise UserError(f"--image_pretrained: loading {timm_name} failed ({str(err).splitlines()[0][:160]})") from None
+        replay_safe(model)
     if checkpoint is not None:
         load_checkpoint(model, checkpoint)
     return model, model.num_features

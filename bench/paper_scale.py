@@ -1,0 +1,387 @@
+"""The paper's configuration at its real tensor sizes: seconds and peak memory per distillation iteration.
+
+    python -m bench.paper_scale --device cuda --out results/paper_scale   # one GPU, the paper's sizes
+    python -m bench.paper_scale --device cpu --image_size 64 --steps 1 2 --extrapolate 8 20 \
+        --expert_images 256 --out results/paper_scale_cpu                  # what 2 CPU cores manage (docs/results.md)
+    python -m bench.paper_scale --quick --device cpu --out /tmp/ps          # smoke test of the script itself
+
+A randomly initialised nfnet_l0 (32.8M parameters, the whole image encoder trained) at 224 px, random
+768-d text features (BERT-base's width) through the projection head, the Flickr-500 phase-1 subset
+(200 pairs, full similarity), mini-batches of 40, WBCE. For every --matching mode in MATCHING, every
+--steps value and each setting of the speed levers (float32; --amp bf16 + --channels_last): seconds per
+iteration (one matching step, both passes, gradients into X, Y, S and the lrs; median of --repeats after
+one warm-up), peak memory (CUDA: torch.cuda.max_memory_allocated over the timed iterations, model and
+data included; CPU: the peak resident set of a fresh process per setting) and the relative error
+of the levers' synthetic-data gradient against float32 on the same iteration (same expert, minibatches,
+dropout masks). Then one expert-training epoch over --expert_images real-sized images (InfoNCE,
+batches of 128, the short last batch dropped as buffer.py does) and one evaluation-student epoch on the
+200 pairs (SGD momentum 0.9, soft targets), in float32 and with the levers.
+
+With --extrapolate, the per-step cost is fitted on the two largest measured --steps (seconds and memory
+linear in steps: a + b * steps) and the table adds rows for the extrapolated step counts, marked "~".
+Rows go to OUT/paper_scale.jsonl as they are measured and OUT/paper_scale.md (a table for
+docs/results.md) is rewritten after each, so a run cut short keeps what it measured. A CUDA
+out-of-memory error is reported as OOM in the table and the benchmark goes on.
+"""
+import argparse
+import gc
+import json
+import multiprocessing as mp
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+
+import torch
+
+from distill_utils import speed
+from distill_utils.amp_guard import gradient_errors
+from distill_utils.io import atomic_path
+from distill_utils.matching import MATCHING, minibatch_schedule
+from distill_utils.similarity import make_similarity
+from distill_utils.student import Student, make_sgd, train_epoch
+from distill_utils.syn_set import SynOptim, SyntheticSet
+from networks.dual_encoder import NetConfig, NetworkFactory
+from networks.image_encoders import build_image_encoder
+
+LEVERS = {"float32": ("off", False), "bf16+channels_last": ("bf16", True)}
+DATA_KEYS = ("image", "text", "similarity")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    p.add_argument("--image_encoder", default="nfnet_l0", help="timm model, randomly initialised (default: nfnet_l0)")
+    p.add_argument("--image_size", type=int, default=224, help="image side (default: 224)")
+    p.add_argument("--text_dim", type=int, default=768, help="text feature width (default: 768, BERT-base)")
+    p.add_argument("--num_queries", type=int, default=200, help="synthetic pairs (default: 200, Flickr-500 phase 1)")
+    p.add_argument("--mini_batch_size", type=int, default=40, help="pairs per student step (default: 40)")
+    p.add_argument("--steps", type=int, nargs="+", default=[2, 8, 20], help="--syn_steps values (default: 2 8 20)")
+    p.add_argument("--extrapolate", type=int, nargs="*", default=[], help="step counts to extrapolate to (CPU)")
+    p.add_argument("--modes", nargs="+", default=list(MATCHING), choices=list(MATCHING),
+                   help="matching modes (default: all in MATCHING)")
+    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="settings to compare")
+    p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting after a warm-up (default: 2)")
+    p.add_argument("--expert_images", type=int, default=1000, help="images of the expert epoch (default: 1000)")
+    p.add_argument("--batch_train", type=int, default=128, help="expert / evaluation batch size (default: 128)")
+    p.add_argument("--tolerance", type=float, default=0.05,
+                   help="relative gradient error a lever may add to count as safe (default: 0.05, --amp_tolerance's)")
+    p.add_argument("--budget_s", type=float, default=float("inf"),
+                   help="skip the distillation settings still to run once this many seconds have passed")
+    p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
+    p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs, nothing else")
+    p.add_argument("--out", default="results/paper_scale", help="output directory (default: results/paper_scale)")
+    a = p.parse_args(argv)
+    if a.quick:
+        a.image_size, a.num_queries, a.mini_batch_size, a.steps = 32, 8, 4, [1, 2]
+        a.expert_images, a.batch_train, a.repeats, a.text_dim = 16, 8, 1, 768
+    a.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    return a
+
+
+def machine(device):
+    if device.type == "cuda":
+        props = torch.cuda.get_device_properties(device)
+        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
+    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
+               platform.processor())
+    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+
+
+class Memory:
+    """Peak memory of what runs between reset() and peak_gb(): CUDA allocator peak, or the process's peak RSS
+    (VmHWM, reset to the current resident set; a fresh process per setting keeps earlier settings out of it)."""
+
+    def __init__(self, device):
+        self.device = device
+
+    def reset(self):
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident set
+
+    def peak_gb(self):
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**30
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Bench:
+    def __init__(self, a):
+        self.a, self.device, self.memory = a, a.device, Memory(a.device)
+        torch.manual_seed(0)
+        config = NetConfig(a.image_encoder, a.image_size, a.text_dim, True, image_pretrained=False)
+        self.net = NetworkFactory(config).build(seed=0, device=self.device).train()
+        g = torch.Generator().manual_seed(0)
+        n, side = a.num_queries, a.image_size
+        self.syn = SyntheticSet(torch.randn(n, 3, side, side, generator=g).to(self.device),
+                                torch.randn(n, a.text_dim, generator=g).to(self.device),
+                                make_similarity("full", n, device=self.device), 0.1, 0.1, SynOptim(1000, 1000, 10, 0.01))
+        self.start = tuple(p.to(self.device) for p in self.net.initial_params())
+        self.target = tuple(p + 0.01 * torch.randn(p.shape, generator=g).to(self.device) for p in self.start)
+
+    @staticmethod
+    def encoder_params(a):
+        encoder, _ = build_image_encoder(a.image_encoder, a.image_size, False)
+        return sum(p.numel() for p in encoder.parameters())
+
+    def student(self, lever, loss_type="WBCE"):
+        amp, channels_last = LEVERS[lever]
+        self.net.channels_last = channels_last
+        return Student(self.net, loss_type, amp=amp)
+
+    def matching(self, mode, steps, lever):
+        """One row: (s/iter, peak GB, gradients of the first run) of `mode` at `steps` with `lever`."""
+        student, syn = self.student(lever), self.syn
+        schedule = minibatch_schedule(len(syn), self.a.mini_batch_size, steps, torch.Generator().manual_seed(steps))
+
+        def run():
+            torch.manual_seed(0)  # the same dropout masks in every setting
+            MATCHING[mode](student, syn, self.start, self.target, schedule)
+
+        run()  # warm-up; its gradients are the ones compared across settings
+        grads = [t.grad.clone() for t in syn.tensors()]
+        syn.zero_grad()
+        self.memory.reset()
+        times = []
+        for _ in range(self.a.repeats):
+            sync(self.device)
+            tick = time.perf_counter()
+            run()
+            sync(self.device)
+            times.append(time.perf_counter() - tick)
+            syn.zero_grad()
+        return statistics.median(times), self.memory.peak_gb(), grads
+
+    def epoch(self, kind, lever):
+        """Seconds of one expert epoch (real-sized random images, identity targets) or evaluation epoch (the subset)."""
+        a, device = self.a, self.device
+        student = self.student(lever, "InfoNCE" if kind == "expert" else "WBCE")
+        img, txt = (p.clone().requires_grad_(True) for p in self.start)
+        momentum, decay = (0.0, 0.0) if kind == "expert" else (0.9, 5e-4)
+        opt = make_sgd(img, txt, 0.1, 0.1, momentum, decay)
+        g = torch.Generator(device=device).manual_seed(0)
+        if kind == "expert":
+            count = a.expert_images // a.batch_train
+            batches = ((torch.randn(a.batch_train, 3, a.image_size, a.image_size, generator=g, device=device),
+                        torch.randn(a.batch_train, a.text_dim, generator=g, device=device),
+                        torch.eye(a.batch_train, device=device)) for _ in range(count))
+        else:
+            sim = self.syn.similarity.matrix([p.detach() for p in self.syn.sim_params])
+            order = torch.randperm(len(self.syn), generator=g, device=device)
+            batches = ((self.syn.image.detach()[i], self.syn.text.detach()[i], sim[i[:, None], i])
+                       for i in torch.split(order, a.batch_train))
+        self.memory.reset()
+        sync(device)
+        tick = time.perf_counter()
+        train_epoch(student, img, txt, opt, batches)
+        sync(device)
+        return time.perf_counter() - tick, self.memory.peak_gb()
+
+
+def is_oom(err):
+    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
+
+
+def _in_child(a, task, queue):
+    torch.set_num_threads(a.threads)
+    speed.deterministic(a.device)
+    bench = Bench(a)
+    if task[0] == "matching":
+        seconds, peak, grads = bench.matching(*task[1:4])
+        torch.save(grads, task[4])
+        queue.put((seconds, peak))
+    else:
+        queue.put(bench.epoch(*task[1:]))
+
+
+class Runner:
+    """Runs each setting on a shared Bench (CUDA), or on CPU in a fresh process, so that every setting's peak
+    resident set is its own."""
+
+    def __init__(self, a):
+        self.a, self.isolate = a, a.device.type == "cpu"
+        self.bench = None if self.isolate else Bench(a)
+        self.params = Bench.encoder_params(a)
+
+    def matching(self, mode, steps, lever):
+        if not self.isolate:
+            return self.bench.matching(mode, steps, lever)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = os.path.join(tmp, "grads.pt")
+            seconds, peak = self._spawn(("matching", mode, steps, lever, path))
+            return seconds, peak, torch.load(path, weights_only=True)
+
+    def epoch(self, kind, lever):
+        return self.bench.epoch(kind, lever) if not self.isolate else self._spawn(("epoch", kind, lever))
+
+    def _spawn(self, task):
+        ctx = mp.get_context("spawn")
+        queue = ctx.Queue()
+        proc = ctx.Process(target=_in_child, args=(self.a, task, queue))
+        proc.start()
+        proc.join()
+        if proc.exitcode != 0:
+            raise RuntimeError(f"setting {task[:4]} failed in its process (exit code {proc.exitcode})")
+        return queue.get()
+
+    def free(self):
+        if self.bench is not None:
+            self.bench.syn.zero_grad()
+        gc.collect()
+        if self.a.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+def measure_matching(runner, a, rows, emit, began):
+    """All (mode, steps, lever) rows, float32 first for each (mode, steps) so the levers' error can be measured."""
+    for mode in a.modes:
+        for steps in a.steps:
+            reference = None
+            for lever in a.levers:
+                row = {"kind": "matching", "mode": mode, "steps": steps, "levers": lever}
+                if time.perf_counter() - began > a.budget_s:
+                    emit({**row, "status": "skipped (time budget)"})
+                    continue
+                oom = False
+                try:
+                    seconds, peak, grads = runner.matching(mode, steps, lever)
+                except (torch.OutOfMemoryError, RuntimeError) as err:
+                    if not is_oom(err):
+                        raise
+                    oom = True
+                if oom:  # outside the except block: its traceback no longer holds the step's tensors
+                    runner.free()
+                    emit({**row, "status": "OOM"})
+                    continue
+                row.update(status="ok", seconds=seconds, peak_gb=peak)
+                if reference is None and lever == "float32":
+                    reference = grads
+                elif reference is not None:
+                    errors = gradient_errors(grads, reference)
+                    row.update({f"rel_err_{k}": v for k, v in errors.items()},
+                               rel_err_data=max(errors[k] for k in DATA_KEYS))
+                del grads
+                emit(row)
+            del reference
+            runner.free()
+
+
+def extrapolated(rows, targets):
+    """Rows for `targets` steps, from a + b * steps fitted on the two largest measured step counts per setting."""
+    out = []
+    settings = {(r["mode"], r["levers"]) for r in rows if r["kind"] == "matching"}
+    for mode, lever in sorted(settings):
+        ok = sorted((r for r in rows if r["kind"] == "matching" and r["mode"] == mode and r["levers"] == lever
+                     and r["status"] == "ok"), key=lambda r: r["steps"])
+        if len(ok) < 2:
+            continue
+        lo, hi = ok[-2], ok[-1]
+        for steps in targets:
+            fit = lambda key: lo[key] + (hi[key] - lo[key]) * (steps - lo["steps"]) / (hi["steps"] - lo["steps"])
+            out.append({"kind": "matching", "mode": mode, "steps": steps, "levers": lever, "status": "extrapolated",
+                        "seconds": fit("seconds"), "peak_gb": fit("peak_gb"),
+                        "from_steps": [lo["steps"], hi["steps"]]})
+    return out
+
+
+def _cell(row, key, fmt):
+    if row["status"] not in ("ok", "extrapolated"):
+        return row["status"]
+    value = fmt.format(row[key]) if row.get(key) is not None else ""
+    return ("~" + value) if row["status"] == "extrapolated" and value else value
+
+
+def summary(rows, tolerance):
+    """The issue's two targets, where the rows allow them."""
+    lines = []
+    get = lambda mode, steps, lever: next((r for r in rows if r["kind"] == "matching" and r["mode"] == mode
+                                           and r["steps"] == steps and r["levers"] == lever
+                                           and r["status"] in ("ok", "extrapolated")), None)
+    measured = sorted({r["steps"] for r in rows if r["kind"] == "matching" and r["status"] == "ok"})
+    if len(measured) >= 2:
+        lo, hi = get("constant", measured[0], "float32"), get("constant", measured[-1], "float32")
+        if lo and hi:
+            ratio = hi["peak_gb"] / lo["peak_gb"]
+            lines.append(f"- constant mode, float32: peak memory at {hi['steps']} steps / at {lo['steps']} steps = "
+                         f"{ratio:.3f} (target <= 1.15: {'met' if ratio <= 1.15 else 'missed'})")
+    for steps in sorted({r["steps"] for r in rows if r["kind"] == "matching"}):
+        base = get("constant", steps, "float32")
+        if not base:
+            continue
+        safe = [r for r in rows if r["kind"] == "matching" and r["steps"] == steps and r["status"] == "ok"
+                and r["levers"] != "float32" and r.get("rel_err_data", float("inf")) <= tolerance]
+        if safe:
+            best = min(safe, key=lambda r: r["seconds"])
+            ratio = best["seconds"] / base["seconds"]
+            lines.append(f"- {steps} steps: fastest safe setting ({best['mode']}, {best['levers']}, data-gradient error "
+                         f"{best['rel_err_data']:.1e} <= {tolerance:g}) takes {ratio:.2f}x the seconds of float32 "
+                         f"constant mode (target <= 0.6: {'met' if ratio <= 0.6 else 'missed'})")
+    return lines
+
+
+def markdown(a, rows, header):
+    lines = [header, "", "| mode | steps | settings | s/iter | peak GB | rel. error of the X / Y / S gradient vs float32 |",
+             "|---|---|---|---|---|---|"]
+    for r in sorted((r for r in rows if r["kind"] == "matching"), key=lambda r: (r["mode"], r["steps"], r["levers"] != "float32")):
+        err = (" / ".join(f"{r[f'rel_err_{k}']:.1e}" for k in DATA_KEYS)) if "rel_err_image" in r else ""
+        lines.append(f"| {r['mode']} | {r['steps']} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')} | "
+                     f"{_cell(r, 'peak_gb', '{:.2f}')} | {err} |")
+    epochs = [r for r in rows if r["kind"] in ("expert", "eval")]
+    if epochs:
+        lines += ["", "| epoch | settings | seconds | peak GB |", "|---|---|---|---|"]
+        for r in epochs:
+            what = (f"expert, {r['images']} images" if r["kind"] == "expert" else f"evaluation student, {r['images']} pairs")
+            lines.append(f"| {what} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')} | {_cell(r, 'peak_gb', '{:.2f}')} |")
+    notes = summary(rows, a.tolerance)
+    if any(r["status"] == "extrapolated" for r in rows):
+        notes.append("- ~: extrapolated linearly in steps from the two largest measured step counts")
+    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    speed.deterministic(a.device)
+    os.makedirs(a.out, exist_ok=True)
+    jsonl, md = os.path.join(a.out, "paper_scale.jsonl"), os.path.join(a.out, "paper_scale.md")
+    began = time.perf_counter()
+    runner = Runner(a)
+    header = (f"Paper-size benchmark on {machine(a.device)}: {a.image_encoder} ({runner.params / 1e6:.1f}M parameters, "
+              f"random init) at {a.image_size} px, {a.text_dim}-d text features, {a.num_queries} synthetic pairs (full "
+              f"similarity), mini-batches of {a.mini_batch_size}, WBCE; median of {a.repeats} iteration(s) after a "
+              f"warm-up. `python -m bench.paper_scale {' '.join(sys.argv[1:] if argv is None else argv)}`")
+    print(header, flush=True)
+    rows = []
+    open(jsonl, "w").close()
+
+    def emit(row):
+        rows.append(row)
+        with open(jsonl, "a") as f:
+            f.write(json.dumps(row) + "\n")
+        print(json.dumps(row), flush=True)
+        with atomic_path(md) as tmp, open(tmp, "w") as f:
+            f.write(markdown(a, rows + extrapolated(rows, a.extrapolate), header))
+
+    measure_matching(runner, a, rows, emit, began)
+    for kind, images in (("expert", a.expert_images // a.batch_train * a.batch_train), ("eval", a.num_queries)):
+        for lever in a.levers:
+            seconds, peak = runner.epoch(kind, lever)
+            emit({"kind": kind, "levers": lever, "images": images, "status": "ok", "seconds": seconds, "peak_gb": peak})
+    print("\n" + open(md).read())
+    print(f"total {time.perf_counter() - began:.0f} s; table in {md}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,81 @@
+"""The CUDA path (skipped without a GPU; bench/gpu_check.sh runs them on one): the pass-2 replay is bit for
+bit with dropout, --resume ends where an uninterrupted run does, peak GPU memory lands in metrics.jsonl."""
+import json
+
+import pytest
+import torch
+
+from distill_utils import speed
+from distill_utils.matching import match_constant, minibatch_schedule
+from distill_utils.similarity import make_similarity
+from distill_utils.student import Student
+from distill_utils.syn_set import SynOptim, SyntheticSet
+from networks.dual_encoder import NetConfig, NetworkFactory
+from tests.conftest import run_cli
+from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401  (expert_dir: a fixture)
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh)")
+CUDA = torch.device("cuda")
+
+
+@pytest.mark.parametrize("encoder, amp, channels_last", [("convnet_w8_d2_e32", "off", False),
+                                                          ("nfnet_l0", "off", False), ("nfnet_l0", "bf16", True)])
+def test_pass_two_replays_pass_one_bit_for_bit_on_cuda_with_dropout(encoder, amp, channels_last):
+    speed.deterministic(CUDA)
+    torch.manual_seed(0)
+    n, side, dim = 12, 32, 16
+    config = NetConfig(encoder, side, dim, True, image_pretrained=False, amp=amp, channels_last=channels_last)
+    net = NetworkFactory(config).build(seed=0, device=CUDA).train()  # dropout active in the text head
+    student = Student(net, "WBCE")
+    g = torch.Generator().manual_seed(0)
+    syn = SyntheticSet(torch.randn(n, 3, side, side, generator=g).to(CUDA), torch.randn(n, dim, generator=g).to(CUDA),
+                       make_similarity("full", n, device=CUDA), 0.05, 0.05, SynOptim(1.0, 1.0, 1.0, 1.0))
+    start = tuple(p.to(CUDA) for p in net.initial_params())
+    target = tuple(p + 0.01 * torch.randn_like(p) for p in start)
+    schedule = minibatch_schedule(n, 6, 4, g)
+    result = match_constant(student, syn, start, target, schedule)
+    diff = (result.final_img - result.replay_img).abs().max().item()
+    assert torch.equal(result.final_img, result.replay_img), f"img params differ by up to {diff:.3e}"
+    assert torch.equal(result.final_txt, result.replay_txt)
+    assert all(torch.isfinite(t.grad).all() for t in syn.tensors())
+    torch.manual_seed(123)  # another RNG state: other dropout masks, another end point
+    other = match_constant(student, syn, start, target, schedule)
+    assert not torch.equal(result.final_txt, other.final_txt)
+
+
+def test_resume_on_cuda_ends_like_an_uninterrupted_run_and_logs_peak_memory(tiny_args, expert_dir, tmp_path,
+                                                                            capsys, monkeypatch):
+    cuda = ["--device", "cuda"]
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole", *cuda), capsys)[0] == 0
+    from distill_utils.syn_set import SyntheticSet as Syn
+    real_step, calls = Syn.step, {"n": 0}
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == 5:  # phase 1, iteration 2: after the checkpoint of iteration 1
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(Syn, "step", dying_step)
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", *cuda), capsys)[0] == 130
+    monkeypatch.setattr(Syn, "step", real_step)
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", "--resume", *cuda), capsys)[0] == 0
+    for name in ("distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt"):
+        for a, b in zip(_tensors(tmp_path / "synthetic" / "whole", name), _tensors(tmp_path / "synthetic" / "killed", name)):
+            assert torch.equal(a, b), name
+    records = [json.loads(line) for line in open(tmp_path / "synthetic" / "whole" / "metrics.jsonl")]
+    runtime = next(r for r in records if r.get("event") == "runtime")
+    assert runtime["device"].startswith("cuda") and runtime["cudnn_deterministic"] and not runtime["cudnn_benchmark"]
+    done = [r for r in records if r.get("event") == "phase_done"]
+    assert len(done) == 2 and all(r["peak_memory_mb"] > 0 for r in done)
+    assert max(r["peak_memory_mb"] for r in done) < torch.cuda.get_device_properties(0).total_memory / 2**20
+
+
+def test_amp_run_on_cuda_checks_against_float32(tiny_args, expert_dir, tmp_path, capsys):
+    args = _args(tiny_args, expert_dir, tmp_path, "amp", "--device", "cuda", "--amp", "bf16", "--amp_check_it", "2", "--amp_tolerance", "1e6",
+                 "--num_eval", "0")
+    assert run_cli(distill.main, args, capsys)[0] == 0
+    records = [json.loads(line) for line in open(tmp_path / "synthetic" / "amp" / "metrics.jsonl")]
+    checks = [r for r in records if r.get("event") == "amp_check"]
+    assert [(r["phase"], r["iteration"]) for r in checks] == [(0, 1), (0, 3), (1, 1), (1, 3)]
+    assert all(0 <= r["amp_rel_err_max"] < float("inf") for r in checks)
