@@ -70,6 +70,10 @@ def parse_args(argv=None):
                    help="relative gradient error a lever may add to count as safe (default: 0.05, --amp_tolerance's)")
     p.add_argument("--budget_s", type=float, default=float("inf"),
                    help="skip the distillation settings still to run once this many seconds have passed")
+    p.add_argument("--compile", action="store_true",
+                   help="also time the expert epoch with torch.compile on the student's loss (first epoch, with the "
+                        "compilation, and a second one); the distillation passes need double backward, which "
+                        "torch.compile does not support")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs, nothing else")
     p.add_argument("--out", default="results/paper_scale", help="output directory (default: results/paper_scale)")
@@ -164,10 +168,18 @@ class Bench:
             syn.zero_grad()
         return statistics.median(times), self.memory.peak_gb(), grads
 
-    def epoch(self, kind, lever):
-        """Seconds of one expert epoch (real-sized random images, identity targets) or evaluation epoch (the subset)."""
+    def epoch(self, kind, lever, compiled=False):
+        """Seconds of one expert epoch (real-sized random images, identity targets) or evaluation epoch (the subset);
+        compiled: (seconds of a first epoch, compilation included, and of a second one)."""
         a, device = self.a, self.device
         student = self.student(lever, "InfoNCE" if kind == "expert" else "WBCE")
+        if compiled:
+            student.loss = torch.compile(student.loss)
+            return self._epoch(kind, student)[0], self._epoch(kind, student)[0]
+        return self._epoch(kind, student)
+
+    def _epoch(self, kind, student):
+        a, device = self.a, self.device
         img, txt = (p.clone().requires_grad_(True) for p in self.start)
         momentum, decay = (0.0, 0.0) if kind == "expert" else (0.9, 5e-4)
         opt = make_sgd(img, txt, 0.1, 0.1, momentum, decay)
@@ -223,8 +235,9 @@ class Runner:
             seconds, peak = self._spawn(("matching", mode, steps, lever, path))
             return seconds, peak, torch.load(path, weights_only=True)
 
-    def epoch(self, kind, lever):
-        return self.bench.epoch(kind, lever) if not self.isolate else self._spawn(("epoch", kind, lever))
+    def epoch(self, kind, lever, compiled=False):
+        task = ("epoch", kind, lever, compiled)
+        return self.bench.epoch(*task[1:]) if not self.isolate else self._spawn(task)
 
     def _spawn(self, task):
         ctx = mp.get_context("spawn")
@@ -343,7 +356,9 @@ def markdown(a, rows, header):
         lines += ["", "| epoch | settings | seconds | peak GB |", "|---|---|---|---|"]
         for r in epochs:
             what = (f"expert, {r['images']} images" if r["kind"] == "expert" else f"evaluation student, {r['images']} pairs")
-            lines.append(f"| {what} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')} | {_cell(r, 'peak_gb', '{:.2f}')} |")
+            first = f" (first epoch, compiling: {r['first_epoch_seconds']:.1f})" if "first_epoch_seconds" in r else ""
+            lines.append(f"| {what} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')}{first} | "
+                         f"{_cell(r, 'peak_gb', '{:.2f}')} |")
     notes = summary(rows, a.tolerance)
     if any(r["status"] == "extrapolated" for r in rows):
         notes.append("- ~: extrapolated linearly in steps from the two largest measured step counts")
@@ -375,10 +390,16 @@ def main(argv=None):
             f.write(markdown(a, rows + extrapolated(rows, a.extrapolate), header))
 
     measure_matching(runner, a, rows, emit, began)
-    for kind, images in (("expert", a.expert_images // a.batch_train * a.batch_train), ("eval", a.num_queries)):
+    images_of = lambda kind: a.expert_images // a.batch_train * a.batch_train if kind == "expert" else a.num_queries
+    for kind in ("expert", "eval"):
+        images = images_of(kind)
         for lever in a.levers:
             seconds, peak = runner.epoch(kind, lever)
             emit({"kind": kind, "levers": lever, "images": images, "status": "ok", "seconds": seconds, "peak_gb": peak})
+    if a.compile:
+        first, second = runner.epoch("expert", "float32", compiled=True)
+        emit({"kind": "expert", "levers": "float32+compile", "images": images_of("expert"), "status": "ok",
+              "seconds": second, "first_epoch_seconds": first})
     print("\n" + open(md).read())
     print(f"total {time.perf_counter() - began:.0f} s; table in {md}")
 
