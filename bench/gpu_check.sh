@@ -64,9 +64,9 @@ part() {  # part NAME SECONDS COMMAND...: run under a timeout, log to $OUT/NAME.
 
 if [[ " $PARTS " == *" tests "* ]]; then
   if [ "$DEVICE" = cpu ]; then  # dry run: the same tests, skipped without CUDA, plus the CPU amp tests
-    part tests 120 python -m pytest -q -rs tests/test_cuda.py tests/test_amp.py
+    part tests 100 python -m pytest -q -rs tests/test_cuda.py tests/test_amp.py
   else
-    part tests 120 python -m pytest -q -rs tests/test_cuda.py
+    part tests 100 python -m pytest -q -rs tests/test_cuda.py
   fi
 fi
 if [[ " $PARTS " == *" bench "* ]]; then

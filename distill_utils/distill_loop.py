@@ -168,6 +168,8 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     begin = _restore(resume, syn, stream, generator, guard, ctx) if resume else 0
     match = MATCHING[a.matching]
     seconds, steps_timed = 0.0, 0
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
