@@ -38,15 +38,12 @@ def gradient_errors(grads, reference):
 
 
 class AmpGuard:
-    def __init__(self, student, amp, tolerance, check_every):
+    def __init__(self, student, amp, tolerance, check_every, state=None):
         self.student, self.amp, self.tolerance, self.check_every = student, amp, tolerance, check_every
-        self.active = amp != "off"
+        self.active = amp != "off" and (state or {}).get("active", True)
 
     def state_dict(self):
         return {"active": self.active}
-
-    def load_state_dict(self, state):
-        self.active = state["active"]
 
     def match(self, match, syn, start, target, schedule, iteration):
         """(MatchResult, check record or None): one matching step, setting syn's .grad."""

@@ -138,10 +138,8 @@ def read_checkpoint(run_dir):
     return load_torch(path, what="checkpoint") if os.path.isfile(path) else None
 
 
-def _restore(ckpt, syn, stream, generator, guard, ctx):
+def _restore(ckpt, syn, stream, generator, ctx):
     syn.load_state_dict(ckpt["syn"])
-    if "amp_guard" in ckpt:
-        guard.load_state_dict(ckpt["amp_guard"])
     stream.load_state_dict(ckpt["experts"])
     generator.set_state(ckpt["generator"])
     torch.set_rng_state(ckpt["rng"])
@@ -159,17 +157,17 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     generator = torch.Generator().manual_seed(seed)  # real-pair init, start epochs, minibatches
     net = ctx.factory.build(seed=seed, device=device).train()
     student = Student(net, a.loss_type)
+    guard = AmpGuard(student, a.amp, a.amp_tolerance, a.amp_check_it, state=resume and resume.get("amp_guard"))
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak
     stream = ExpertStream(phase.buffer_path, seed)
     check_buffer(stream, phase, net, a)
     opt = SynOptim(a.lr_img, a.lr_txt, a.lr_sim, a.lr_lr, momentum=0.5, ema_decay=a.ema_decay, clamp_lr=a.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
-    guard = AmpGuard(student, a.amp, a.amp_tolerance, a.amp_check_it)
-    begin = _restore(resume, syn, stream, generator, guard, ctx) if resume else 0
+    begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
     match = MATCHING[a.matching]
     seconds, steps_timed = 0.0, 0
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
