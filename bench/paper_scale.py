@@ -72,8 +72,9 @@ def parse_args(argv=None):
                    help="skip the distillation settings still to run once this many seconds have passed")
     p.add_argument("--compile", action="store_true",
                    help="also time the expert epoch with torch.compile on the student's loss (first epoch, with the "
-                        "compilation, and a second one); the distillation passes need double backward, which "
-                        "torch.compile does not support")
+                        "compilation, and a second one); not the distillation passes: they back-propagate through a "
+                        "gradient, and a compiled function's gradient is not differentiable again (torch 2.14 returns "
+                        "None for the second-order gradient)")
     p.add_argument("--threads", type=int, default=torch.get_num_threads(), help="CPU threads (default: all)")
     p.add_argument("--quick", action="store_true", help="tiny sizes: check that the script runs, nothing else")
     p.add_argument("--out", default="results/paper_scale", help="output directory (default: results/paper_scale)")

@@ -21,7 +21,8 @@ def add_speed_args(p, distill=False):
                         + (" and, while their synthetic-data gradient stays within --amp_tolerance of float32, the "
                            "distillation passes" if distill else "") + " (default: off)")
     g.add_argument("--channels_last", action="store_true",
-                   help="feed images to the image encoder in channels-last memory format (faster convolutions on GPUs)")
+                   help="feed images to the image encoder in channels-last memory format (a speed lever for "
+                        "convolutional encoders, measured in docs/results.md)")
     if distill:
         g.add_argument("--amp_tolerance", type=float, default=0.05,
                        help="--amp: largest relative error of the synthetic-data gradient against float32 on the same "
