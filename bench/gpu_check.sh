@@ -71,7 +71,7 @@ if [[ " $PARTS " == *" tests "* ]]; then
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   QUICKFLAG=(); [ "${QUICK:-0}" = 1 ] && QUICKFLAG=(--quick)
-  part paper_scale 200 python -m bench.paper_scale --device "$DEVICE" --budget_s 150 --out "$OUT" "${QUICKFLAG[@]}"
+  part paper_scale 200 python -m bench.paper_scale --device "$DEVICE" --budget_s 150 --repeats 1 --out "$OUT" "${QUICKFLAG[@]}"
 fi
 if [[ " $PARTS " == *" demo "* ]]; then
   if [ ! -d data/synthetic ] || [ ! -d cache ]; then
