@@ -57,10 +57,11 @@ class SiLU(nn.Module):
 
 
 def replay_safe(model):
-    """Swap the activations whose backward changes under create_graph (nn.SiLU, NFNet's) for plain-op ones."""
+    """Swap the activations whose backward changes under create_graph (nn.SiLU, NFNet's) for plain-op ones
+    (timm's own SiLU/Swish classes too, whichever a timm version builds)."""
     for module in list(model.modules()):
         for name, child in list(module.named_children()):
-            if type(child) is nn.SiLU:
+            if type(child).__name__ in ("SiLU", "Swish") and not isinstance(child, SiLU):
                 setattr(module, name, SiLU())
     return model
 
