@@ -67,8 +67,10 @@ def make_parser():
     g.add_argument("--alpha", type=float, default=1.0, help="lowrank: S = diag(a) + alpha/r L R^T (default: 1)")
     g.add_argument("--ema_decay", type=float, default=0.99, help="EMA decay of the saved subset; 0 = no EMA (default: 0.99)")
     g.add_argument("--matching", default="constant", choices=sorted(MATCHING),
-                   help="constant: two-pass gradient, memory independent of --syn_steps; unrolled: exact "
-                        "back-propagation through all steps (default: constant)")
+                   help="constant: the authors' two-pass gradient (student points held constant, an approximation), "
+                        "memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about "
+                        "the time of constant, student points kept in host memory; unrolled: exact "
+                        "back-propagation through all steps, memory linear in steps (default: constant)")
     cli_args.add_loss_arg(p, "WBCE")
     g = p.add_argument_group("evaluation and saving")
     g.add_argument("--eval_it", type=int, default=50, help="save (and evaluate) every N iterations and at each phase end (default: 50)")

@@ -12,6 +12,18 @@ constant (default): memory does not grow with the number of steps. With G = sum_
   dL/dlr with G held fixed. Only theta_0, the running theta_i and G are kept.
 unrolled: exact back-propagation through the whole unrolled student (memory linear in steps);
   the reference for tests and small ablations.
+adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse sweep over the steps.
+  With theta_{i+1} = theta_i - lr g_i and lambda_N = dL/dtheta_N = 2 (theta_N - theta*) / dist, for
+  i = N-1..0 one double-backward of c_i . g_i at theta_i, c_i = -(lr_img lambda_img, lr_txt lambda_txt)
+  (img and txt together: they couple through the loss), gives the data gradient d(c_i . g_i)/d(X, Y, S)
+  and lambda_i = lambda_{i+1} + d(c_i . g_i)/dtheta_i = lambda_{i+1} - lr H_i lambda_{i+1};
+  dL/dlr = -sum_i g_i . lambda_{i+1} per side. Each reverse step is a pass-2 step of constant mode.
+  The forward pass keeps the student points theta_1..theta_{N-2} as flat vectors (never a graph) and
+  the RNG state before each step, so every reverse step sees the minibatch and dropout mask of its
+  forward step; the last step is taken with its graph, which the first reverse step uses, so adjoint
+  runs one gradient step fewer than constant. store="cpu" (default) keeps the points in host memory
+  (pinned, on CUDA), so accelerator memory does not grow with the steps; store="device" keeps them
+  on the accelerator (no transfers, N |theta| more memory). On a CPU run the two are the same.
 """
 from dataclasses import dataclass
 
@@ -110,4 +122,83 @@ def match_unrolled(student, syn, start, target, schedule):
     return MatchResult(loss.item(), loss_img.item(), loss_txt.item(), img.detach(), txt.detach())
 
 
-MATCHING = {"constant": match_constant, "unrolled": match_unrolled}
+class _PointStore:
+    """Student points theta_i kept as flat vectors, on the device or in (pinned) host memory."""
+
+    def __init__(self, device, store):
+        self.device, self.offload = device, store == "cpu" and device.type == "cuda"
+        self.points = []
+
+    def push(self, img, txt):
+        if self.offload:
+            img, txt = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+                        for t in (img, txt))
+        self.points.append((img, txt))
+
+    def pop(self):
+        img, txt = self.points.pop()
+        return (img.to(self.device, non_blocking=True), txt.to(self.device, non_blocking=True)) if self.offload \
+            else (img, txt)
+
+
+def _step_graph(student, syn, img, txt, idx):
+    """g_i at theta_i = (img, txt) with the graph kept for a double-backward."""
+    img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
+    x, y, s = syn.batch(idx)
+    _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s, create_graph=True)
+    return img_i, txt_i, g_img, g_txt
+
+
+def _reverse_step(graph, lam, dlr, lrs, inputs):
+    """Back-propagate c_i . g_i into the data `inputs` and theta_i; returns (lambda_i, dL/dlr so far)."""
+    img_i, txt_i, g_img, g_txt = graph
+    dlr = tuple(d - torch.dot(g.detach(), l) for d, g, l in zip(dlr, (g_img, g_txt), lam))
+    vjp = torch.dot(-lrs[0] * lam[0], g_img) + torch.dot(-lrs[1] * lam[1], g_txt)
+    torch.autograd.backward(vjp, inputs=inputs + [img_i, txt_i])
+    return (lam[0] + img_i.grad, lam[1] + txt_i.grad), dlr
+
+
+def match_adjoint(student, syn, start, target, schedule, store="cpu"):
+    """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
+    if store not in ("cpu", "device"):
+        raise ValueError(f"store must be 'cpu' or 'device', got {store!r}")
+    device = syn.image.device
+    lr_img, lr_txt = syn.lr_img.item(), syn.lr_txt.item()
+    points, rngs = _PointStore(device, store), []
+
+    # forward: steps 0..N-2 without a graph, keeping theta_i (i >= 1) and the RNG state before each step
+    img, txt = start
+    for i, idx in enumerate(schedule[:-1]):
+        if i > 0:
+            points.push(img, txt)
+        rngs.append(_rng_state(device))
+        with torch.no_grad():
+            x, y, s = syn.batch(idx)
+        img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
+        _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s)
+        img, txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
+    graph = _step_graph(student, syn, img, txt, schedule[-1])  # step N-1, kept for the first reverse step
+    rng_end = _rng_state(device)
+    img, txt = (graph[0] - lr_img * graph[2]).detach(), (graph[1] - lr_txt * graph[3]).detach()
+
+    dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
+    gap_img, gap_txt = img - target[0], txt - target[1]
+    loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
+    lam_img, lam_txt = 2 * gap_img / dist_img, 2 * gap_txt / dist_txt  # dL/dtheta_N
+
+    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each
+    inputs = [syn.image, syn.text, *syn.sim_params]
+    lam, dlr = (lam_img, lam_txt), (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
+    for i in reversed(range(len(schedule))):
+        if i < len(schedule) - 1:
+            _set_rng_state(rngs[i], device)
+            graph = _step_graph(student, syn, *(points.pop() if i > 0 else start), schedule[i])
+        lam, dlr = _reverse_step(graph, lam, dlr, (lr_img, lr_txt), inputs)
+        graph = None
+    _set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
+
+    syn.lr_img.grad, syn.lr_txt.grad = dlr
+    return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
+
+
+MATCHING = {"constant": match_constant, "unrolled": match_unrolled, "adjoint": match_adjoint}
