@@ -25,6 +25,7 @@ adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse s
   (pinned, on CUDA), so accelerator memory does not grow with the steps; store="device" keeps them
   on the accelerator (no transfers, N |theta| more memory). On a CPU run the two are the same.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -122,23 +123,35 @@ def match_unrolled(student, syn, start, target, schedule):
     return MatchResult(loss.item(), loss_img.item(), loss_txt.item(), img.detach(), txt.detach())
 
 
+STORES = ("cpu", "device", "recompute")
+
+
 class _PointStore:
-    """Student points theta_i kept as flat vectors, on the device or in (pinned) host memory."""
+    """Checkpointed student points theta_i as flat vectors: in (pinned) host memory when store="cpu" on CUDA,
+    else on the device. store="recompute" keeps every k-th point, k = ceil(sqrt(points)); the others, every one."""
 
-    def __init__(self, device, store):
+    def __init__(self, device, store, points):
+        if store not in STORES:
+            raise ValueError(f"store must be one of {STORES}, got {store!r}")
         self.device, self.offload = device, store == "cpu" and device.type == "cuda"
-        self.points = []
+        self.every = math.ceil(math.sqrt(points)) if store == "recompute" and points else 1
 
-    def push(self, img, txt):
-        if self.offload:
-            img, txt = (torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-                        for t in (img, txt))
-        self.points.append((img, txt))
+    def put(self, img, txt):
+        if not self.offload:
+            return img, txt
+        return tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (img, txt))
 
-    def pop(self):
-        img, txt = self.points.pop()
-        return (img.to(self.device, non_blocking=True), txt.to(self.device, non_blocking=True)) if self.offload \
-            else (img, txt)
+    def get(self, point):
+        return tuple(t.to(self.device, non_blocking=True) for t in point)
+
+
+def _plain_step(student, syn, img, txt, idx, lrs):
+    """theta_{i+1} from theta_i without a graph beyond the gradient."""
+    with torch.no_grad():
+        x, y, s = syn.batch(idx)
+    img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
+    _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s)
+    return (img_i - lrs[0] * g_img).detach(), (txt_i - lrs[1] * g_txt).detach()
 
 
 def _step_graph(student, syn, img, txt, idx):
@@ -160,41 +173,41 @@ def _reverse_step(graph, lam, dlr, lrs, inputs):
 
 def match_adjoint(student, syn, start, target, schedule, store="cpu"):
     """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
-    if store not in ("cpu", "device"):
-        raise ValueError(f"store must be 'cpu' or 'device', got {store!r}")
     device = syn.image.device
-    lr_img, lr_txt = syn.lr_img.item(), syn.lr_txt.item()
-    points, rngs = _PointStore(device, store), []
+    lrs = (syn.lr_img.item(), syn.lr_txt.item())
+    last = len(schedule) - 1  # steps 0..last-1 run twice, step `last` once with its graph
+    points, rngs = _PointStore(device, store, last), []
 
-    # forward: steps 0..N-2 without a graph, keeping theta_i (i >= 1) and the RNG state before each step
-    img, txt = start
+    # forward: steps without a graph, keeping checkpoints of theta_i and the RNG state before each step
+    img, txt, checkpoints = start[0], start[1], []
     for i, idx in enumerate(schedule[:-1]):
-        if i > 0:
-            points.push(img, txt)
+        if i % points.every == 0:
+            checkpoints.append(start if i == 0 else points.put(img, txt))
         rngs.append(_rng_state(device))
-        with torch.no_grad():
-            x, y, s = syn.batch(idx)
-        img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
-        _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s)
-        img, txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
-    graph = _step_graph(student, syn, img, txt, schedule[-1])  # step N-1, kept for the first reverse step
+        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
+    graph = _step_graph(student, syn, img, txt, schedule[-1])
     rng_end = _rng_state(device)
-    img, txt = (graph[0] - lr_img * graph[2]).detach(), (graph[1] - lr_txt * graph[3]).detach()
+    img, txt = (graph[0] - lrs[0] * graph[2]).detach(), (graph[1] - lrs[1] * graph[3]).detach()
 
     dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
     gap_img, gap_txt = img - target[0], txt - target[1]
     loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
-    lam_img, lam_txt = 2 * gap_img / dist_img, 2 * gap_txt / dist_txt  # dL/dtheta_N
+    lam = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt)  # dL/dtheta_N
 
-    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each
+    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each,
+    # segment by segment from the last checkpoint (recomputing the segment's points where they were not kept)
     inputs = [syn.image, syn.text, *syn.sim_params]
-    lam, dlr = (lam_img, lam_txt), (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
-    for i in reversed(range(len(schedule))):
-        if i < len(schedule) - 1:
+    dlr = (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
+    lam, dlr = _reverse_step(graph, lam, dlr, lrs, inputs)
+    graph = None
+    for first in reversed(range(0, last, points.every)):
+        segment = [points.get(checkpoints.pop())]
+        for i in range(first, min(first + points.every, last) - 1):
             _set_rng_state(rngs[i], device)
-            graph = _step_graph(student, syn, *(points.pop() if i > 0 else start), schedule[i])
-        lam, dlr = _reverse_step(graph, lam, dlr, (lr_img, lr_txt), inputs)
-        graph = None
+            segment.append(_plain_step(student, syn, *segment[-1], schedule[i], lrs))
+        for i in reversed(range(first, first + len(segment))):
+            _set_rng_state(rngs[i], device)
+            lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
     _set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
 
     syn.lr_img.grad, syn.lr_txt.grad = dlr

@@ -4,7 +4,7 @@ import torch
 from torch.func import functional_call, grad
 
 from distill_utils.losses import contrastive_loss
-from distill_utils.matching import match_adjoint, match_constant, match_unrolled, minibatch_schedule
+from distill_utils.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
 from distill_utils.similarity import make_similarity
 from distill_utils.student import Student
 from distill_utils.syn_set import SynOptim, SyntheticSet
@@ -176,33 +176,54 @@ def test_adjoint_equals_unrolled_with_dropout():
         assert _rel(a, b) < 1e-8, (k, _rel(a, b))
 
 
-def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch):
-    """Every reverse step recomputes g_i at the forward's theta_i with the forward's minibatch and dropout mask."""
-    net, student, syn, start, target, schedule = _setup()
+@pytest.mark.parametrize("store", STORES)
+def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch, store):
+    """Every reverse (and recomputed) step sees the forward's theta_i, minibatch and dropout mask: same g_i."""
+    net, student, syn, start, target, _ = _setup()
     net.float().train()  # float32 as in real runs
+    schedule = minibatch_schedule(N, BATCH, 6, torch.Generator().manual_seed(0))
     syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", N), 0.05, 0.08,
                          SynOptim(1.0, 1.0, 1.0, 1.0))
     calls, grads = [], student.grads
 
     def recording(img, txt, x, y, s, create_graph=False):
         out = grads(img, txt, x, y, s, create_graph=create_graph)
-        calls.append([t.detach().clone() for t in (img, txt, x, y, s, out[1], out[2])])
+        calls.append((create_graph, [t.detach().clone() for t in (img, txt, x, y, s, out[1], out[2])]))
         return out
 
     monkeypatch.setattr(student, "grads", recording)
+    match = lambda: match_adjoint(student, syn32, (start[0].float(), start[1].float()),
+                                  (target[0].float(), target[1].float()), schedule, store=store)
     torch.manual_seed(3)
-    match_adjoint(student, syn32, (start[0].float(), start[1].float()), (target[0].float(), target[1].float()),
-                  schedule)
-    forward, reverse = calls[:STEPS], calls[STEPS:][::-1]  # reverse sweep: steps N-2..0
-    assert len(reverse) == STEPS - 1
-    for f, r in zip(forward, reverse):
+    match()
+    forward, later = [c for _, c in calls[:len(schedule)]], calls[len(schedule):]
+    assert [graph for graph, _ in calls[:len(schedule)]] == [False] * (len(schedule) - 1) + [True]
+    reverse = [c for graph, c in later if graph]
+    assert len(reverse) == len(schedule) - 1
+    for f, r in zip(forward[-2::-1], reverse):
         assert all(torch.equal(a, b) for a, b in zip(f, r))
+    for _, c in later:  # recomputed points too
+        assert any(all(torch.equal(a, b) for a, b in zip(f, c)) for f in forward)
     # dropout really was active: another RNG state gives other text gradients at the same theta_0
     calls.clear()
     torch.manual_seed(4)
-    match_adjoint(student, syn32, (start[0].float(), start[1].float()), (target[0].float(), target[1].float()),
-                  schedule)
-    assert not torch.equal(calls[0][6], forward[0][6])
+    match()
+    assert not torch.equal(calls[0][1][6], forward[0][6])
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 10])
+def test_adjoint_stores_give_identical_gradients(steps):
+    net, student, syn, start, target, _ = _setup()
+    net.train()
+    schedule = minibatch_schedule(N, BATCH, steps, torch.Generator().manual_seed(0))
+    grads = []
+    for store in STORES:
+        syn.zero_grad()
+        torch.manual_seed(5)
+        match_adjoint(student, syn, start, target, schedule, store=store)
+        grads.append(_grads(syn))
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
 
 
 def test_adjoint_leaves_the_rng_where_constant_does():
