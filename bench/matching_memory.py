@@ -4,13 +4,14 @@
     python -m bench.matching_memory --device cuda --image_size 64 --adjoint_store device
 
 One fixed configuration (a ConvNet with a trainable image side, a projection head on 384-d text
-features, N synthetic pairs); each (mode, steps) runs in a fresh process. Peak memory is what the
-iteration adds over the process after set-up: CUDA max_memory_allocated, or on CPU the resident-set
-high-water mark (VmHWM, reset before the iterations; large allocations are mmap-backed so that freed
-memory leaves the resident set). The settings run steps-major (every mode at 2 steps, then at 8, ...)
-so that modes compared at one step count ran close in time. Targets: constant mode at the most steps
-within 1.15x of its peak at the fewest; adjoint within 1.2x the time of constant at every step count
-and within 1.5x of its memory at the most steps.
+features, N synthetic pairs), all settings in one fresh process: after one warm-up call per mode,
+each step count runs --repeats rounds, every mode once per round, so the modes compared share the
+machine's load; the median seconds are reported. Peak memory is the most one iteration adds over
+what was live before it: CUDA max_memory_allocated, or on CPU the resident-set high-water mark
+(VmHWM, reset before each call; large allocations are mmap-backed so that freed memory leaves the
+resident set). adjoint runs once per --adjoint_store (on a CPU, cpu and device are the same).
+Targets: constant mode at the most steps within 1.15x of its peak at the fewest; adjoint within 1.2x
+the time of constant at every step count and within 1.5x of its memory at the most steps.
 """
 import argparse
 import multiprocessing as mp
@@ -40,24 +41,22 @@ def _reset_peak_rss():
         f.write("5")
 
 
-def measure(mode, steps, cfg, queue):
+def _setup(cfg):
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
     net = NetworkFactory(NetConfig(cfg["encoder"], cfg["image_size"], 384, True)).build(0, device).train()
-    student = Student(net, "WBCE")
     n, side = cfg["num_queries"], cfg["image_size"]
     syn = SyntheticSet(torch.randn(n, 3, side, side, device=device), torch.randn(n, 384, device=device),
                        make_similarity("full", n, device=device), 0.1, 0.1, SynOptim(100, 100, 10, 1e-3))
     img, txt = net.initial_params()
     start = (img.to(device), txt.to(device))
     target = tuple(p + 0.01 * torch.randn_like(p) for p in start)
-    gen = torch.Generator().manual_seed(0)
-    name, _, store = mode.partition("/")
-    match = partial(match_adjoint, store=store) if store else MATCHING[name]
-    run = lambda: match(student, syn, start, target, minibatch_schedule(n, cfg["batch"], steps, gen))
-    run()  # warm-up
-    syn.zero_grad()
+    return device, Student(net, "WBCE"), syn, start, target
+
+
+def _timed(match, device, syn):
+    """Seconds and peak memory (MB over what was live before) of one call."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         base = torch.cuda.memory_allocated(device)
@@ -65,17 +64,38 @@ def measure(mode, steps, cfg, queue):
     else:
         base = _rss_mb("VmRSS:")
         _reset_peak_rss()
-    times = []
-    for _ in range(cfg["repeats"]):
-        tick = time.perf_counter()
-        run()
-        syn.zero_grad()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        times.append(time.perf_counter() - tick)
+    tick = time.perf_counter()
+    match()
+    syn.zero_grad()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    seconds = time.perf_counter() - tick
     peak = ((torch.cuda.max_memory_allocated(device) - base) / 2**20 if device.type == "cuda"
             else _rss_mb("VmHWM:") - base)
-    queue.put({"mode": mode, "steps": steps, "seconds": statistics.median(times), "peak_mb": peak})
+    return seconds, peak
+
+
+def measure(modes, steps_list, cfg, queue):
+    """Every mode at every step count in one process, modes interleaved round by round."""
+    device, student, syn, start, target = _setup(cfg)
+    gen = torch.Generator().manual_seed(0)
+    matches = {}
+    for mode in modes:
+        name, _, store = mode.partition("/")
+        matches[mode] = partial(match_adjoint, store=store) if store else MATCHING[name]
+    calls = lambda mode, steps: lambda: matches[mode](student, syn, start, target,
+                                                      minibatch_schedule(len(syn), cfg["batch"], steps, gen))
+    for mode in modes:  # warm-up
+        _timed(calls(mode, min(steps_list)), device, syn)
+    for steps in steps_list:
+        results = {mode: [] for mode in modes}
+        for _ in range(cfg["repeats"]):
+            for mode in modes:
+                results[mode].append(_timed(calls(mode, steps), device, syn))
+        for mode, runs in results.items():
+            queue.put({"mode": mode, "steps": steps, "seconds": statistics.median(t for t, _ in runs),
+                       "peak_mb": max(m for _, m in runs)})
+    queue.put(None)
 
 
 def main():
@@ -102,16 +122,15 @@ def main():
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")
     ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=measure, args=(modes, a.steps, cfg, queue))
+    proc.start()
     rows = []
-    for steps in a.steps:
-        for mode in modes:
-            queue = ctx.Queue()
-            proc = ctx.Process(target=measure, args=(mode, steps, cfg, queue))
-            proc.start()
-            rows.append(queue.get())
-            proc.join()
-            r = rows[-1]
-            print(f"{mode:>17} steps {steps:>3}: {r['seconds']:8.3f} s/iteration  peak +{r['peak_mb']:8.1f} MB", flush=True)
+    while (r := queue.get()) is not None:
+        rows.append(r)
+        print(f"{r['mode']:>17} steps {r['steps']:>3}: {r['seconds']:8.3f} s/iteration  peak +{r['peak_mb']:8.1f} MB",
+              flush=True)
+    proc.join()
     print("\n| mode | " + " | ".join(f"{s} steps" for s in a.steps) + " |")
     print("|---|" + "---|" * len(a.steps))
     for mode in modes:

@@ -154,6 +154,14 @@ def _plain_step(student, syn, img, txt, idx, lrs):
     return (img_i - lrs[0] * g_img).detach(), (txt_i - lrs[1] * g_txt).detach()
 
 
+def matching_loss(student, syn, start, target, schedule):
+    """The matching loss at the student's end point, forward only: the function every mode differentiates."""
+    lrs, (img, txt) = (syn.lr_img.item(), syn.lr_txt.item()), start
+    for idx in schedule:
+        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
+    return (_sq(img - target[0]) / _sq(start[0] - target[0]) + _sq(txt - target[1]) / _sq(start[1] - target[1])).item()
+
+
 def _step_graph(student, syn, img, txt, idx):
     """g_i at theta_i = (img, txt) with the graph kept for a double-backward."""
     img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
