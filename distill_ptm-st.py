@@ -29,14 +29,14 @@ from distill_utils.data import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
 from distill_utils.errors import UserError, cli_main
 from distill_utils.io import atomic_path, ensure_writable_dir, load_json, save_json
-from distill_utils.matching import MATCHING
+from distill_utils.matching import MATCHING, STORES
 from distill_utils.phases import parse_phases
 from distill_utils.run_log import RunLog
 from distill_utils.subsets import load_subset
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 # Options that may change when a run is resumed: they do not alter its result.
-RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache"}
+RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache", "adjoint_store"}
 
 
 def make_parser():
@@ -71,6 +71,11 @@ def make_parser():
                         "memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about "
                         "the time of constant, student points kept in host memory; unrolled: exact "
                         "back-propagation through all steps, memory linear in steps (default: constant)")
+    g.add_argument("--adjoint_store", default="cpu", choices=STORES,
+                   help="--matching adjoint: where the student points are kept. cpu: host memory (accelerator memory "
+                        "does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the "
+                        "parameters more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others "
+                        "recomputed (least memory, more time). Same gradient bit for bit (default: cpu)")
     cli_args.add_loss_arg(p, "WBCE")
     g = p.add_argument_group("evaluation and saving")
     g.add_argument("--eval_it", type=int, default=50, help="save (and evaluate) every N iterations and at each phase end (default: 50)")

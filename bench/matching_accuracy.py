@@ -60,7 +60,7 @@ def main():
     p.add_argument("--mini_batch_size", type=int, default=8, help="pairs per student step (default: 8)")
     p.add_argument("--syn_steps", type=int, default=4, help="student steps (default: 4)")
     p.add_argument("--directions", type=int, default=32, help="random directions per tensor (default: 32)")
-    p.add_argument("--h", type=float, default=1e-5, help="finite-difference step (default: 1e-5)")
+    p.add_argument("--h", type=float, default=1e-7, help="finite-difference step (default: 1e-7)")
     a = p.parse_args()
     torch.set_num_threads(1)
     print(f"| student lr | mode | {' | '.join(f'{n} vs FD' for n in NAMES)} | vs unrolled (X, Y, S) |")

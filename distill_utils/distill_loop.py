@@ -4,6 +4,7 @@ import os
 import resource
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from tqdm import trange
@@ -162,6 +163,8 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
     begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
     match = MATCHING[a.matching]
+    if a.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
+        match = partial(match, store=a.adjoint_store)
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
