@@ -7,7 +7,9 @@ differences of the matching loss (float64, no dropout). X, Y and S are too large
 per coordinate, so each is compared in a random projection: the directional derivatives along
 --directions Gaussian directions v_k, relative error ||(g . v_k - fd_k)_k|| / ||(fd_k)_k||, an
 estimate of ||g - grad L|| / ||grad L||; the two lrs are compared directly. Also printed: the
-relative distance between the modes' full gradient vectors.
+relative distance between the modes' full gradient vectors. The step h is a compromise per lr:
+at a small lr the data move the loss little and rounding needs a larger h; at a large lr a larger
+h crosses ReLU kinks of the ConvNet (float64 either way).
 """
 import argparse
 
@@ -23,7 +25,8 @@ NAMES = ["X", "Y", "S", "lr_img", "lr_txt"]
 
 
 def setup(a, lr):
-    net = NetworkFactory(NetConfig(a.image_encoder, a.image_size, a.text_dim, True)).build(0).double().eval()
+    config = NetConfig(a.image_encoder, a.image_size, a.text_dim, True, image_pretrained=False)
+    net = NetworkFactory(config).build(0).double().eval()
     g = torch.Generator().manual_seed(0)
     n, side = a.num_queries, a.image_size
     sim = make_similarity("full", n)
@@ -60,12 +63,15 @@ def main():
     p.add_argument("--mini_batch_size", type=int, default=8, help="pairs per student step (default: 8)")
     p.add_argument("--syn_steps", type=int, default=4, help="student steps (default: 4)")
     p.add_argument("--directions", type=int, default=32, help="random directions per tensor (default: 32)")
-    p.add_argument("--h", type=float, default=1e-7, help="finite-difference step (default: 1e-7)")
+    p.add_argument("--h", type=float, nargs="+", default=[1e-5, 1e-7],
+                   help="finite-difference step, one per lr or one for all (default: 1e-5 1e-7)")
     a = p.parse_args()
+    if len(a.h) not in (1, len(a.lrs)):
+        p.error(f"--h: expected 1 or {len(a.lrs)} values (one per --lrs), got {len(a.h)}")
     torch.set_num_threads(1)
     print(f"| student lr | mode | {' | '.join(f'{n} vs FD' for n in NAMES)} | vs unrolled (X, Y, S) |")
     print("|---|---|" + "---|" * (len(NAMES) + 1))
-    for lr in a.lrs:
+    for lr, h in zip(a.lrs, a.h * len(a.lrs) if len(a.h) == 1 else a.h):
         student, syn, start, target, schedule = setup(a, lr)
         grads = {}
         for mode in MATCHING:
@@ -79,7 +85,7 @@ def main():
             vs = [torch.randn(tensor.shape, generator=g, dtype=tensor.dtype) for _ in
                   range(a.directions if tensor.dim() else 1)]
             dirs.append(vs)
-            fd.append(torch.tensor([directional_fd(loss, tensor, v, a.h) for v in vs]))
+            fd.append(torch.tensor([directional_fd(loss, tensor, v, h) for v in vs]))
         for mode, gs in grads.items():
             errors = [rel(torch.stack([(gi * v).sum() for v in vs]), f) for gi, vs, f in zip(gs, dirs, fd)]
             versus = ", ".join(f"{rel(x, u):.1e}" for x, u in zip(gs[:3], grads["unrolled"][:3]))

@@ -45,7 +45,8 @@ def _setup(cfg):
     torch.manual_seed(0)
     torch.set_num_threads(cfg["threads"])
     device = torch.device(cfg["device"])
-    net = NetworkFactory(NetConfig(cfg["encoder"], cfg["image_size"], 384, True)).build(0, device).train()
+    config = NetConfig(cfg["encoder"], cfg["image_size"], 384, True, image_pretrained=False)  # timing needs no weights
+    net = NetworkFactory(config).build(0, device).train()
     n, side = cfg["num_queries"], cfg["image_size"]
     syn = SyntheticSet(torch.randn(n, 3, side, side, device=device), torch.randn(n, 384, device=device),
                        make_similarity("full", n, device=device), 0.1, 0.1, SynOptim(100, 100, 10, 1e-3))

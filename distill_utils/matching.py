@@ -9,7 +9,9 @@ constant (default): memory does not grow with the number of steps. With G = sum_
   synthetic data is sum_i d(c . g_i)/d(X, Y, S): pass 1 runs the steps without a graph and sums
   G; pass 2 replays exactly the same steps (same minibatches, same RNG so the same dropout
   masks) and back-propagates c . g_i through one step at a time. The lr gradient is
-  dL/dlr with G held fixed. Only theta_0, the running theta_i and G are kept.
+  dL/dlr with G held fixed. Only theta_0, the running theta_i and G are kept. This is the authors'
+  gradient, not the gradient of the matching loss: it drops the Hessian terms through which earlier
+  steps depend on the data (docs/matching.md measures how far it is).
 unrolled: exact back-propagation through the whole unrolled student (memory linear in steps);
   the reference for tests and small ablations.
 adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse sweep over the steps.
@@ -17,13 +19,17 @@ adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse s
   i = N-1..0 one double-backward of c_i . g_i at theta_i, c_i = -(lr_img lambda_img, lr_txt lambda_txt)
   (img and txt together: they couple through the loss), gives the data gradient d(c_i . g_i)/d(X, Y, S)
   and lambda_i = lambda_{i+1} + d(c_i . g_i)/dtheta_i = lambda_{i+1} - lr H_i lambda_{i+1};
-  dL/dlr = -sum_i g_i . lambda_{i+1} per side. Each reverse step is a pass-2 step of constant mode.
-  The forward pass keeps the student points theta_1..theta_{N-2} as flat vectors (never a graph) and
-  the RNG state before each step, so every reverse step sees the minibatch and dropout mask of its
-  forward step; the last step is taken with its graph, which the first reverse step uses, so adjoint
-  runs one gradient step fewer than constant. store="cpu" (default) keeps the points in host memory
-  (pinned, on CUDA), so accelerator memory does not grow with the steps; store="device" keeps them
-  on the accelerator (no transfers, N |theta| more memory). On a CPU run the two are the same.
+  dL/dlr = -sum_i g_i . lambda_{i+1} per side (theta_0 and theta* do not depend on lr). Each reverse
+  step costs what a pass-2 step of constant mode costs, and only one step's graph is ever alive.
+  The forward pass keeps the RNG state before each step (a few KB), so every reverse step sees the
+  minibatch and dropout mask of its forward step, and the student points theta_i as flat vectors
+  (never a graph); its last step is taken with the graph the first reverse step needs, so adjoint
+  computes one gradient fewer than constant. Where the points live (`store`, the same gradient bit
+  for bit): "cpu" (default) in host memory, pinned, on CUDA: accelerator memory does not grow with
+  the steps, at two copies of |theta| per step (on a CPU run: N |theta| more host memory); "device"
+  on the accelerator: no copies, N |theta| more memory; "recompute" keeps every k-th point,
+  k = ceil(sqrt(N - 1)), and recomputes the others segment by segment in the reverse sweep: about
+  2 sqrt(N) |theta| of memory for about N more plain gradient steps.
 """
 import math
 from dataclasses import dataclass
