@@ -7,7 +7,7 @@
 Processes sharing a --buffer_path (torchrun ranks, several shells) train disjoint experts; a rerun
 after a kill trains only the experts still missing. --num_experts is the total wanted.
 """
-import argparse
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import os
 import sys
 
@@ -24,7 +24,7 @@ from networks.dual_encoder import NetConfig, NetworkFactory
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     cli_args.add_data_args(p)
     cli_args.add_network_args(p)
     g = p.add_argument_group("experts")

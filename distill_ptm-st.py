@@ -19,7 +19,7 @@ published format plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.
 distilled_<p>_final.pt, distilled_<p>_final_raw.pt (the subset without EMA: what --ema_decay 0 gives)
 and a checkpoint; --resume continues a killed run and ends exactly where an uninterrupted one would.
 """
-import argparse
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import datetime
 import json
 import os
@@ -40,7 +40,7 @@ RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache"}
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     cli_args.add_data_args(p)
     cli_args.add_network_args(p)
     g = p.add_argument_group("phases (one value per phase)")
@@ -93,7 +93,8 @@ def check_args(args):
         raise UserError("--sim_rank applies to --sim_type lowrank only")
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the run to continue")
-    args.name = args.name or datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
+    args.name = cli_args.check_run_name(args.name or datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S"))
+    cli_args.not_a_file(args.runs_dir, "--runs_dir")
     return parse_phases(args)
 
 

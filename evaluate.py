@@ -15,6 +15,7 @@ identity targets: random/prototype at the teacher lrs (as the spec says), the fu
 0.01 by default, since 0.1 with the protocol's momentum 0.9 makes WBCE collapse on the full
 synthetic set for 2 runs out of 3 (see --full_lr).
 """
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import argparse
 import os
 import sys
@@ -36,7 +37,7 @@ BASELINES = ("random", "prototype", "full")
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     cli_args.add_data_args(p)
     cli_args.add_network_args(p)
     g = p.add_argument_group("what to evaluate")
