@@ -1,5 +1,7 @@
 """Faults and bad input a long run meets: each class refused in one line, at its shared root."""
 import errno
+import json
+import multiprocessing
 import os
 import signal
 import subprocess
@@ -12,9 +14,10 @@ import torch
 import buffer
 import convexify
 import evaluate
-from distill_utils import io
+from distill_utils import claims, io
 from distill_utils.errors import UserError
 from distill_utils.procs import host_id
+from distill_utils.trajectories import buffer_dir, list_pairs
 from tests.conftest import run_cli
 from tests.test_distill import distill
 
@@ -58,13 +61,16 @@ def test_feature_cache_that_is_a_file_is_refused(tiny_args, tmp_path, capsys):
 
 
 def test_ctrl_c_while_loading_is_one_line():
-    proc = subprocess.Popen([sys.executable, "buffer.py", "--help"], cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    time.sleep(0.2)  # importing torch
+    """Every entry script imports distill_utils.startup first; a SIGINT after that and before main() is one line."""
+    for script in ("buffer.py", "convexify.py", "distill_ptm-st.py", "evaluate.py"):
+        first = next(line for line in open(os.path.join(ROOT, script)) if line.startswith(("import ", "from ")))
+        assert first.startswith("import distill_utils.startup"), script
+    code = "import distill_utils.startup; print('loading', flush=True); import time; time.sleep(60)"
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline() == "loading\n"
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
-    if proc.returncode == 0:
-        pytest.skip("the script finished loading before the signal")
     assert proc.returncode == 130 and err.strip() == "interrupted", err
 
 
@@ -95,3 +101,138 @@ def test_dead_writers_temporaries_are_cleaned_live_ones_kept(tmp_path):
     (tmp_path / f".convexified_0_2.tmp{dead_pid}-{host_id()}").mkdir()
     io.ensure_writable_dir(str(tmp_path), "--flag")
     assert sorted(os.listdir(tmp_path)) == sorted(n for n, keep in files.items() if keep)
+
+
+# --- shared buffers: claims -------------------------------------------------------------------------------
+
+def _dead_pid():
+    return int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                              text=True).stdout)
+
+
+def _write_claim(directory, n, gen, **record):
+    with open(claims.claim_path(str(directory), n, gen), "w") as f:
+        json.dump(record, f)
+
+
+def test_claims_are_exclusive_and_only_stale_ones_are_taken_over(tmp_path):
+    d, now = str(tmp_path), time.time()
+    first = claims.try_claim(d, 0)
+    assert first is not None and claims.try_claim(d, 0) is None  # held by a live owner (this process)
+    _write_claim(d, 1, 0, host=host_id(), pid=_dead_pid(), start=None, expires=now + 999)  # killed
+    _write_claim(d, 2, 0, host="0badc0de", pid=1, start=None, expires=now + 999)  # another host, lease running
+    _write_claim(d, 3, 4, host="0badc0de", pid=1, start=None, expires=now - 1)  # another host, lease over
+    _write_claim(d, 4, 0, host=host_id(), pid=os.getpid(), start=12345, expires=now + 999)  # a reused pid
+    (tmp_path / ".claim_5.0").write_text("")  # killed between create and write (the old scheme)
+    got = {n: claims.try_claim(d, n) for n in range(1, 6)}
+    assert got[2] is None and all(got[n] is not None for n in (1, 3, 4, 5))
+    assert got[3].gen == 5 and not (tmp_path / ".claim_3.4").exists()
+    assert claims.live_claims(d) == [0, 1, 2, 3, 4, 5]
+    for claim in [first, *filter(None, got.values())]:
+        claim.release()
+    assert claims.live_claims(d) == [2]
+
+
+def test_an_owner_renews_its_lease(tmp_path):
+    claim = claims.try_claim(str(tmp_path), 0, lease_s=0.5, renew_s=0.05)
+    time.sleep(0.8)
+    record = claims.read_claim(claim.path)
+    assert not claims.is_stale(record) and record["expires"] > time.time()
+    claim.release()
+    assert not os.listdir(tmp_path)
+
+
+def _worker(directory, items, barrier, out):
+    barrier.wait()
+    done = lambda n: os.path.exists(os.path.join(directory, f"item_{n}"))
+    trained, errors = [], []
+    try:
+        while True:
+            claim, held = claims.claim_next(directory, items, done, lease_s=5.0, renew_s=1.0)
+            if claim is None:
+                if not held:
+                    break
+                time.sleep(0.005)
+                continue
+            with claim:
+                time.sleep(0.002)
+                trained.append(claim.n)
+                with open(os.path.join(directory, f"item_{claim.n}.{os.getpid()}"), "x"):
+                    pass
+                os.replace(os.path.join(directory, f"item_{claim.n}.{os.getpid()}"),
+                           os.path.join(directory, f"item_{claim.n}"))
+    except Exception as err:  # noqa: BLE001 - the test counts them
+        errors.append(repr(err))
+    out.put((trained, errors))
+
+
+def test_stress_racing_processes_take_over_stale_claims_exactly_once(tmp_path):
+    """Three processes race over items whose claims a killed process left: every item trained exactly once."""
+    ctx = multiprocessing.get_context("fork")
+    dead, items = _dead_pid(), 4
+    for trial in range(20):
+        d = tmp_path / str(trial)
+        d.mkdir()
+        for n in range(items):
+            _write_claim(d, n, 0, host=host_id(), pid=dead, start=None, expires=time.time() + 999)
+        barrier, out = ctx.Barrier(3), ctx.Queue()
+        procs = [ctx.Process(target=_worker, args=(str(d), items, barrier, out)) for _ in range(3)]
+        for p in procs:
+            p.start()
+        results = [out.get(timeout=60) for _ in procs]
+        for p in procs:
+            p.join()
+        trained = sorted(n for t, _ in results for n in t)
+        assert trained == list(range(items)) and not [e for _, es in results for e in es], (trial, results)
+        assert sorted(os.listdir(d)) == [f"item_{n}" for n in range(items)]  # no claim or temporary left
+
+
+# --- buffer.py: nothing reported complete that is not, nothing mixed ---------------------------------------
+
+def _buffer(tiny_args, root, *extra):
+    return [*tiny_args, "--buffer_path", str(root), "--num_experts", "2", "--train_epochs", "1", "--image_trainable",
+            "--batch_train", "16", "--eval_freq", "1", *extra]
+
+
+def _buffer_dir(root, tiny_args):
+    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", tiny_args[tiny_args.index("--text_encoder") + 1],
+                      "InfoNCE")
+
+
+def test_leftover_claims_and_manifest_never_make_a_buffer_look_complete(tiny_args, tmp_path, capsys):
+    out = _buffer_dir(tmp_path, tiny_args)
+    os.makedirs(out)
+    (tmp_path / out / ".claim_0").write_text("")  # the old scheme's empty claim
+    _write_claim(out, 1, 0, host=host_id(), pid=_dead_pid(), start=None, expires=time.time() + 999)
+    with open(os.path.join(out, "manifest.json"), "w") as f:  # a killed first run with other settings
+        json.dump({"dataset": "synthetic", "image_encoder": "convnet_w4", "lr_teacher_img": 5.0}, f)
+    code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys)
+    assert code == 0, err
+    assert [n for n, _, _ in list_pairs(out)] == [0, 1]
+    assert json.load(open(os.path.join(out, "manifest.json")))["lr_teacher_img"] == 0.1
+    assert not [f for f in os.listdir(out) if f.startswith(".claim_") and f != ".claim_0"]
+
+
+@pytest.mark.parametrize("flag, value", [("--lr_teacher_img", "0.2"), ("--mom", "0.5"), ("--l2", "0.001"),
+                                         ("--batch_train", "8")])
+def test_adding_experts_of_other_settings_is_refused(flag, value, tiny_args, tmp_path, capsys):
+    assert run_cli(buffer.main, _buffer(tiny_args, tmp_path, "--num_experts", "1"), capsys)[0] == 0
+    code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path, flag, value), capsys)
+    _one_line(code, err, flag.lstrip("-"), "another --buffer_path")
+    assert [n for n, _, _ in list_pairs(_buffer_dir(tmp_path, tiny_args))] == [0]
+
+
+def test_a_diverging_expert_is_not_saved(tiny_args, tmp_path, capsys):
+    code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path, "--lr_teacher_img", "1e30"), capsys)
+    _one_line(code, err, "expert 0 diverged", "--lr_teacher_img")
+    out = _buffer_dir(tmp_path, tiny_args)
+    assert not [f for f in os.listdir(out) if f.endswith(".pt") or f.startswith(".claim")]
+
+
+def test_a_corrupt_expert_file_is_not_reported_complete(tiny_args, tmp_path, capsys):
+    assert run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys)[0] == 0
+    out = _buffer_dir(tmp_path, tiny_args)
+    with open(os.path.join(out, "txt_replay_buffer_1.pt"), "r+b") as f:
+        f.truncate(100)
+    code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys)
+    _one_line(code, err, "txt_replay_buffer_1.pt")
