@@ -3,6 +3,7 @@ import errno
 import json
 import multiprocessing
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -236,3 +237,142 @@ def test_a_corrupt_expert_file_is_not_reported_complete(tiny_args, tmp_path, cap
         f.truncate(100)
     code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys)
     _one_line(code, err, "txt_replay_buffer_1.pt")
+
+
+# --- distill_ptm-st.py: finite saves, every buffer file checked, a failed start blocks nothing, resume -------
+
+from tests.test_distill import _args as _distill_args, expert_dir  # noqa: E402,F401 (the module's expert fixture)
+
+
+def _run_files(run_dir):
+    return sorted(os.listdir(run_dir)) if os.path.isdir(run_dir) else []
+
+
+def _copy_buffer(src, dst, edit=None):
+    shutil.copytree(src, dst)
+    if edit:
+        for name in os.listdir(dst):
+            if name.endswith(".pt"):
+                path = os.path.join(dst, name)
+                torch.save(edit(name, torch.load(path, weights_only=True)), path)
+    return str(dst)
+
+
+def test_divergence_after_the_update_saves_nothing_non_finite(tiny_args, expert_dir, tmp_path, capsys):
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "big", "--Iteration", "1", "1", "--lr_sim", "1e38",
+                         "--num_eval", "0")
+    code, err = run_cli(distill.main, args, capsys)
+    _one_line(code, err, "non-finite after its update", "optimisation")
+    run_dir = tmp_path / "synthetic" / "big"
+    assert not (run_dir / "distilled_1_final.pt").exists()
+    for name in (f for f in _run_files(run_dir) if f.endswith(".pt")):
+        obj = torch.load(run_dir / name, weights_only=True)
+        tensors = obj["syn"]["tensors"] if name == "checkpoint.pt" else [obj["image"], obj["similarity_mat"]]
+        assert all(torch.isfinite(t).all() for t in tensors), name
+    named = err.split("the last good save is ")[1].split(" ")[0]
+    assert named == "none" or os.path.isfile(named)
+
+
+def test_the_error_names_a_save_that_really_is_good(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
+    from distill_utils.syn_set import SyntheticSet
+    real_step, calls = SyntheticSet.step, {"n": 0}
+
+    def poisoning_step(self):
+        real_step(self)
+        calls["n"] += 1
+        if calls["n"] == 2:
+            with torch.no_grad():
+                self.image[0, 0, 0, 0] = float("nan")
+
+    monkeypatch.setattr(SyntheticSet, "step", poisoning_step)
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "nan2", "--eval_it", "1", "--num_eval", "0")
+    code, err = run_cli(distill.main, args, capsys)
+    _one_line(code, err, "iteration 2", "distilled_0_1.pt")
+    run_dir = tmp_path / "synthetic" / "nan2"
+    assert not (run_dir / "distilled_0_2.pt").exists()
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    assert ckpt["iteration"] == 1 and all(torch.isfinite(t).all() for t in ckpt["syn"]["tensors"])
+    assert torch.isfinite(torch.load(run_dir / "distilled_0_1.pt", weights_only=True)["image"]).all()
+
+
+@pytest.mark.parametrize("case", ["short", "shapes", "nan"])
+def test_every_buffer_file_is_checked_before_the_run_starts(case, tiny_args, expert_dir, tmp_path, capsys):
+    def edit(name, experts):
+        if "_1.pt" not in name:
+            return experts
+        if case == "short":
+            return [e[:1] for e in experts]
+        if case == "shapes":
+            return [[[p[..., :1] for p in stamp] for stamp in e] for e in experts]
+        return [[[p.fill_(float("nan")) for p in stamp] for stamp in e] for e in experts]
+
+    bad = _copy_buffer(expert_dir, tmp_path / "bad", edit)
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0")
+    args[args.index("--buffer_path") + 2] = bad  # phase 1
+    code, err = run_cli(distill.main, args, capsys)
+    needle = {"short": "needs timestamp 2", "shapes": "do not match the network", "nan": "buffer is damaged"}[case]
+    _one_line(code, err, needle, "replay_buffer_1.pt")
+    if case != "nan":  # refused before anything is written: the corrected command starts cleanly
+        assert _run_files(tmp_path / "synthetic" / "x") == []
+        assert run_cli(distill.main, _distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0"),
+                       capsys)[0] == 0
+
+
+def test_half_precision_buffers_are_accepted(tiny_args, expert_dir, tmp_path, capsys):
+    half = _copy_buffer(expert_dir, tmp_path / "half", lambda name, ex: [[[p.half() for p in s] for s in e] for e in ex])
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "half", "--num_eval", "0", "--Iteration", "1", "1")
+    args[args.index("--buffer_path") + 1: args.index("--buffer_path") + 3] = [half, half]
+    code, err = run_cli(distill.main, args, capsys)
+    assert code == 0, err
+
+
+@pytest.mark.parametrize("flags, needle", [
+    (["--num_queries", "6", "1000"], "only 80 pairs"),
+    (["--buffer_path", "nope", "nope"], "--buffer_path nope"),
+])
+def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(flags, needle, tiny_args, expert_dir,
+                                                                         tmp_path, capsys):
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "typo", "--num_eval", "0")
+    i = args.index(flags[0])
+    _one_line(*run_cli(distill.main, args[:i] + flags + args[i + len(flags):], capsys), needle)
+    assert _run_files(tmp_path / "synthetic" / "typo") == []
+    assert run_cli(distill.main, args, capsys)[0] == 0
+
+
+def _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, at_step, name):
+    from distill_utils.syn_set import SyntheticSet
+    real_step, calls = SyntheticSet.step, {"n": 0}
+
+    def dying_step(self):
+        calls["n"] += 1
+        if calls["n"] == at_step:
+            raise KeyboardInterrupt
+        real_step(self)
+
+    monkeypatch.setattr(SyntheticSet, "step", dying_step)
+    args = _distill_args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--checkpoint_it", "2",
+                         "--eval_it", "3")
+    assert run_cli(distill.main, args, capsys)[0] == 130
+    monkeypatch.setattr(SyntheticSet, "step", real_step)
+    return args, tmp_path / "synthetic" / name
+
+
+@pytest.mark.parametrize("at_step, torn", [(2, False), (4, True)])
+def test_resume_tolerates_what_a_kill_leaves(at_step, torn, tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
+    """Killed before the first checkpoint (no duplicates after resume) or with a torn last metrics line."""
+    args, run_dir = _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, at_step, "k")
+    if torn:
+        with open(run_dir / "metrics.jsonl", "a") as f:
+            f.write('{"phase": 1, "iter')
+    code, err = run_cli(distill.main, args + ["--resume"], capsys)
+    assert code == 0, err
+    records = [json.loads(line) for line in open(run_dir / "metrics.jsonl")]
+    assert [(r["phase"], r["iteration"]) for r in records if "loss" in r] == [(p, i) for p in (0, 1) for i in (1, 2, 3)]
+
+
+@pytest.mark.parametrize("content", [{"phase": 0}, [1, 2], {"phase": "x", "iteration": 1, "syn": {}, "experts": {},
+                                                             "generator": torch.zeros(1), "rng": torch.zeros(1)}])
+def test_a_foreign_checkpoint_is_one_line(content, tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
+    args, run_dir = _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, 4, "f")
+    torch.save(content, run_dir / "checkpoint.pt")
+    _one_line(*run_cli(distill.main, args + ["--resume"], capsys), "checkpoint.pt")
