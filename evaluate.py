@@ -32,6 +32,7 @@ from distill_utils.run_log import RunLog
 from distill_utils.subsets import load_subset
 from distill_utils.trajectories import buffer_dir
 from networks.dual_encoder import NetConfig, NetworkFactory
+from networks.text_encoders import weights_digest
 
 BASELINES = ("random", "prototype", "full")
 
@@ -89,14 +90,16 @@ def check_args(args):
         raise UserError("--full_lr applies to --baseline full only")
     if args.buffer_path and args.baseline != "prototype":
         raise UserError("--buffer_path applies to --baseline prototype only")
-    if args.out:
+    if args.out:  # checked before the work, so the results are never lost at the end
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out}: is a directory, expected the path of a JSON file to write")
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
 
 
 def expected_of(args, text_dim):
     return {"dataset": args.dataset, "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
             "image_size": args.image_size, "image_trainable": args.image_trainable, "text_dim": text_dim,
-            "out_embedding": args.out_embedding}
+            "out_embedding": args.out_embedding, "text_encoder_weights": weights_digest(args.text_encoder)}
 
 
 def baseline_sources(args, factory, num_pairs):

@@ -127,7 +127,12 @@ def ensure_writable_dir(path, flag):
         os.makedirs(path, exist_ok=True)
     except OSError as err:
         raise UserError(f"{flag} {path}: cannot create directory ({err.strerror})") from None
-    if not os.access(path, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: directory is not writable")
+    probe = temporary_path(os.path.join(path, ".write-check"))
+    try:
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: directory is not writable ({err.strerror})") from None
     clean_temporaries(path)
     return path

@@ -376,3 +376,116 @@ def test_a_foreign_checkpoint_is_one_line(content, tiny_args, expert_dir, tmp_pa
     args, run_dir = _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, 4, "f")
     torch.save(content, run_dir / "checkpoint.pt")
     _one_line(*run_cli(distill.main, args + ["--resume"], capsys), "checkpoint.pt")
+
+
+# --- evaluate.py, data and files: one line for every malformed input ----------------------------------------
+
+from tests.test_evaluation import FAST, TEXT_DIM, our_file, write_published  # noqa: E402
+
+
+def _lowrank_bad(path):
+    write_published(path, 4, 0, lowrank=True)
+    obj = torch.load(path, weights_only=True)
+    obj["similarity_params"][1] = torch.randn(3, 2)
+    torch.save(obj, path)
+
+
+@pytest.mark.parametrize("case, needle", [
+    ("config", "'config' must be a dict"),
+    ("vector_lr", "'syn_lr_img' must be one number"),
+    ("lowrank", "'similarity_params'"),
+    ("zero_pairs", "N >= 1"),
+    ("other_weights", "other text-encoder weights"),
+])
+def test_malformed_distilled_files_are_one_line(case, needle, tiny_args, tmp_path, capsys):
+    path = tmp_path / f"{case}.pt"
+    if case == "config":
+        write_published(path, 4, 0, config=[1, 2])
+    elif case == "vector_lr":
+        write_published(path, 4, 0, syn_lr_img=torch.ones(3))
+    elif case == "lowrank":
+        _lowrank_bad(path)
+    elif case == "zero_pairs":
+        write_published(path, 4, 0, image=torch.zeros(0, 3, 16, 16), text=torch.zeros(0, TEXT_DIM),
+                        similarity_mat=torch.zeros(0, 0), similarity_params=[])
+    else:
+        our_file(path, tiny_args, text_encoder_weights="0123456789abcdef")
+    _one_line(*run_cli(evaluate.main, tiny_args + FAST + ["--ckpt_path", str(path)], capsys), str(path), needle)
+
+
+def test_out_is_checked_before_the_evaluation(tiny_args, tmp_path, capsys):
+    code, err = run_cli(evaluate.main, tiny_args + FAST + ["--baseline", "random", "--num_pairs", "4",
+                                                           "--out", str(tmp_path)], capsys)
+    _one_line(code, err, "--out", "is a directory")
+
+
+def test_a_full_disk_anywhere_is_one_line(capsys):
+    from distill_utils.errors import cli_main
+
+    @cli_main
+    def writes():
+        raise OSError(errno.ENOSPC, "No space left on device", "runs/x/metrics.jsonl")
+
+    _one_line(*run_cli(lambda argv: writes(), [], capsys), "runs/x/metrics.jsonl", "No space left")
+
+
+def test_a_manifest_that_is_not_an_object_is_one_line(tiny_args, tmp_path, capsys):
+    out = _buffer_dir(tmp_path, tiny_args)
+    os.makedirs(out)
+    with open(os.path.join(out, "manifest.json"), "w") as f:
+        f.write("[1, 2]")
+    (tmp_path / out / "img_replay_buffer_0.pt").write_bytes(b"")
+    (tmp_path / out / "txt_replay_buffer_0.pt").write_bytes(b"")
+    _one_line(*run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys), "manifest.json", "JSON object")
+
+
+def test_a_text_encoder_of_the_same_name_with_other_weights_is_refused(tiny_args, expert_dir, tiny_text_encoder,
+                                                                       tmp_path, capsys):
+    from transformers import BertModel
+    other = tmp_path / "elsewhere" / os.path.basename(tiny_text_encoder)
+    shutil.copytree(tiny_text_encoder, other)
+    model = BertModel.from_pretrained(tiny_text_encoder)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    model.save_pretrained(other)
+    args = _distill_args(tiny_args, expert_dir, tmp_path, "enc", "--num_eval", "0")
+    args[args.index("--text_encoder") + 1] = str(other)
+    _one_line(*run_cli(distill.main, args, capsys), "text_encoder_weights")
+
+
+@pytest.fixture
+def images_dataset(tmp_path):
+    from PIL import Image
+    root = tmp_path / "imgs"
+    root.mkdir()
+    for k in range(4):
+        Image.new("RGB", (20, 12), (40 * k, 0, 0)).save(root / f"{k}.png")
+    (root / "2.png").write_bytes(b"\x89PNG broken")
+    return [str(root / f"{k}.png") for k in range(4)]
+
+
+@pytest.mark.parametrize("in_memory", [True, False])
+def test_a_bad_image_under_workers_is_one_line_naming_it(images_dataset, in_memory):
+    from distill_utils.images import ImageStore
+    with pytest.raises(UserError) as err:
+        store = ImageStore(images_dataset, 8, in_memory=in_memory, workers=2)
+        list(store.batches(torch.arange(4), 2))
+    assert str(err.value).startswith("image file") and "2.png" in str(err.value)
+    assert len(str(err.value).splitlines()) == 1
+
+
+def test_a_decompression_bomb_is_one_line(images_dataset, monkeypatch):
+    from PIL import Image
+    from distill_utils.images import read_image
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
+    with pytest.raises(UserError, match="0.png is too large"):
+        read_image(images_dataset[0], 8)
+
+
+def test_empty_captions_are_refused(tmp_path):
+    from distill_utils.datasets import load_train_pairs
+    (tmp_path / "flickr30k_train.json").write_text(json.dumps([{"image": "a.jpg", "caption": "a dog"},
+                                                               {"image": "b.jpg", "caption": " ..! "}]))
+    with pytest.raises(UserError, match="entry 1 has an empty caption"):
+        load_train_pairs("flickr", str(tmp_path), str(tmp_path))
