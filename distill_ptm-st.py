@@ -93,7 +93,9 @@ def check_args(args):
         raise UserError("--sim_rank applies to --sim_type lowrank only")
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the run to continue")
-    args.name = cli_args.check_run_name(args.name or datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S"))
+    if args.name is None:
+        args.name = datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
+    cli_args.check_run_name(args.name)
     cli_args.not_a_file(args.runs_dir, "--runs_dir")
     return parse_phases(args)
 
@@ -104,9 +106,12 @@ def open_run_dir(args):
     run_dir = os.path.join(args.runs_dir, args.dataset, args.name)
     config = cli_args.config_of(args)
     config_path = os.path.join(run_dir, "config.json")
-    if args.resume:
-        if not os.path.isfile(config_path):
+    if args.resume and not os.path.isfile(config_path):
+        if not os.path.isdir(run_dir) or [f for f in os.listdir(run_dir) if not f.startswith(".")]:
             raise UserError(f"--resume: {run_dir} holds no run to continue (no config.json)")
+        print(f"--resume: {run_dir} was stopped before its run started; starting it")
+        args.resume = False  # a kill during start-up left an empty directory: nothing to continue
+    if args.resume:
         saved = load_json_object(config_path, what="run config")
         changed = [k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]]
         if changed:
