@@ -148,6 +148,9 @@ def main(argv=None):
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
                                        args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
     ckpt = read_checkpoint(run_dir) if args.resume else None
+    if ckpt and not 0 <= ckpt["phase"] < len(phases):
+        raise UserError(f"--resume: {run_dir}/checkpoint.pt is in phase {ckpt['phase']}, this run has phases "
+                        f"0..{len(phases) - 1}; move it away to restart the run")
     ctx = RunContext(args, run_dir, train, test, factory, log=None)
     preflight(ctx, phases)
     write_config(args, run_dir)  # the run can start: from here on the directory is this run's

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import trange
 
-from .errors import UserError
+from .errors import UserError, one_line
 from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from .io import load_torch, save_torch
 from .matching import MATCHING, minibatch_schedule
@@ -168,14 +168,24 @@ def read_checkpoint(run_dir):
     return ckpt
 
 
-def _restore(ckpt, syn, stream, generator, ctx):
-    syn.load_state_dict(ckpt["syn"])
-    stream.load_state_dict(ckpt["experts"])
-    generator.set_state(ckpt["generator"])
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt["cuda_rng"] is not None and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], ctx.device)
-    ctx.last_save = ckpt["last_save"]
+def _restore(ckpt, syn, stream, generator, ctx, phase):
+    """Continue from a checkpoint; one that does not fit this phase's subset is refused, never half-loaded."""
+    where = f"checkpoint {os.path.join(ctx.run_dir, CHECKPOINT)}"
+    saved = ckpt["syn"]["tensors"]
+    if [tuple(t.shape) for t in saved] != [tuple(t.shape) for t in syn.tensors()] or \
+            not 0 <= ckpt["iteration"] <= phase.iterations:
+        raise UserError(f"{where}: does not fit phase {phase.index} of this run (iteration {ckpt['iteration']} of "
+                        f"{phase.iterations}, {len(saved)} tensors); move it away to restart the run")
+    try:
+        syn.load_state_dict(ckpt["syn"])
+        stream.load_state_dict(ckpt["experts"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], ctx.device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise UserError(f"{where}: damaged ({one_line(err)[:160]}); move it away to restart the run") from None
+    ctx.last_save = ckpt.get("last_save")
     return ckpt["iteration"]
 
 
@@ -192,7 +202,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     opt = SynOptim(a.lr_img, a.lr_txt, a.lr_sim, a.lr_lr, momentum=0.5, ema_decay=a.ema_decay, clamp_lr=a.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
-    begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
+    begin = _restore(resume, syn, stream, generator, ctx, phase) if resume else 0
     match = MATCHING[a.matching]
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")

@@ -490,3 +490,20 @@ def test_empty_captions_are_refused(tmp_path):
                                                                {"image": "b.jpg", "caption": " ..! "}]))
     with pytest.raises(UserError, match="entry 1 has an empty caption"):
         load_train_pairs("flickr", str(tmp_path), str(tmp_path))
+
+
+@pytest.mark.parametrize("case", ["phase", "iteration", "tensors", "optimizer"])
+def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(case, tiny_args, expert_dir, tmp_path, capsys,
+                                                             monkeypatch):
+    args, run_dir = _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, 4, "c")
+    ckpt = torch.load(run_dir / "checkpoint.pt", weights_only=True)
+    if case == "phase":
+        ckpt["phase"] = 7
+    elif case == "iteration":
+        ckpt["iteration"] = 99
+    elif case == "tensors":
+        ckpt["syn"]["tensors"] = ckpt["syn"]["tensors"][:2]
+    else:
+        ckpt["syn"]["optimizer"] = {"x": 1}
+    torch.save(ckpt, run_dir / "checkpoint.pt")
+    _one_line(*run_cli(distill.main, args + ["--resume"], capsys), "checkpoint.pt", "restart the run")
