@@ -86,12 +86,19 @@ def non_negative(args, *names):
                 raise UserError(f"--{name} {value}: expected a finite number, 0 or more")
 
 
+INT_LIMIT = 2**31  # no count, size or epoch of a run comes near; beyond it torch overflows with a traceback
+
+
 def all_finite(args):
-    """Refuse NaN or inf in any numeric flag (argparse's float() accepts 'nan' and 'inf')."""
+    """Refuse NaN or inf in any numeric flag (argparse's float() accepts 'nan' and 'inf'), and integers that
+    overflow torch's 64-bit arithmetic."""
     for name in vars(args):
         for value in _values(args, name):
             if isinstance(value, float) and not math.isfinite(value):
                 raise UserError(f"--{name} {value}: expected a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT \
+                    and "seed" not in name:
+                raise UserError(f"--{name} {value}: expected a number below 2**31")
 
 
 def at_most(args, **limits):

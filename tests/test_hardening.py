@@ -39,6 +39,8 @@ def _one_line(code, err, *needles):
     (buffer, ["--seed", "-1"], "--seed"),
     (buffer, ["--image_encoder", "convnet_w0"], "--image_encoder convnet_w0"),
     (buffer, ["--workers", "100000"], "--workers"),
+    (buffer, ["--batch_train", str(10**20)], "--batch_train"),
+    (buffer, ["--num_experts", "abc"], "--num_experts"),
     (evaluate, ["--baseline", "full", "--full_lr", "nan"], "--full_lr nan"),
     (evaluate, ["--baseline", "random", "--num_pairs", "4", "--lr_teacher_txt=-inf"], "--lr_teacher_txt -inf"),
     (distill, ["--buffer_path", "b", "--lr_sim", "nan"], "--lr_sim nan"),
