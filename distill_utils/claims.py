@@ -9,6 +9,7 @@ stale: it is taken over by creating generation g + 1, which only one process can
 finds a higher generation than its own after creating it backs off, so an item never has two owners.
 """
 import contextlib
+import errno
 import json
 import os
 import re
@@ -20,6 +21,7 @@ from .procs import alive, host_id, me
 
 LEASE_S = 600.0      # another host's claim is taken over once its owner has not renewed it for this long
 RENEW_S = 60.0       # how often an owner renews its lease
+WRITE_GRACE_S = 10.0  # an unreadable claim younger than this may still be being written
 _NAME = re.compile(r"^\.claim_(\d+)\.(\d+)$")
 
 
@@ -50,8 +52,11 @@ def read_claim(path):
     return record if isinstance(record, dict) else {}
 
 
-def is_stale(record, now=None):
-    """Expired, malformed, or owned by a process of this host that no longer runs."""
+def is_stale(record, now=None, path=None):
+    """Expired, malformed (and not just being written), or owned by a process of this host that no longer runs."""
+    if not record and path is not None:
+        with contextlib.suppress(OSError):
+            return time.time() - os.path.getmtime(path) > WRITE_GRACE_S
     try:
         if (now or time.time()) > float(record["expires"]):
             return True
@@ -85,6 +90,16 @@ class Claim:
             return True
         except FileExistsError:
             return False
+        except OSError as err:  # a filesystem without hard links: exclusive create, then write
+            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+                raise
+            try:
+                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                return False
+            with os.fdopen(fd, "w") as f:
+                f.write(self._record())
+            return True
         finally:
             with contextlib.suppress(OSError):
                 os.remove(tmp)
@@ -123,8 +138,9 @@ def try_claim(directory, n, lease_s=LEASE_S, renew_s=RENEW_S):
     gens = generations(directory, n)
     gen = 0
     if gens:
-        record = read_claim(claim_path(directory, n, gens[-1]))
-        if record is None or not is_stale(record):
+        path = claim_path(directory, n, gens[-1])
+        record = read_claim(path)
+        if record is None or not is_stale(record, path=path):
             return None  # held (or changing hands right now)
         gen = gens[-1] + 1
     claim = Claim(directory, n, gen, lease_s, renew_s)
@@ -151,8 +167,9 @@ def live_claims(directory, exclude=()):
     held = []
     for n in sorted(items - set(exclude)):
         gens = generations(directory, n)
-        record = read_claim(claim_path(directory, n, gens[-1])) if gens else None
-        if record and not is_stale(record):
+        path = claim_path(directory, n, gens[-1]) if gens else None
+        record = read_claim(path) if path else None
+        if record is not None and not is_stale(record, path=path):
             held.append(n)
     return held
 

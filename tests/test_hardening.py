@@ -126,14 +126,16 @@ def test_claims_are_exclusive_and_only_stale_ones_are_taken_over(tmp_path):
     _write_claim(d, 2, 0, host="0badc0de", pid=1, start=None, expires=now + 999)  # another host, lease running
     _write_claim(d, 3, 4, host="0badc0de", pid=1, start=None, expires=now - 1)  # another host, lease over
     _write_claim(d, 4, 0, host=host_id(), pid=os.getpid(), start=12345, expires=now + 999)  # a reused pid
-    (tmp_path / ".claim_5.0").write_text("")  # killed between create and write (the old scheme)
-    got = {n: claims.try_claim(d, n) for n in range(1, 6)}
-    assert got[2] is None and all(got[n] is not None for n in (1, 3, 4, 5))
+    (tmp_path / ".claim_5.0").write_text("")  # killed between create and write (no hard links)...
+    os.utime(tmp_path / ".claim_5.0", (now - 60, now - 60))  # ...a minute ago
+    (tmp_path / ".claim_6.0").write_text("")  # being written right now
+    got = {n: claims.try_claim(d, n) for n in range(1, 7)}
+    assert got[2] is None and got[6] is None and all(got[n] is not None for n in (1, 3, 4, 5))
     assert got[3].gen == 5 and not (tmp_path / ".claim_3.4").exists()
-    assert claims.live_claims(d) == [0, 1, 2, 3, 4, 5]
+    assert claims.live_claims(d) == [0, 1, 2, 3, 4, 5, 6]
     for claim in [first, *filter(None, got.values())]:
         claim.release()
-    assert claims.live_claims(d) == [2]
+    assert claims.live_claims(d) == [2, 6]
 
 
 def test_an_owner_renews_its_lease(tmp_path):
@@ -509,3 +511,14 @@ def test_a_checkpoint_that_does_not_fit_the_run_is_one_line(case, tiny_args, exp
         ckpt["syn"]["optimizer"] = {"x": 1}
     torch.save(ckpt, run_dir / "checkpoint.pt")
     _one_line(*run_cli(distill.main, args + ["--resume"], capsys), "checkpoint.pt", "restart the run")
+
+
+def test_claims_work_without_hard_links(tmp_path, monkeypatch):
+    def no_links(src, dst):
+        raise OSError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    first = claims.try_claim(str(tmp_path), 0)
+    assert first is not None and claims.try_claim(str(tmp_path), 0) is None
+    assert claims.read_claim(first.path)["pid"] == os.getpid()
+    first.release()
