@@ -12,6 +12,7 @@ import shlex
 import shutil
 import sys
 
+import torch
 from tqdm import tqdm
 
 from distill_utils import cli_args
@@ -56,6 +57,9 @@ def convert_file(src, dst, start, end, lengths=None):
     out = []
     for e in range(len(experts)):
         out.append(shortcut_trajectory(experts[e], start, end))
+        if not all(torch.isfinite(p).all() for stamp in out[-1] for p in stamp):
+            raise UserError(f"buffer file {src}: expert {e} holds NaN or inf in timestamps [{start}, {end}); "
+                            "nothing is written")
         experts[e] = None
     save_torch(out, dst)
     return found

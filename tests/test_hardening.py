@@ -522,3 +522,16 @@ def test_claims_work_without_hard_links(tmp_path, monkeypatch):
     assert first is not None and claims.try_claim(str(tmp_path), 0) is None
     assert claims.read_claim(first.path)["pid"] == os.getpid()
     first.release()
+
+
+def test_a_non_finite_buffer_is_neither_convexified_nor_embedded(tiny_args, tmp_path, capsys):
+    from tests.test_convexify import write_buffer
+    normal = tmp_path / "normal"
+    write_buffer(str(normal), pairs=1, experts=1, timestamps=4)
+    path = normal / "img_replay_buffer_0.pt"
+    experts = torch.load(path, weights_only=True)
+    experts[0][2][0][0] = float("nan")  # the window end
+    torch.save(experts, path)
+    _one_line(*run_cli(convexify.main, ["--start", "0", "--end", "3", "--normal_dir", str(normal)], capsys),
+              "img_replay_buffer_0.pt", "NaN")
+    assert sorted(os.listdir(tmp_path)) == ["normal"]
