@@ -215,7 +215,12 @@ class ExpertStream:
         return out
 
     def state_dict(self):
-        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos}
+        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos,
+                "files": [n for n, _, _ in self.pairs]}
 
     def load_state_dict(self, state):
+        files = [n for n, _, _ in self.pairs]
+        if state.get("files", files) != files:  # another set of experts would silently change the result
+            raise UserError(f"--resume: the buffer {self.directory} holds experts {files}, the checkpoint was made "
+                            f"with {state['files']}; resume with the buffer as it was")
         self.pass_idx, self.file_pos, self.expert_pos = state["pass_idx"], state["file_pos"], state["expert_pos"]

@@ -535,3 +535,16 @@ def test_a_non_finite_buffer_is_neither_convexified_nor_embedded(tiny_args, tmp_
     _one_line(*run_cli(convexify.main, ["--start", "0", "--end", "3", "--normal_dir", str(normal)], capsys),
               "img_replay_buffer_0.pt", "NaN")
     assert sorted(os.listdir(tmp_path)) == ["normal"]
+
+
+def test_resume_refuses_a_buffer_that_changed_since_the_checkpoint(tiny_args, expert_dir, tmp_path, capsys,
+                                                                   monkeypatch):
+    grown = _copy_buffer(expert_dir, tmp_path / "grown")
+    args, run_dir = _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, 4, "g")
+    args = [grown if a == expert_dir else a for a in args]
+    config = json.load(open(run_dir / "config.json"))
+    config["buffer_path"] = [grown, grown]
+    json.dump(config, open(run_dir / "config.json", "w"))
+    for side in ("img", "txt"):
+        shutil.copy(os.path.join(grown, f"{side}_replay_buffer_1.pt"), os.path.join(grown, f"{side}_replay_buffer_2.pt"))
+    _one_line(*run_cli(distill.main, args + ["--resume"], capsys), "--resume", "grown", "as it was")
