@@ -96,7 +96,9 @@ def load_torch(path, what="file", mmap=False):
             return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         return torch.load(path, map_location="cpu", weights_only=True)
     except _LOAD_ERRORS as err:
-        raise UserError(f"{what} {path}: not a readable torch file of tensors/lists ({one_line(err)[:200]})") from None
+        why = ("garbage, or objects other than tensors and lists, which are never unpickled"
+               if isinstance(err, pickle.UnpicklingError) else one_line(err)[:200])
+        raise UserError(f"{what} {path}: not a readable torch file of tensors/lists ({why})") from None
 
 
 def load_json(path, what="file"):
