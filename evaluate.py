@@ -93,7 +93,7 @@ def check_args(args):
     if args.out:  # checked before the work, so the results are never lost at the end
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out}: is a directory, expected the path of a JSON file to write")
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", clean=False)  # maybe not ours
 
 
 def expected_of(args, text_dim):

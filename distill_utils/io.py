@@ -120,9 +120,9 @@ def load_json_object(path, what="file"):
     return obj
 
 
-def ensure_writable_dir(path, flag):
-    """Create `path` if needed, check we can write there (else a UserError naming `flag`) and clear the
-    temporaries that killed writers left in it."""
+def ensure_writable_dir(path, flag, clean=True):
+    """Create `path` if needed, check we can write there (else a UserError naming `flag`) and, with `clean`
+    (a directory this program owns), clear the temporaries that killed writers left in it."""
     if os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a file, expected a directory")
     try:
@@ -136,5 +136,6 @@ def ensure_writable_dir(path, flag):
         os.remove(probe)
     except OSError as err:
         raise UserError(f"{flag} {path}: directory is not writable ({err.strerror})") from None
-    clean_temporaries(path)
+    if clean:
+        clean_temporaries(path)
     return path
