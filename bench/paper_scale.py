@@ -61,8 +61,10 @@ def parse_args(argv=None):
     p.add_argument("--mini_batch_size", type=int, default=40, help="pairs per student step (default: 40)")
     p.add_argument("--steps", type=int, nargs="+", default=[2, 8, 20], help="--syn_steps values (default: 2 8 20)")
     p.add_argument("--extrapolate", type=int, nargs="*", default=[], help="step counts to extrapolate to (CPU)")
-    p.add_argument("--modes", nargs="+", default=list(MATCHING), choices=list(MATCHING),
-                   help="matching modes (default: all in MATCHING)")
+    p.add_argument("--modes", nargs="+", choices=list(MATCHING),
+                   default=sorted(MATCHING, key=lambda m: (m == "unrolled", m != "constant")),
+                   help="matching modes, run in this order (default: all in MATCHING, constant first, unrolled last: "
+                        "under --budget_s the reference whose memory grows with the steps goes last)")
     p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="settings to compare")
     p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting after a warm-up (default: 2)")
     p.add_argument("--expert_images", type=int, default=1000, help="images of the expert epoch (default: 1000)")
