@@ -69,7 +69,7 @@ def make_parser():
     g.add_argument("--matching", default="constant", choices=sorted(MATCHING),
                    help="constant: the authors' two-pass gradient (student points held constant, an approximation), "
                         "memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about "
-                        "the time of constant, student points kept in host memory; unrolled: exact "
+                        "the time of constant, the student's points kept as --adjoint_store says; unrolled: exact "
                         "back-propagation through all steps, memory linear in steps (default: constant)")
     g.add_argument("--adjoint_store", default="cpu", choices=STORES,
                    help="--matching adjoint: where the student points are kept. cpu: host memory (accelerator memory "
