@@ -10,7 +10,7 @@ import re
 import torch
 from tqdm import tqdm
 
-from networks.text_encoders import build_text_encoder, fingerprint
+from networks.text_encoders import build_text_encoder, fingerprint, remember_weights_digest, weights_digest
 from .errors import UserError
 from .io import ensure_writable_dir, load_torch, save_torch
 
@@ -43,7 +43,8 @@ def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=Non
     same captions and encoder name is used as it is: its files cannot be checked, and it says so.
     """
     try:
-        key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec)}
+        key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec),
+               "weights": weights_digest(encoder_spec)}
     except UserError as missing:
         return _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing)
     path = cache_path(cache_dir, tag, encoder_spec)
@@ -65,10 +66,13 @@ def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=Non
 def _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing):
     path = cache_path(cache_dir, tag, encoder_spec)
     cached = load_torch(path, what="text feature cache") if os.path.isfile(path) else None
-    fingerprint_then = cached.get("key", {}).get("fingerprint") if isinstance(cached, dict) else None
-    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint_then}
-    if not _valid(cached, key, len(texts)):
+    then = cached.get("key", {}) if isinstance(cached, dict) and isinstance(cached.get("key"), dict) else {}
+    fingerprint_then, weights_then = then.get("fingerprint"), then.get("weights")
+    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint_then,
+           "weights": weights_then}
+    if weights_then is None or not _valid(cached, key, len(texts)):
         raise missing
+    remember_weights_digest(encoder_spec, weights_then)  # manifests and subset configs name the same weights
     print(f"note: {missing}; using the cached features {path} (same captions and encoder name, encoder files "
           f"{fingerprint_then} not checkable here)")
     return cached["features"]

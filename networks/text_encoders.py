@@ -76,10 +76,22 @@ def fingerprint(spec):
     return h.hexdigest()[:16]
 
 
-@functools.lru_cache(maxsize=None)
+_DIGESTS_FROM_CACHE = {}
+
+
+def remember_weights_digest(spec, digest):
+    """The digest a text-feature cache recorded, for a machine where the encoder itself is not installed."""
+    _DIGESTS_FROM_CACHE[spec] = digest
+
+
 def weights_digest(spec):
     """Names the encoder's weights, not where they lie: one model in two directories (or as a hub id and a
     local copy) agrees, two models in directories of the same name do not."""
+    return _DIGESTS_FROM_CACHE.get(spec) or _weights_digest(spec)
+
+
+@functools.lru_cache(maxsize=None)
+def _weights_digest(spec):
     if spec.startswith("openclip:"):
         arch, pretrained = _split_openclip(spec)
         if not (pretrained and os.path.isfile(pretrained)):

@@ -43,6 +43,25 @@ def test_changed_captions_or_encoder_are_recomputed(tiny_text_encoder, tmp_path)
     assert not torch.allclose(after, base)
 
 
+def test_cache_used_where_the_encoder_is_not_installed_names_the_same_weights(tiny_text_encoder, tmp_path):
+    """A GPU machine the features were carried to: the cache serves them and the weights digest it recorded stands in
+    for the encoder's, so manifests and subset configs written there match the ones written beside the encoder."""
+    from networks import text_encoders
+    texts = ["a red circle", "a big blue square"]
+    moved = tmp_path / "model"
+    shutil.copytree(tiny_text_encoder, moved)
+    first = tf.text_features(texts, str(moved), str(tmp_path), "demo_train")
+    digest = text_encoders.weights_digest(str(moved))
+    shutil.rmtree(moved)
+    text_encoders._weights_digest.cache_clear()
+    with pytest.raises(UserError, match="no such model directory"):
+        text_encoders.weights_digest(str(moved))
+    assert torch.equal(tf.text_features(texts, str(moved), str(tmp_path), "demo_train"), first)
+    assert text_encoders.weights_digest(str(moved)) == digest
+    with pytest.raises(UserError, match="no such model directory"):  # other captions: nothing to fall back on
+        tf.text_features(["a green star"], str(moved), str(tmp_path), "demo_train")
+
+
 def test_unknown_local_directory_and_offline_hub_name_fail_fast(monkeypatch):
     with pytest.raises(UserError, match="no such model directory"):
         resolve_model_dir("./no/such/model")
