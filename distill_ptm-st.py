@@ -120,7 +120,8 @@ def open_run_dir(args):
         print(f"--resume: {run_dir} was stopped before its run started; starting it")
         args.resume = False  # a kill during start-up left an empty directory: nothing to continue
     if args.resume:
-        saved = load_json_object(config_path, what="run config")
+        # an option the run's config.json lacks was added since: the run ran with its default
+        saved = {**vars(make_parser().parse_args([])), **load_json_object(config_path, what="run config")}
         changed = [k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]]
         if changed:
             k = changed[0]

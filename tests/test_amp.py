@@ -155,3 +155,16 @@ def test_resume_keeps_a_fallback_to_float32(tiny_args, expert_dir, tmp_path, cap
     for name in ("distilled_1_2.pt", "distilled_1_final.pt"):
         a, b = (torch.load(tmp_path / "synthetic" / run / name, weights_only=True) for run in ("whole", "killed"))
         assert torch.equal(a["image"], b["image"]) and torch.equal(a["similarity_mat"], b["similarity_mat"]), name
+
+
+def test_a_run_started_before_the_speed_options_resumes(tiny_args, expert_dir, tmp_path, capsys):
+    args = _args(tiny_args, expert_dir, tmp_path, "old", "--num_eval", "0")
+    assert run_cli(distill.main, args, capsys)[0] == 0
+    path = tmp_path / "synthetic" / "old" / "config.json"
+    config = json.loads(path.read_text())
+    for key in ("amp", "channels_last", "amp_tolerance", "amp_check_it"):
+        del config[key]
+    path.write_text(json.dumps(config))
+    assert run_cli(distill.main, args + ["--resume"], capsys)[0] == 0
+    code, err = run_cli(distill.main, args + ["--resume", "--amp", "bf16"], capsys)
+    assert code == 2 and "--amp was 'off'" in err

@@ -91,3 +91,20 @@ def test_openclip_text_tower_from_a_local_checkpoint(tmp_path):
     assert feats.shape == (2, 16) and not torch.allclose(feats[0], feats[1])
     with pytest.raises(UserError, match="unknown open_clip architecture"):
         build_text_encoder("openclip:no-such-arch")
+
+
+def test_a_cache_serves_a_machine_without_the_encoder_only_for_the_same_captions(tiny_text_encoder, tmp_path,
+                                                                                monkeypatch, capsys):
+    texts = ["a red circle", "a big blue square"]
+    first = tf.text_features(texts, tiny_text_encoder, str(tmp_path), "demo_train")
+
+    def not_installed(spec):
+        raise UserError(f"--text_encoder {spec}: not installed")
+
+    monkeypatch.setattr(tf, "fingerprint", not_installed)
+    assert torch.equal(tf.text_features(texts, tiny_text_encoder, str(tmp_path), "demo_train"), first)
+    assert "not checkable here" in capsys.readouterr().out
+    with pytest.raises(UserError, match="not installed"):  # other captions: nothing to fall back on
+        tf.text_features(["a red circle", "a big green square"], tiny_text_encoder, str(tmp_path), "demo_train")
+    with pytest.raises(UserError, match="not installed"):  # no cache at all
+        tf.text_features(texts, tiny_text_encoder, str(tmp_path / "empty"), "demo_train")
