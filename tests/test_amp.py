@@ -15,7 +15,7 @@ from distill_utils.syn_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import SiLU, replay_safe
 from tests.conftest import run_cli
-from tests.test_distill import _args, distill, expert_dir  # noqa: F401  (expert_dir: a fixture)
+from tests.test_distill import _args, distill, expert_dir, whole_killed_resumed  # noqa: F401  (expert_dir: a fixture)
 
 N, SIDE, DIM = 8, 8, 6
 
@@ -135,20 +135,7 @@ def test_bad_amp_settings_are_refused_in_one_line(tiny_args, expert_dir, tmp_pat
 def test_resume_keeps_a_fallback_to_float32(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
     """Phase 1 falls back at its first iteration; a run killed after it must not resume in bf16."""
     extra = ["--amp", "bf16", "--amp_tolerance", "1e-12", "--num_eval", "0"]
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole", *extra), capsys)[0] == 0
-    from distill_utils.syn_set import SyntheticSet as Syn
-    real_step, calls = Syn.step, {"n": 0}
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 5:  # phase 1, iteration 2: after the checkpoint of iteration 1
-            raise KeyboardInterrupt
-        real_step(self)
-
-    monkeypatch.setattr(Syn, "step", dying_step)
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", *extra), capsys)[0] == 130
-    monkeypatch.setattr(Syn, "step", real_step)
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", "--resume", *extra), capsys)[0] == 0
+    whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, *extra)
     for run in ("whole", "killed"):
         records = [json.loads(line) for line in open(tmp_path / "synthetic" / run / "metrics.jsonl")]
         assert [(r["phase"], r["iteration"]) for r in records if r.get("amp_fallback")] == [(0, 1), (1, 1)]

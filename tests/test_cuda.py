@@ -12,7 +12,7 @@ from distill_utils.student import Student
 from distill_utils.syn_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from tests.conftest import run_cli
-from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401  (expert_dir: a fixture)
+from tests.test_distill import _args, assert_same_saves, distill, expert_dir, whole_killed_resumed  # noqa: F401
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh)")
 CUDA = torch.device("cuda")
@@ -48,24 +48,8 @@ def test_pass_two_replays_pass_one_on_cuda_with_dropout(encoder, amp, channels_l
 
 def test_resume_on_cuda_ends_like_an_uninterrupted_run_and_logs_peak_memory(tiny_args, expert_dir, tmp_path,
                                                                             capsys, monkeypatch):
-    cuda = ["--device", "cuda"]
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole", *cuda), capsys)[0] == 0
-    from distill_utils.syn_set import SyntheticSet as Syn
-    real_step, calls = Syn.step, {"n": 0}
-
-    def dying_step(self):
-        calls["n"] += 1
-        if calls["n"] == 5:  # phase 1, iteration 2: after the checkpoint of iteration 1
-            raise KeyboardInterrupt
-        real_step(self)
-
-    monkeypatch.setattr(Syn, "step", dying_step)
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", *cuda), capsys)[0] == 130
-    monkeypatch.setattr(Syn, "step", real_step)
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", "--resume", *cuda), capsys)[0] == 0
-    for name in ("distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt"):
-        for a, b in zip(_tensors(tmp_path / "synthetic" / "whole", name), _tensors(tmp_path / "synthetic" / "killed", name)):
-            assert torch.equal(a, b), name
+    whole, killed = whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, "--device", "cuda")
+    assert_same_saves(whole, killed)
     records = [json.loads(line) for line in open(tmp_path / "synthetic" / "whole" / "metrics.jsonl")]
     runtime = next(r for r in records if r.get("event") == "runtime")
     assert runtime["device"].startswith("cuda") and runtime["cudnn_deterministic"] and not runtime["cudnn_benchmark"]

@@ -101,28 +101,39 @@ def test_adjoint_store_reaches_the_matching_and_leaves_the_result_unchanged(tiny
         assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
 
 
-def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole"), capsys)[0] == 0
+def whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, *extra):
+    """Runs "whole" uninterrupted, and "killed", stopped at phase 1 iteration 2 (after the checkpoint of iteration 1),
+    then resumed; returns the run directories."""
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole", *extra), capsys)[0] == 0
     from distill_utils.syn_set import SyntheticSet
     real_step, calls = SyntheticSet.step, {"n": 0}
 
     def dying_step(self):
         calls["n"] += 1
-        if calls["n"] == 5:  # phase 1, iteration 2: after the checkpoint of iteration 1
+        if calls["n"] == 5:
             raise KeyboardInterrupt
         real_step(self)
 
     monkeypatch.setattr(SyntheticSet, "step", dying_step)
-    code, _ = run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed"), capsys)
-    assert code == 130
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", *extra), capsys)[0] == 130
     monkeypatch.setattr(SyntheticSet, "step", real_step)
-    ckpt = torch.load(tmp_path / "synthetic" / "killed" / "checkpoint.pt", weights_only=True)
+    killed = tmp_path / "synthetic" / "killed"
+    ckpt = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert (ckpt["phase"], ckpt["iteration"]) == (1, 1)
-    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", "--resume"), capsys)[0] == 0
-    for name in ("distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt"):
-        for a, b in zip(_tensors(tmp_path / "synthetic" / "whole", name), _tensors(tmp_path / "synthetic" / "killed", name)):
+    assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "killed", "--resume", *extra), capsys)[0] == 0
+    return tmp_path / "synthetic" / "whole", killed
+
+
+def assert_same_saves(whole, killed, names=("distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt")):
+    for name in names:
+        for a, b in zip(_tensors(whole, name), _tensors(killed, name)):
             assert torch.equal(a, b), name
-    logged = [json.loads(line) for line in open(tmp_path / "synthetic" / "killed" / "metrics.jsonl")]
+
+
+def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
+    whole, killed = whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch)
+    assert_same_saves(whole, killed)
+    logged = [json.loads(line) for line in open(killed / "metrics.jsonl")]
     assert [r["iteration"] for r in logged if r.get("phase") == 1 and "loss" in r] == [1, 2, 3]  # no duplicates
 
 
