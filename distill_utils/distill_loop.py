@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from tqdm import trange
 
+from .conditioning import condition
 from .errors import UserError
 from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from .io import load_torch, save_torch
@@ -79,16 +80,17 @@ def subset_config(ctx, phase, iteration):
             "image_size": a.image_size, "image_trainable": a.image_trainable, "out_embedding": a.out_embedding,
             "text_dim": int(ctx.train.text_features.shape[1]), "phase": phase.index, "iteration": iteration,
             **phase.as_dict(), "syn_steps": a.syn_steps, "expert_epochs": a.expert_epochs, "sim_type": a.sim_type,
-            "loss_type": a.loss_type, "matching": a.matching, "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
+            "loss_type": a.loss_type, "matching": a.matching, "phase_conditioning": a.phase_conditioning,
+            "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
 
 
 def eval_protocol(args):
     return EvalProtocol(num_eval=args.num_eval, epoch_eval_train=args.epoch_eval_train, batch_train=args.batch_train,
-                        loss_type=args.loss_type)
+                        loss_type=args.loss_type, eval_mode=args.eval_mode, protocol=args.protocol)
 
 
 def save_point(ctx, syn, phase, done, frozen):
-    """Save the EMA subset, its picture and captions; evaluate D_1..D_{p-1} then it."""
+    """Save the EMA subset, its picture and captions; evaluate D_1..D_{p-1} and it (as --eval_mode says)."""
     subset = syn.subset(subset_config(ctx, phase, done))
     stem = f"{phase.index}_{done}"
     path = os.path.join(ctx.run_dir, f"distilled_{stem}.pt")
@@ -104,9 +106,11 @@ def save_point(ctx, syn, phase, done, frozen):
         m = headline(report)
         ctx.log.log({"event": "eval", "phase": phase.index, "iteration": done, "file": path,
                      **{f"eval_{k}": v for k, v in m.items()},
-                     **{f"eval_std_{k}": v for k, v in report["final"]["std"].items()},
+                     **{f"eval_std_{k}": v for k, v in report[report["reported"]]["std"].items()},
                      **{f"eval_best_{k}": v for k, v in report["best"]["mean"].items()}},
-                    echo=f"phase {phase.index} it {done}: EMA subset, final epoch, {len(report['seeds'])} runs | "
+                    echo=f"phase {phase.index} it {done}: EMA subset, {ctx.args.eval_mode}, "
+                         f"{'authors protocol, best on test' if report['reported'] == 'best' else 'final epoch'}, "
+                         f"{len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 
 
@@ -162,13 +166,14 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
     begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
     match = MATCHING[a.matching]
+    view = condition(syn, frozen, a.phase_conditioning)  # what the student's steps see
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
         start, target, t = expert_segment(stream, phase, generator, a.expert_epochs, device)
-        schedule = minibatch_schedule(len(syn), a.mini_batch_size, a.syn_steps, generator)
-        result = match(student, syn, start, target, schedule)
+        schedule = minibatch_schedule(len(view), a.mini_batch_size, a.syn_steps, generator)
+        result = match(student, view, start, target, schedule)
         _check_finite(result, syn, phase, it, ctx)
         syn.step()
         if device.type == "cuda":
