@@ -105,3 +105,44 @@ def test_conditioning_changes_only_the_later_phases(tiny_args, expert_dir, tmp_p
     assert all(first) and not all(second)
     saved = torch.load(runs["cumulative"] / "distilled_1_final.pt", weights_only=True)
     assert saved["config"]["phase_conditioning"] == "cumulative" and saved["image"].shape[0] == 8
+
+
+class _SavedBytes:
+    """Bytes of the tensors autograd holds for backward, live and at peak (saved_tensors_hooks)."""
+
+    def __init__(self):
+        self.live = self.peak = 0
+
+    def pack(self, t):
+        meter = self
+
+        class Box:
+            def __init__(self):
+                self.t = t
+                meter.live += t.numel() * t.element_size()
+                meter.peak = max(meter.peak, meter.live)
+
+            def __del__(self):
+                meter.live -= self.t.numel() * self.t.element_size()
+        return Box()
+
+    @staticmethod
+    def unpack(box):
+        return box.t
+
+
+def _peak_saved(mode, steps):
+    net, student, syn, start, target, _ = _setup("full", loss_type="InfoNCE")
+    net.eval()
+    view = ConditionedSet(syn, _frozen())
+    schedule = minibatch_schedule(len(view), 5, steps, torch.Generator().manual_seed(3))
+    meter = _SavedBytes()
+    with torch.autograd.graph.saved_tensors_hooks(meter.pack, meter.unpack):
+        MATCHING[mode](student, view, start, target, schedule)
+    return meter.peak
+
+
+def test_conditioned_constant_mode_holds_no_more_for_more_steps():
+    few, many = _peak_saved("constant", 3), _peak_saved("constant", 12)
+    assert 0 < many <= 1.01 * few  # batches differ in how many frozen pairs they hold: a few bytes
+    assert _peak_saved("unrolled", 12) > 2 * _peak_saved("unrolled", 3)  # the meter sees a graph that grows
