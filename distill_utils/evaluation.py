@@ -92,8 +92,10 @@ def add_mode_args(group):
     group.add_argument("--protocol", default="ours", choices=PROTOCOLS,
                        help="ours: a fresh SGD per phase with its lrs, final epoch reported; authors: the authors' "
                             "evaluation (one SGD with the last subset's lrs, one x0.1 drop at epoch_eval_train//2+1 "
-                            "over the whole sequence, epoch_eval_train+1 epochs per subset, their batch sampler), "
-                            "reporting the best test score over all evaluation points (default: ours)")
+                            "over the whole sequence, epoch_eval_train+1 epochs per subset, their batch sampler, "
+                            "scored after local epochs 0, E//10, ..., E of every subset: --eval_points does not "
+                            "apply), reporting the best test score over all evaluation points unless --select_on "
+                            "val (default: ours)")
 
 
 def join_sources(sources, name=None):
@@ -340,8 +342,8 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
               "meaning": MEANING, "runs": runs}
     if val is not None:
         report["val_selected"] = summarize([r["val_selected"] for r in runs])
-    report["reported"] = ("best" if protocol.protocol == "authors" else
-                          "val_selected" if protocol.select_on == "val" else "final")
+    report["reported"] = ("val_selected" if protocol.select_on == "val" else
+                          "best" if protocol.protocol == "authors" else "final")
     return report
 
 
