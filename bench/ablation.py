@@ -115,8 +115,6 @@ class Bench:
                 future.result()
 
     def experts(self, level):
-        # a first baseline evaluation generates the dataset and the text features, which every later step shares
-        self.parallel([self.eval_job(level, "full", "--baseline", "full")])
         normal = os.path.join(self.traj(level), "normal")
         self.parallel([(f"{level}_experts_{k}", "buffer.py", *self.data(level), "--image_encoder", ENCODER,
                         "--buffer_path", os.path.join(self.work, "buffer"), "--train_epochs",
@@ -172,8 +170,7 @@ class Bench:
 
     def evaluations(self, level, n):
         rows = self.rows[level][n]
-        jobs = [self.eval_job(level, "full", "--baseline", "full"),
-                self.eval_job(level, f"random_N{n}", "--baseline", "random", "--num_pairs", str(n)),
+        jobs = [self.eval_job(level, f"random_N{n}", "--baseline", "random", "--num_pairs", str(n)),
                 self.eval_job(level, f"prototype_N{n}", "--baseline", "prototype", "--num_pairs", str(n),
                               "--buffer_path", os.path.join(self.traj(level), "normal"))]
         jobs += [job for row in rows for job in self.row_evals(level, row, n)]
@@ -184,7 +181,7 @@ class Bench:
                                    encoder=CROSS_ENCODER),
                      self.eval_job(level, f"cross_random_N{n}", "--baseline", "random", "--num_pairs", str(n),
                                    encoder=CROSS_ENCODER)]
-        self.parallel(jobs)
+        self.parallel(jobs + [self.eval_job(level, "full", "--baseline", "full")])  # the longest, last
 
     def distillations(self, level, n):
         runs = dict.fromkeys(_row(r)[1] for r in self.rows[level][n])
