@@ -175,6 +175,9 @@ class Bench:
                 self.eval_job(level, f"prototype_N{n}", "--baseline", "prototype", "--num_pairs", str(n),
                               "--buffer_path", os.path.join(self.traj(level), "normal"))]
         jobs += [job for row in rows for job in self.row_evals(level, row, n)]
+        if self.a.rows:  # only the rows asked for
+            self.parallel([job for row in rows for job in self.row_evals(level, row, n)])
+            return
         if level == "synthetic" and n == CROSS_SIZE:
             jobs += [self.eval_job(level, f"PTM+ST+EMA_D{p + 1}_alone_N{n}", "--ckpt_path", f)
                      for p, f in enumerate(self.files(level, "PTM+ST+EMA", n))]
