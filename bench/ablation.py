@@ -80,6 +80,7 @@ class Bench:
     def __init__(self, a):
         self.a, self.work = a, os.path.abspath(a.workdir)
         self.env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
+        self.late = []  # evaluations queued after the others
         self.rows = {}  # level -> {N: row names run}, adjoint rows only where MATCHING has the mode
         for level in a.levels:
             self.rows[level] = {n: [r for r in rows if RUNS[_row(r)[1]][3] in MATCHING and (not a.rows or r in a.rows)]
@@ -88,7 +89,7 @@ class Bench:
 
     def data(self, level):
         return ["--dataset", level, "--ann_root", os.path.join(self.work, "data", level), "--feature_cache",
-                os.path.join(self.work, "cache"), "--text_encoder", TEXT, "--image_trainable", "--device", "cpu"]
+                os.path.join(self.work, "cache"), "--text_encoder", TEXT, "--image_trainable", "--device", self.a.device]
 
     def traj(self, level):
         return os.path.join(self.work, "buffer", level, f"{ENCODER}_{TEXT}", "InfoNCE")
@@ -165,27 +166,27 @@ class Bench:
         if not phased(row):
             return [self.eval_job(level, f"{row}_N{n}", *files)]
         jobs = [self.eval_job(level, f"{row}_{mode}_N{n}", *files, "--eval_mode", mode) for mode in modes(row)]
-        if row in AUTHORS_ROWS and level == "synthetic":
-            jobs.append(self.eval_job(level, f"{row}_authors_N{n}", *files, "--protocol", "authors"))
+        if row in AUTHORS_ROWS and level == "synthetic":  # after the rest
+            self.late.append(self.eval_job(level, f"{row}_authors_N{n}", *files, "--protocol", "authors"))
         return jobs
 
     def evaluations(self, level, n):
+        """Rows first, then the checks; with --rows only those rows and the baselines."""
         rows = self.rows[level][n]
         jobs = [self.eval_job(level, f"random_N{n}", "--baseline", "random", "--num_pairs", str(n)),
                 self.eval_job(level, f"prototype_N{n}", "--baseline", "prototype", "--num_pairs", str(n),
                               "--buffer_path", os.path.join(self.traj(level), "normal"))]
         jobs += [job for row in rows for job in self.row_evals(level, row, n)]
-        if self.a.rows:  # only the rows asked for
-            self.parallel([job for row in rows for job in self.row_evals(level, row, n)])
-            return
-        if level == "synthetic" and n == CROSS_SIZE:
+        if level == "synthetic" and n == CROSS_SIZE and not self.a.rows:
             jobs += [self.eval_job(level, f"PTM+ST+EMA_D{p + 1}_alone_N{n}", "--ckpt_path", f)
                      for p, f in enumerate(self.files(level, "PTM+ST+EMA", n))]
+            jobs, self.late = jobs + self.late, []
             jobs += [self.eval_job(level, f"cross_PTM+ST+EMA_N{n}", "--ckpt_path", *self.files(level, "PTM+ST+EMA", n),
                                    encoder=CROSS_ENCODER),
                      self.eval_job(level, f"cross_random_N{n}", "--baseline", "random", "--num_pairs", str(n),
                                    encoder=CROSS_ENCODER)]
-        self.parallel(jobs + [self.eval_job(level, "full", "--baseline", "full")])  # the longest, last
+        self.parallel(jobs + self.late + [self.eval_job(level, "full", "--baseline", "full")])  # the longest, last
+        self.late = []
 
     def distillations(self, level, n):
         runs = dict.fromkeys(_row(r)[1] for r in self.rows[level][n])
@@ -415,6 +416,7 @@ def main():
     p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], help="only these rows (default: all)")
     p.add_argument("--num_eval", type=int, default=3, help="evaluation seeds per row (default: 3)")
     p.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default: 2)")
+    p.add_argument("--device", default="cpu", help="device of every step (default: cpu; the figures here are CPU)")
     p.add_argument("--report_only", action="store_true", help="write the report from the finished steps only")
     a = p.parse_args()
     bench = Bench(a)
