@@ -95,11 +95,12 @@ class Bench:
         return os.path.join(self.work, "buffer", level, f"{ENCODER}_{TEXT}", "InfoNCE")
 
     def run(self, name, script, *args, done=None):
-        """Run one step of the pipeline, its output to logs/<name>.log; skipped when `done` exists."""
+        """Run one step of the pipeline, its output to logs/<name>.log; skipped when `done` exists.
+        An argument may be a function returning a list of arguments, called at launch."""
         log = os.path.join(self.work, "logs", f"{name}.log")
         if done and os.path.exists(done):
             return
-        cmd = [sys.executable, script, *args]
+        cmd = [sys.executable, script, *[x for a in args for x in (a() if callable(a) else [a])]]
         tick = time.time()
         with open(log, "w") as f:
             f.write(" ".join(cmd) + "\n")
@@ -143,8 +144,8 @@ class Bench:
                 "--eval_it", str(ITERATIONS), "--mini_batch_size", MINI_BATCH, "--ema_decay", EMA if ema else "0",
                 "--phase_conditioning", conditioning, "--matching", matching,
                 "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir)]
-        if os.path.isfile(os.path.join(run_dir, "config.json")):
-            args.append("--resume")  # a killed run continues
+        # decided at launch: a run that a killed bench (or anyone) started continues
+        args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
         return (f"{level}_distill_{run}_N{n}", "distill_ptm-st.py", *args, last)
 
