@@ -178,10 +178,11 @@ class Bench:
                 self.eval_job(level, f"prototype_N{n}", "--baseline", "prototype", "--num_pairs", str(n),
                               "--buffer_path", os.path.join(self.traj(level), "normal"))]
         jobs += [job for row in rows for job in self.row_evals(level, row, n)]
-        if level == "synthetic" and n == CROSS_SIZE and not self.a.rows:
+        if level == "synthetic" and n == CROSS_SIZE and "PTM+ST+EMA" in rows:
             jobs += [self.eval_job(level, f"PTM+ST+EMA_D{p + 1}_alone_N{n}", "--ckpt_path", f)
                      for p, f in enumerate(self.files(level, "PTM+ST+EMA", n))]
-            jobs, self.late = jobs + self.late, []
+        jobs, self.late = jobs + self.late, []
+        if level == "synthetic" and n == CROSS_SIZE and not self.a.rows:
             jobs += [self.eval_job(level, f"cross_PTM+ST+EMA_N{n}", "--ckpt_path", *self.files(level, "PTM+ST+EMA", n),
                                    encoder=CROSS_ENCODER),
                      self.eval_job(level, f"cross_random_N{n}", "--baseline", "random", "--num_pairs", str(n),
