@@ -6,23 +6,24 @@
 Works on published buffers (no manifest.json) as well. Files are converted one at a time into a hidden
 sibling directory that is renamed into place at the end, so a failure leaves no output directory.
 """
-import argparse
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import os
 import shlex
 import shutil
 import sys
 
+import torch
 from tqdm import tqdm
 
 from distill_utils import cli_args
 from distill_utils.errors import UserError, cli_main
-from distill_utils.io import ensure_writable_dir, save_json, save_torch
+from distill_utils.io import ensure_writable_dir, save_json, save_torch, temporary_path
 from distill_utils.shortcut import shortcut_trajectory
 from distill_utils.trajectories import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     p.add_argument("--start", type=int, required=True, help="first timestamp of the window (epoch, 0 = initialisation)")
     p.add_argument("--end", type=int, required=True, help="end of the window, exclusive (at most the timestamps recorded)")
     p.add_argument("--normal_dir", required=True, help="buffer directory holding img_/txt_replay_buffer_<n>.pt pairs")
@@ -56,6 +57,9 @@ def convert_file(src, dst, start, end, lengths=None):
     out = []
     for e in range(len(experts)):
         out.append(shortcut_trajectory(experts[e], start, end))
+        if not all(torch.isfinite(p).all() for stamp in out[-1] for p in stamp):
+            raise UserError(f"buffer file {src}: expert {e} holds NaN or inf in timestamps [{start}, {end}); "
+                            "nothing is written")
         experts[e] = None
     save_torch(out, dst)
     return found
@@ -74,8 +78,8 @@ def manifest_for(normal_dir, start, end, argv):
 
 def convexify(pairs, manifest, out_dir, start, end):
     """Convert every pair into a hidden sibling of out_dir, then rename it into place."""
-    tmp = os.path.join(os.path.dirname(out_dir), f".{os.path.basename(out_dir)}.tmp{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)  # left by a killed run that had our pid
+    tmp = temporary_path(out_dir)  # a killed run's leftovers are cleared by ensure_writable_dir
+    shutil.rmtree(tmp, ignore_errors=True)
     os.mkdir(tmp)
     try:
         with tqdm(total=2 * len(pairs), desc="convexify", unit="file", leave=False) as bar:

@@ -19,7 +19,7 @@ published format plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.
 distilled_<p>_final.pt, distilled_<p>_final_raw.pt (the subset without EMA: what --ema_decay 0 gives)
 and a checkpoint; --resume continues a killed run and ends exactly where an uninterrupted one would.
 """
-import argparse
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import datetime
 import json
 import os
@@ -30,19 +30,19 @@ from distill_utils.conditioning import CONDITIONING
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
 from distill_utils.errors import UserError, cli_main
 from distill_utils.evaluation import add_mode_args
-from distill_utils.io import atomic_path, ensure_writable_dir, load_json, save_json
-from distill_utils.matching import MATCHING
+from distill_utils.io import atomic_path, ensure_writable_dir, load_json_object, save_json
+from distill_utils.matching import MATCHING, STORES
 from distill_utils.phases import parse_phases
-from distill_utils.run_log import RunLog
+from distill_utils.run_log import RunLog, read_records
 from distill_utils.subsets import load_subset
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 # Options that may change when a run is resumed: they do not alter its result.
-RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache"}
+RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache", "adjoint_store"}
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     cli_args.add_data_args(p)
     cli_args.add_network_args(p)
     g = p.add_argument_group("phases (one value per phase)")
@@ -69,8 +69,15 @@ def make_parser():
     g.add_argument("--alpha", type=float, default=1.0, help="lowrank: S = diag(a) + alpha/r L R^T (default: 1)")
     g.add_argument("--ema_decay", type=float, default=0.99, help="EMA decay of the saved subset; 0 = no EMA (default: 0.99)")
     g.add_argument("--matching", default="constant", choices=sorted(MATCHING),
-                   help="constant: two-pass gradient, memory independent of --syn_steps; unrolled: exact "
-                        "back-propagation through all steps (default: constant)")
+                   help="constant: the authors' two-pass gradient (student points held constant, an approximation), "
+                        "memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about "
+                        "the time of constant, student points kept in host memory; unrolled: exact "
+                        "back-propagation through all steps, memory linear in steps (default: constant)")
+    g.add_argument("--adjoint_store", default="cpu", choices=STORES,
+                   help="--matching adjoint: where the student points are kept. cpu: host memory (accelerator memory "
+                        "does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the "
+                        "parameters more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others "
+                        "recomputed (least memory, more time). Same gradient bit for bit (default: cpu)")
     g.add_argument("--phase_conditioning", default="none", choices=CONDITIONING,
                    help="none: each phase distills its subset alone; cumulative: in phase p > 1 the student's "
                         "steps see the frozen D_1..D_{p-1} with the learnable D_p (block-diagonal S, D_p's lrs), "
@@ -100,19 +107,26 @@ def check_args(args):
         raise UserError("--sim_rank applies to --sim_type lowrank only")
     if args.resume and not args.name:
         raise UserError("--resume needs the --name of the run to continue")
-    args.name = args.name or datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
+    if args.name is None:
+        args.name = datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
+    cli_args.check_run_name(args.name)
+    cli_args.not_a_file(args.runs_dir, "--runs_dir")
     return parse_phases(args)
 
 
 def open_run_dir(args):
-    """runs/<dataset>/<name>/ with config.json; a resumed run must have been started with the same settings."""
+    """runs/<dataset>/<name>/; a resumed run must have been started with the same settings. Nothing is written
+    here: config.json only once the run can start (write_config), so a failed start blocks nothing."""
     run_dir = os.path.join(args.runs_dir, args.dataset, args.name)
     config = cli_args.config_of(args)
     config_path = os.path.join(run_dir, "config.json")
-    if args.resume:
-        if not os.path.isfile(config_path):
+    if args.resume and not os.path.isfile(config_path):
+        if not os.path.isdir(run_dir) or [f for f in os.listdir(run_dir) if not f.startswith(".")]:
             raise UserError(f"--resume: {run_dir} holds no run to continue (no config.json)")
-        saved = load_json(config_path, what="run config")
+        print(f"--resume: {run_dir} was stopped before its run started; starting it")
+        args.resume = False  # a kill during start-up left an empty directory: nothing to continue
+    if args.resume:
+        saved = load_json_object(config_path, what="run config")
         changed = [k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]]
         if changed:
             k = changed[0]
@@ -120,18 +134,20 @@ def open_run_dir(args):
     elif os.path.exists(config_path):
         raise UserError(f"--name {args.name}: {run_dir} exists; pass --resume to continue it or choose another --name")
     ensure_writable_dir(run_dir, "--runs_dir")
-    if not args.resume:
-        save_json(config, config_path)
     return run_dir
 
 
+def write_config(args, run_dir):
+    if not args.resume:
+        save_json(cli_args.config_of(args), os.path.join(run_dir, "config.json"))
+
+
 def truncate_log(path, phase, iteration):
-    """Drop the records written after the checkpoint: the resumed run writes them again."""
+    """Drop the records written after the checkpoint (all of them without one) and any line a kill tore:
+    the resumed run writes them again."""
     if not os.path.isfile(path):
         return
-    with open(path) as f:
-        records = [json.loads(line) for line in f if line.strip()]
-    keep = [r for r in records if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
+    keep = [r for r in read_records(path) if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         f.writelines(json.dumps(r) + "\n" for r in keep)
 
@@ -146,11 +162,15 @@ def main(argv=None):
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
                                        args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint))
     ckpt = read_checkpoint(run_dir) if args.resume else None
-    if ckpt:
-        truncate_log(os.path.join(run_dir, "metrics.jsonl"), ckpt["phase"], ckpt["iteration"])
-    log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
-    ctx = RunContext(args, run_dir, train, test, factory, log)
+    if ckpt and not 0 <= ckpt["phase"] < len(phases):
+        raise UserError(f"--resume: {run_dir}/checkpoint.pt is in phase {ckpt['phase']}, this run has phases "
+                        f"0..{len(phases) - 1}; move it away to restart the run")
+    ctx = RunContext(args, run_dir, train, test, factory, log=None)
     preflight(ctx, phases)
+    write_config(args, run_dir)  # the run can start: from here on the directory is this run's
+    if args.resume:
+        truncate_log(os.path.join(run_dir, "metrics.jsonl"), *((ckpt["phase"], ckpt["iteration"]) if ckpt else (-1, -1)))
+    ctx.log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets
     for phase in phases:
         if ckpt and phase.index < ckpt["phase"]:
@@ -158,7 +178,7 @@ def main(argv=None):
             continue
         resume = ckpt if ckpt and phase.index == ckpt["phase"] else None
         frozen.append(distill_phase(ctx, phase, frozen, resume))
-    log.close()
+    ctx.log.close()
     print(f"done: {len(frozen)} subsets ({' + '.join(str(len(d)) for d in frozen)} pairs) in {run_dir}")
 
 

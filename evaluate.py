@@ -17,6 +17,7 @@ identity targets: random/prototype at the teacher lrs (as the spec says), the fu
 0.01 by default, since 0.1 with the protocol's momentum 0.9 makes WBCE collapse on the full
 synthetic set for 2 runs out of 3 (see --full_lr).
 """
+import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import argparse
 import os
 import sys
@@ -33,12 +34,13 @@ from distill_utils.run_log import RunLog
 from distill_utils.subsets import load_subset
 from distill_utils.trajectories import buffer_dir
 from networks.dual_encoder import NetConfig, NetworkFactory
+from networks.text_encoders import weights_digest
 
 BASELINES = ("random", "prototype", "full")
 
 
 def make_parser():
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli_args.Parser(description=__doc__)
     cli_args.add_data_args(p)
     cli_args.add_network_args(p)
     g = p.add_argument_group("what to evaluate")
@@ -91,14 +93,16 @@ def check_args(args):
         raise UserError("--full_lr applies to --baseline full only")
     if args.buffer_path and args.baseline != "prototype":
         raise UserError("--buffer_path applies to --baseline prototype only")
-    if args.out:
-        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out")
+    if args.out:  # checked before the work, so the results are never lost at the end
+        if os.path.isdir(args.out):
+            raise UserError(f"--out {args.out}: is a directory, expected the path of a JSON file to write")
+        ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", clean=False)  # maybe not ours
 
 
 def expected_of(args, text_dim):
     return {"dataset": args.dataset, "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
             "image_size": args.image_size, "image_trainable": args.image_trainable, "text_dim": text_dim,
-            "out_embedding": args.out_embedding}
+            "out_embedding": args.out_embedding, "text_encoder_weights": weights_digest(args.text_encoder)}
 
 
 def baseline_sources(args, factory, num_pairs):

@@ -4,6 +4,7 @@ the teacher lrs; the full training set is the third baseline (no selection neede
 import torch
 from tqdm import tqdm
 
+from .errors import UserError
 from .trajectories import check_manifest, check_shapes, list_pairs, load_experts, shapes_of
 
 # Manifest fields that must agree with the evaluation network for the expert to embed anything meaningful.
@@ -26,7 +27,10 @@ def load_final_expert(directory, net, expected):
     img, txt = load_experts(img_path)[0][-1], load_experts(txt_path)[0][-1]
     check_shapes(shapes_of(img), net.img_layout, "img", f"--buffer_path {img_path}")
     check_shapes(shapes_of(txt), net.txt_layout, "txt", f"--buffer_path {txt_path}")
-    return net.img_layout.flatten(img).float(), net.txt_layout.flatten(txt).float()
+    img, txt = net.img_layout.flatten(img).float(), net.txt_layout.flatten(txt).float()
+    if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+        raise UserError(f"--buffer_path {img_path} (or its txt twin): the final expert parameters hold NaN or inf")
+    return img, txt
 
 
 @torch.no_grad()

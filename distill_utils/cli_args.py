@@ -1,11 +1,24 @@
 """Command-line options shared by the entry scripts (names as in the paper's scripts)."""
 import argparse
+import math
+import os
+import re
 
 import torch
 
 from .datasets import LAYOUTS, SYNTHETIC_LEVELS, default_roots
 from .errors import UserError
 from .losses import LOSS_TYPES
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (no usage block): `error: argument --flag: what was expected`."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see --help)\n")
 
 
 def add_data_args(p):
@@ -51,18 +64,67 @@ def config_of(args):
     return {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
 
 
+SEED_LIMIT = 2**32  # derived seeds (seed * 100003 + n, ...) stay within torch's 64-bit range
+
+
+def _values(args, name):
+    value = getattr(args, name)
+    return [] if value is None else value if isinstance(value, list) else [value]
+
+
 def positive(args, *names):
     for name in names:
-        value = getattr(args, name)
-        if value is not None and value <= 0:
-            raise UserError(f"--{name} {value}: expected a positive number")
+        for value in _values(args, name):
+            if not (math.isfinite(value) and value > 0):
+                raise UserError(f"--{name} {value}: expected a finite positive number")
 
 
 def non_negative(args, *names):
     for name in names:
-        value = getattr(args, name)
-        if value is not None and value < 0:
-            raise UserError(f"--{name} {value}: expected 0 or more")
+        for value in _values(args, name):
+            if not (math.isfinite(value) and value >= 0):
+                raise UserError(f"--{name} {value}: expected a finite number, 0 or more")
+
+
+INT_LIMIT = 2**31  # no count, size or epoch of a run comes near; beyond it torch overflows with a traceback
+
+
+def all_finite(args):
+    """Refuse NaN or inf in any numeric flag (argparse's float() accepts 'nan' and 'inf'), and integers that
+    overflow torch's 64-bit arithmetic."""
+    for name in vars(args):
+        for value in _values(args, name):
+            if isinstance(value, float) and not math.isfinite(value):
+                raise UserError(f"--{name} {value}: expected a finite number")
+            if isinstance(value, int) and not isinstance(value, bool) and abs(value) >= INT_LIMIT \
+                    and "seed" not in name:
+                raise UserError(f"--{name} {value}: expected a number below 2**31")
+
+
+def at_most(args, **limits):
+    for name, limit in limits.items():
+        for value in _values(args, name):
+            if value > limit:
+                raise UserError(f"--{name} {value}: expected at most {limit}")
+
+
+def check_seed(args, *names):
+    for name in names:
+        for value in _values(args, name):
+            if not 0 <= value < SEED_LIMIT:
+                raise UserError(f"--{name} {value}: expected an integer in [0, 2**32)")
+
+
+def check_run_name(name, flag="--name"):
+    """A run name is one directory level: no separators, no '..', so it stays inside --runs_dir."""
+    if not re.fullmatch(r"[A-Za-z0-9_.+=@-]+", name) or name in (".", ".."):
+        raise UserError(f"{flag} {name!r}: expected a plain directory name (letters, digits, _.+=@-; no '/' or '..')")
+    return name
+
+
+def not_a_file(path, flag):
+    if path and os.path.exists(path) and not os.path.isdir(path):
+        raise UserError(f"{flag} {path}: is a file, expected a directory")
 
 
 def resolve_device(name):
@@ -83,12 +145,18 @@ def finalize(args):
     image_root, ann_root = default_roots(args.dataset)
     args.ann_root = args.ann_root or ann_root
     args.image_root = args.image_root or (args.ann_root if synthetic else image_root)
-    args.image_size = args.image_size or (32 if synthetic else 224)
+    if args.image_size is None:
+        args.image_size = 32 if synthetic else 224
     args.text_encoder = args.text_encoder or ("minilm" if synthetic else "bert")
     if hasattr(args, "image_encoder"):
         args.image_encoder = args.image_encoder or ("convnet" if synthetic else "nfnet")
         positive(args, "out_embedding")
+        at_most(args, out_embedding=65536)
+    all_finite(args)
     positive(args, "image_size", "synthetic_train_images", "synthetic_test_images")
+    at_most(args, image_size=4096, workers=256)
     non_negative(args, "workers")
+    check_seed(args, "seed", "data_seed")
+    not_a_file(args.feature_cache, "--feature_cache")
     args.device = resolve_device(args.device)
     return args

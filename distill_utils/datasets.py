@@ -80,6 +80,14 @@ def _check_entry(path, i, entry, caption_type):
         raise UserError(f"annotation file {path}: entry {i}: 'caption' must be a non-empty list of strings")
 
 
+def _caption(path, i, caption, max_words):
+    """The normalised caption; an empty one (nothing but spaces and punctuation) is refused, not encoded."""
+    text = pre_caption(caption, max_words)
+    if not text:
+        raise UserError(f"annotation file {path}: entry {i} has an empty caption {caption!r}")
+    return text
+
+
 def load_train_pairs(dataset, ann_root, image_root, max_words=30):
     path, entries = _annotation(dataset, "train", ann_root)
     for i, entry in enumerate(entries):
@@ -87,7 +95,7 @@ def load_train_pairs(dataset, ann_root, image_root, max_words=30):
     return TrainPairs(
         name=f"{dataset}_train",
         image_paths=[os.path.join(image_root, e["image"]) for e in entries],
-        captions=[pre_caption(e["caption"], max_words) for e in entries],
+        captions=[_caption(path, i, e["caption"], max_words) for i, e in enumerate(entries)],
     )
 
 
@@ -99,7 +107,7 @@ def load_retrieval_split(dataset, split, ann_root, image_root, max_words=30):
         image_paths.append(os.path.join(image_root, entry["image"]))
         img2txt.append(list(range(len(texts), len(texts) + len(entry["caption"]))))
         for caption in entry["caption"]:
-            texts.append(pre_caption(caption, max_words))
+            texts.append(_caption(path, img_id, caption, max_words))
             txt2img.append(img_id)
     return RetrievalSplit(f"{dataset}_{split}", image_paths, texts, torch.tensor(txt2img), img2txt)
 

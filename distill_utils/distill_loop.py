@@ -1,15 +1,17 @@
 """One phase of PTM-ST distillation (SPEC section 5), with saves, periodic evaluation and resumable
 checkpoints. distill_ptm-st.py runs the phases in order."""
+import math
 import os
 import resource
 import time
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 from tqdm import trange
 
 from .conditioning import condition
-from .errors import UserError
+from .errors import UserError, one_line
 from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from .io import load_torch, save_torch
 from .matching import MATCHING, minibatch_schedule
@@ -18,7 +20,8 @@ from .phases import Phase
 from .student import Student
 from .subsets import save_subset
 from .syn_set import SynOptim, SyntheticSet
-from .trajectories import ExpertStream, check_manifest, check_shapes, shapes_of
+from .trajectories import ExpertStream, check_manifest, check_pairs
+from networks.text_encoders import weights_digest
 from .visualize import save_captions, save_image_grid
 
 CHECKPOINT = "checkpoint.pt"
@@ -43,41 +46,49 @@ def phase_seed(seed, phase_index):
     return seed * 1009 + phase_index
 
 
-def check_buffer(stream, phase, net, args):
-    """Refuse a buffer made for another network, or too short for the phase's start epochs."""
-    img_traj, txt_traj, path = stream.peek_first()
-    where = f"--buffer_path {phase.buffer_path} ({os.path.basename(path)})"
-    check_shapes(shapes_of(img_traj[0]), net.img_layout, "img", where)
-    check_shapes(shapes_of(txt_traj[0]), net.txt_layout, "txt", where)
-    check_manifest(phase.buffer_path, {key: getattr(args, key) for key in
-                                       ("image_encoder", "text_encoder", "image_trainable", "image_size")}, where)
+def check_buffer(phase, net, args):
+    """Refuse a buffer made for another network or with other text-encoder weights, or any of its files too
+    short for the phase's start epochs; shapes are read without loading the tensors."""
+    where = f"--buffer_path {phase.buffer_path}"
+    length, path = check_pairs(phase.buffer_path, net.img_layout, net.txt_layout)
     last_needed = phase.max_start_epoch - 1 + args.expert_epochs
-    if last_needed >= min(len(img_traj), len(txt_traj)):
+    if last_needed >= length:
         raise UserError(f"--max_start_epoch {phase.max_start_epoch} + --expert_epochs {args.expert_epochs} needs "
-                        f"timestamp {last_needed}, but {where} records {len(img_traj)} (0..{len(img_traj) - 1})")
+                        f"timestamp {last_needed}, but {where} ({os.path.basename(path)}) records {length} "
+                        f"(0..{length - 1})")
+    check_manifest(phase.buffer_path, {**{key: getattr(args, key) for key in
+                                          ("image_encoder", "text_encoder", "image_trainable", "image_size")},
+                                       "text_encoder_weights": weights_digest(args.text_encoder)}, where)
 
 
 def preflight(ctx, phases):
-    """Check every phase's buffer against the network before any phase starts: fail in seconds, not hours."""
+    """Check every phase's buffer files against the network before any phase starts: fail in seconds, not hours."""
     net = ctx.factory.build(seed=0, device="cpu")
     for phase in phases:
-        check_buffer(ExpertStream(phase.buffer_path, 0), phase, net, ctx.args)
+        if phase.num_queries > len(ctx.train):
+            raise UserError(f"--num_queries {phase.num_queries} (phase {phase.index}): the {ctx.args.dataset} train "
+                            f"set has only {len(ctx.train)} pairs")
+        check_buffer(phase, net, ctx.args)
 
 
 def expert_segment(stream, phase, generator, expert_epochs, device):
-    """Next expert: theta at a start epoch T drawn from [min, max) and at T + expert_epochs (flat, img and txt)."""
-    img_traj, txt_traj, _ = stream.next()
+    """Next expert: theta at a start epoch T drawn from [min, max) and at T + expert_epochs (flat, img and txt;
+    half-precision buffers are cast to float32)."""
+    img_traj, txt_traj, path = stream.next()
     t = int(torch.randint(phase.min_start_epoch, phase.max_start_epoch, (1,), generator=generator))
-    flat = lambda stamp: torch.cat([p.reshape(-1) for p in stamp]).to(device)
+    flat = lambda stamp: torch.cat([p.reshape(-1) for p in stamp]).to(device=device, dtype=torch.float32)
     start = (flat(img_traj[t]), flat(txt_traj[t]))
     target = (flat(img_traj[t + expert_epochs]), flat(txt_traj[t + expert_epochs]))
+    if not all(torch.isfinite(v).all() for v in (*start, *target)):
+        raise UserError(f"buffer file {path} (or its txt twin): an expert holds NaN or inf at timestamp {t} or "
+                        f"{t + expert_epochs}; the buffer is damaged, not the optimisation")
     return start, target, t
 
 
 def subset_config(ctx, phase, iteration):
     a = ctx.args
     return {"dataset": a.dataset, "image_encoder": a.image_encoder, "text_encoder": a.text_encoder,
-            "image_size": a.image_size, "image_trainable": a.image_trainable, "out_embedding": a.out_embedding,
+            "text_encoder_weights": weights_digest(a.text_encoder), "image_size": a.image_size, "image_trainable": a.image_trainable, "out_embedding": a.out_embedding,
             "text_dim": int(ctx.train.text_features.shape[1]), "phase": phase.index, "iteration": iteration,
             **phase.as_dict(), "syn_steps": a.syn_steps, "expert_epochs": a.expert_epochs, "sim_type": a.sim_type,
             "loss_type": a.loss_type, "matching": a.matching, "phase_conditioning": a.phase_conditioning,
@@ -114,12 +125,19 @@ def save_point(ctx, syn, phase, done, frozen):
                          f"{format_metrics(m)}")
 
 
-def _check_finite(result, syn, phase, it, ctx):
-    grads_ok = all(t.grad is None or torch.isfinite(t.grad).all() for t in syn.tensors())
-    if not (torch.isfinite(torch.tensor(result.loss)) and grads_ok):
-        raise UserError(f"matching loss or gradient became {result.loss if grads_ok else 'non-finite'} in phase "
-                        f"{phase.index} at iteration {it + 1}; stopped, the last good save is "
-                        f"{ctx.last_save or 'none'} (lower --lr_img/--lr_txt/--lr_sim/--lr_lr or set --clamp_lr)")
+def _check_finite(result, syn, phase, it, ctx, after_update=False):
+    """Stop before a non-finite loss, gradient or updated subset reaches a save or a checkpoint."""
+    if after_update:
+        bad = not all(torch.isfinite(t).all() for t in (*syn.tensors(), *syn.ema.shadow))
+        what = "the synthetic set became non-finite after its update"
+    else:
+        grads_ok = all(t.grad is None or torch.isfinite(t.grad).all() for t in syn.tensors())
+        bad = not (math.isfinite(result.loss) and grads_ok)
+        what = f"matching loss or gradient became {result.loss if grads_ok else 'non-finite'}"
+    if bad:
+        raise UserError(f"{what} in phase {phase.index} at iteration {it + 1} (the optimisation diverged; the buffer "
+                        f"values used were finite); stopped, the last good save is {ctx.last_save or 'none'} "
+                        "(lower --lr_img/--lr_txt/--lr_sim/--lr_lr or set --clamp_lr)")
 
 
 def peak_memory_mb(device):
@@ -135,19 +153,44 @@ def write_checkpoint(ctx, phase, done, syn, stream, generator):
                 "last_save": ctx.last_save}, os.path.join(ctx.run_dir, CHECKPOINT))
 
 
+CHECKPOINT_KEYS = {"phase": int, "iteration": int, "syn": dict, "experts": dict, "generator": torch.Tensor,
+                   "rng": torch.Tensor}
+
+
 def read_checkpoint(run_dir):
+    """The checkpoint of a run directory (None if there is none), refused in one line if it is not one of ours."""
     path = os.path.join(run_dir, CHECKPOINT)
-    return load_torch(path, what="checkpoint") if os.path.isfile(path) else None
+    if not os.path.isfile(path):
+        return None
+    ckpt = load_torch(path, what="checkpoint")
+    if not (isinstance(ckpt, dict) and all(isinstance(ckpt.get(k), t) for k, t in CHECKPOINT_KEYS.items())
+            and isinstance(ckpt["syn"].get("tensors"), list) and all(torch.is_tensor(v) for v in ckpt["syn"]["tensors"])
+            and all(isinstance(ckpt["experts"].get(k), int) for k in ("pass_idx", "file_pos", "expert_pos"))):
+        raise UserError(f"checkpoint {path}: not a checkpoint of this program (expected phase, iteration, syn, experts "
+                        "and RNG states); move it away to restart the run")
+    if not all(torch.isfinite(v).all() for v in ckpt["syn"]["tensors"]):
+        raise UserError(f"checkpoint {path}: holds NaN or inf values; move it away to restart the run")
+    return ckpt
 
 
-def _restore(ckpt, syn, stream, generator, ctx):
-    syn.load_state_dict(ckpt["syn"])
-    stream.load_state_dict(ckpt["experts"])
-    generator.set_state(ckpt["generator"])
-    torch.set_rng_state(ckpt["rng"])
-    if ckpt["cuda_rng"] is not None and ctx.device.type == "cuda":
-        torch.cuda.set_rng_state(ckpt["cuda_rng"], ctx.device)
-    ctx.last_save = ckpt["last_save"]
+def _restore(ckpt, syn, stream, generator, ctx, phase):
+    """Continue from a checkpoint; one that does not fit this phase's subset is refused, never half-loaded."""
+    where = f"checkpoint {os.path.join(ctx.run_dir, CHECKPOINT)}"
+    saved = ckpt["syn"]["tensors"]
+    if [tuple(t.shape) for t in saved] != [tuple(t.shape) for t in syn.tensors()] or \
+            not 0 <= ckpt["iteration"] <= phase.iterations:
+        raise UserError(f"{where}: does not fit phase {phase.index} of this run (iteration {ckpt['iteration']} of "
+                        f"{phase.iterations}, {len(saved)} tensors); move it away to restart the run")
+    try:
+        syn.load_state_dict(ckpt["syn"])
+        stream.load_state_dict(ckpt["experts"])
+        generator.set_state(ckpt["generator"])
+        torch.set_rng_state(ckpt["rng"])
+        if ckpt.get("cuda_rng") is not None and ctx.device.type == "cuda":
+            torch.cuda.set_rng_state(ckpt["cuda_rng"], ctx.device)
+    except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
+        raise UserError(f"{where}: damaged ({one_line(err)[:160]}); move it away to restart the run") from None
+    ctx.last_save = ckpt.get("last_save")
     return ckpt["iteration"]
 
 
@@ -160,12 +203,14 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     net = ctx.factory.build(seed=seed, device=device).train()
     student = Student(net, a.loss_type)
     stream = ExpertStream(phase.buffer_path, seed)
-    check_buffer(stream, phase, net, a)
+    check_buffer(phase, net, a)
     opt = SynOptim(a.lr_img, a.lr_txt, a.lr_sim, a.lr_lr, momentum=0.5, ema_decay=a.ema_decay, clamp_lr=a.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, a.sim_type, phase.sim_rank, a.alpha,
                                  a.lr_teacher_img, a.lr_teacher_txt, opt, generator, device)
-    begin = _restore(resume, syn, stream, generator, ctx) if resume else 0
+    begin = _restore(resume, syn, stream, generator, ctx, phase) if resume else 0
     match = MATCHING[a.matching]
+    if a.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
+        match = partial(match, store=a.adjoint_store)
     view = condition(syn, frozen, a.phase_conditioning)  # what the student's steps see
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
@@ -176,6 +221,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         result = match(student, view, start, target, schedule)
         _check_finite(result, syn, phase, it, ctx)
         syn.step()
+        _check_finite(result, syn, phase, it, ctx, after_update=True)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
         seconds, steps_timed = seconds + time.perf_counter() - tick, steps_timed + 1

@@ -160,6 +160,10 @@ def check_subset(subset, path, expected):
     cfg = subset.config
     if not cfg:
         return [f"{path}: no config (published format): checked image size and text dimension only"]
+    ours, theirs = expected.get("text_encoder_weights"), cfg.get("text_encoder_weights")
+    if ours and theirs and ours != theirs:
+        raise UserError(f"{where}: distilled with other text-encoder weights than --text_encoder "
+                        f"{expected['text_encoder']} (the features would not match)")
     if "text_encoder" in cfg and not same_model(cfg["text_encoder"], expected["text_encoder"]):
         raise UserError(f"{where}: distilled with text encoder {cfg['text_encoder']!r}, this evaluation uses "
                         f"{expected['text_encoder']!r} (--text_encoder)")

@@ -3,6 +3,7 @@ img and txt parameters at epoch 0 and after every epoch."""
 import torch
 from tqdm import trange
 
+from .errors import UserError
 from .metrics import format_metrics
 from .student import Student, evaluate_retrieval, make_sgd, train_epoch
 
@@ -36,6 +37,9 @@ def train_expert(net, train, test, args, seed, log, expert_id, eval_untrained=Fa
         order = torch.randperm(len(train), generator=order_gen)
         loss = train_epoch(student, img, txt, opt, real_batches(train, order, args.batch_train, device))
         bar.set_postfix(loss=f"{loss:.4f}")
+        if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+            raise UserError(f"expert {expert_id} diverged in epoch {epoch + 1} (non-finite parameters); nothing is saved "
+                            "for it: lower --lr_teacher_img/--lr_teacher_txt")
         img_now, txt_now = snapshot()
         img_stamps.append(img_now)
         txt_stamps.append(txt_now)

@@ -21,7 +21,10 @@ def read_image(path, image_size):
             img = img.convert("RGB").resize((image_size, image_size), Image.BICUBIC)
     except FileNotFoundError:
         raise UserError(f"image file {path} is missing") from None
-    except (UnidentifiedImageError, OSError, ValueError) as err:
+    except Image.DecompressionBombError:
+        raise UserError(f"image file {path} is too large to decode safely (over {2 * Image.MAX_IMAGE_PIXELS} "
+                        "pixels: a decompression bomb?)") from None
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as err:
         raise UserError(f"image file {path} is unreadable ({type(err).__name__})") from None
     return transforms.functional.pil_to_tensor(img)
 
@@ -39,6 +42,20 @@ def denormalize(images):
     mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(3, 1, 1)
     return (images * std + mean).clamp(0, 1)
+
+
+def _from_workers(loader):
+    """Iterate a DataLoader; an image error raised in a worker process comes back as its own one line, not as
+    the worker's traceback that DataLoader wraps around it."""
+    it = iter(loader)
+    while True:
+        try:
+            yield next(it)
+        except StopIteration:
+            return
+        except UserError as err:
+            lines = [line for line in str(err).splitlines() if line.strip()]
+            raise UserError(lines[-1].split("UserError: ", 1)[-1] if lines else "an image worker failed") from None
 
 
 class _PathDataset(Dataset):
@@ -64,7 +81,8 @@ class ImageStore:
         self.pixels = None
         if in_memory:
             loader = DataLoader(_PathDataset(unique, image_size), batch_size=64, num_workers=workers)
-            chunks = [imgs for imgs, _ in tqdm(loader, desc="decoding images", leave=False, disable=len(unique) < 2000)]
+            chunks = [imgs for imgs, _ in tqdm(_from_workers(loader), total=len(loader), desc="decoding images",
+                                               leave=False, disable=len(unique) < 2000)]
             self.pixels = torch.cat(chunks)
 
     def __len__(self):
@@ -85,5 +103,5 @@ class ImageStore:
             return
         loader = DataLoader(_PathDataset(self.paths, self.image_size), batch_sampler=[c.tolist() for c in chunks],
                             num_workers=self.workers, persistent_workers=False)
-        for imgs, idx in loader:
+        for imgs, idx in _from_workers(loader):
             yield normalize(imgs), idx

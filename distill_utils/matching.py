@@ -9,10 +9,29 @@ constant (default): memory does not grow with the number of steps. With G = sum_
   synthetic data is sum_i d(c . g_i)/d(X, Y, S): pass 1 runs the steps without a graph and sums
   G; pass 2 replays exactly the same steps (same minibatches, same RNG so the same dropout
   masks) and back-propagates c . g_i through one step at a time. The lr gradient is
-  dL/dlr with G held fixed. Only theta_0, the running theta_i and G are kept.
+  dL/dlr with G held fixed. Only theta_0, the running theta_i and G are kept. This is the authors'
+  gradient, not the gradient of the matching loss: it drops the Hessian terms through which earlier
+  steps depend on the data (docs/matching.md measures how far it is).
 unrolled: exact back-propagation through the whole unrolled student (memory linear in steps);
   the reference for tests and small ablations.
+adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse sweep over the steps.
+  With theta_{i+1} = theta_i - lr g_i and lambda_N = dL/dtheta_N = 2 (theta_N - theta*) / dist, for
+  i = N-1..0 one double-backward of c_i . g_i at theta_i, c_i = -(lr_img lambda_img, lr_txt lambda_txt)
+  (img and txt together: they couple through the loss), gives the data gradient d(c_i . g_i)/d(X, Y, S)
+  and lambda_i = lambda_{i+1} + d(c_i . g_i)/dtheta_i = lambda_{i+1} - lr H_i lambda_{i+1};
+  dL/dlr = -sum_i g_i . lambda_{i+1} per side (theta_0 and theta* do not depend on lr). Each reverse
+  step costs what a pass-2 step of constant mode costs, and only one step's graph is ever alive.
+  The forward pass keeps the RNG state before each step (a few KB), so every reverse step sees the
+  minibatch and dropout mask of its forward step, and the student points theta_i as flat vectors
+  (never a graph); its last step is taken with the graph the first reverse step needs, so adjoint
+  computes one gradient fewer than constant. Where the points live (`store`, the same gradient bit
+  for bit): "cpu" (default) in host memory, pinned, on CUDA: accelerator memory does not grow with
+  the steps, at two copies of |theta| per step (on a CPU run: N |theta| more host memory); "device"
+  on the accelerator: no copies, N |theta| more memory; "recompute" keeps every k-th point,
+  k = ceil(sqrt(N - 1)), and recomputes the others segment by segment in the reverse sweep: about
+  2 sqrt(N) |theta| of memory for about N more plain gradient steps.
 """
+import math
 from dataclasses import dataclass
 
 import torch
@@ -110,4 +129,103 @@ def match_unrolled(student, syn, start, target, schedule):
     return MatchResult(loss.item(), loss_img.item(), loss_txt.item(), img.detach(), txt.detach())
 
 
-MATCHING = {"constant": match_constant, "unrolled": match_unrolled}
+STORES = ("cpu", "device", "recompute")
+
+
+class _PointStore:
+    """Checkpointed student points theta_i as flat vectors: in (pinned) host memory when store="cpu" on CUDA,
+    else on the device. store="recompute" keeps every k-th point, k = ceil(sqrt(points)); the others, every one."""
+
+    def __init__(self, device, store, points):
+        if store not in STORES:
+            raise ValueError(f"store must be one of {STORES}, got {store!r}")
+        self.device, self.offload = device, store == "cpu" and device.type == "cuda"
+        self.every = math.ceil(math.sqrt(points)) if store == "recompute" and points else 1
+
+    def put(self, img, txt):
+        if not self.offload:
+            return img, txt
+        return tuple(torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True) for t in (img, txt))
+
+    def get(self, point):
+        return tuple(t.to(self.device, non_blocking=True) for t in point)
+
+
+def _plain_step(student, syn, img, txt, idx, lrs):
+    """theta_{i+1} from theta_i without a graph beyond the gradient."""
+    with torch.no_grad():
+        x, y, s = syn.batch(idx)
+    img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
+    _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s)
+    return (img_i - lrs[0] * g_img).detach(), (txt_i - lrs[1] * g_txt).detach()
+
+
+def matching_loss(student, syn, start, target, schedule):
+    """The matching loss at the student's end point, forward only: the function every mode differentiates."""
+    lrs, (img, txt) = (syn.lr_img.item(), syn.lr_txt.item()), start
+    for idx in schedule:
+        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
+    return (_sq(img - target[0]) / _sq(start[0] - target[0]) + _sq(txt - target[1]) / _sq(start[1] - target[1])).item()
+
+
+def _step_graph(student, syn, img, txt, idx):
+    """g_i at theta_i = (img, txt) with the graph kept for a double-backward."""
+    img_i, txt_i = img.detach().requires_grad_(True), txt.detach().requires_grad_(True)
+    x, y, s = syn.batch(idx)
+    _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s, create_graph=True)
+    return img_i, txt_i, g_img, g_txt
+
+
+def _reverse_step(graph, lam, dlr, lrs, inputs):
+    """Back-propagate c_i . g_i into the data `inputs` and theta_i; returns (lambda_i, dL/dlr so far)."""
+    img_i, txt_i, g_img, g_txt = graph
+    dlr = tuple(d - torch.dot(g.detach(), l) for d, g, l in zip(dlr, (g_img, g_txt), lam))
+    vjp = torch.dot(-lrs[0] * lam[0], g_img) + torch.dot(-lrs[1] * lam[1], g_txt)
+    torch.autograd.backward(vjp, inputs=inputs + [img_i, txt_i])
+    return (lam[0] + img_i.grad, lam[1] + txt_i.grad), dlr
+
+
+def match_adjoint(student, syn, start, target, schedule, store="cpu"):
+    """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
+    device = syn.image.device
+    lrs = (syn.lr_img.item(), syn.lr_txt.item())
+    last = len(schedule) - 1  # steps 0..last-1 run twice, step `last` once with its graph
+    points, rngs = _PointStore(device, store, last), []
+
+    # forward: steps without a graph, keeping checkpoints of theta_i and the RNG state before each step
+    img, txt, checkpoints = start[0], start[1], []
+    for i, idx in enumerate(schedule[:-1]):
+        if i % points.every == 0:
+            checkpoints.append(start if i == 0 else points.put(img, txt))
+        rngs.append(_rng_state(device))
+        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
+    graph = _step_graph(student, syn, img, txt, schedule[-1])
+    rng_end = _rng_state(device)
+    img, txt = (graph[0] - lrs[0] * graph[2]).detach(), (graph[1] - lrs[1] * graph[3]).detach()
+
+    dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
+    gap_img, gap_txt = img - target[0], txt - target[1]
+    loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
+    lam = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt)  # dL/dtheta_N
+
+    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each,
+    # segment by segment from the last checkpoint (recomputing the segment's points where they were not kept)
+    inputs = [syn.image, syn.text, *syn.sim_params]
+    dlr = (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
+    lam, dlr = _reverse_step(graph, lam, dlr, lrs, inputs)
+    graph = None
+    for first in reversed(range(0, last, points.every)):
+        segment = [points.get(checkpoints.pop())]
+        for i in range(first, min(first + points.every, last) - 1):
+            _set_rng_state(rngs[i], device)
+            segment.append(_plain_step(student, syn, *segment[-1], schedule[i], lrs))
+        for i in reversed(range(first, first + len(segment))):
+            _set_rng_state(rngs[i], device)
+            lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
+    _set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
+
+    syn.lr_img.grad, syn.lr_txt.grad = dlr
+    return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
+
+
+MATCHING = {"constant": match_constant, "unrolled": match_unrolled, "adjoint": match_adjoint}

@@ -5,10 +5,37 @@ import os
 import time
 
 
+def end_torn_line(path):
+    """A writer killed mid-line leaves a record without its newline: end it, so the next record starts a line."""
+    try:
+        with open(path, "rb+") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+                f.write(b"\n")
+    except FileNotFoundError:
+        pass
+
+
+def read_records(path):
+    """The records of a metrics.jsonl; a line torn by a kill is skipped."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            try:
+                record = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(record, dict):
+                records.append(record)
+    return records
+
+
 class RunLog:
     def __init__(self, run_dir, config=None, wandb_mode="disabled", name=None, project="ptm-st"):
         self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
         self.wandb = None
+        if self.path:
+            end_torn_line(self.path)
         if wandb_mode != "disabled":
             import wandb  # optional: only imported when asked for
             self.wandb = wandb.init(project=project, name=name, config=config, mode=wandb_mode,

@@ -38,13 +38,22 @@ def _as_tensor(value, path, key):
     return value.float()
 
 
-def _matrix_from_params(params, path):
-    if len(params) == 1:
+def _as_lr(value, path, key):
+    lr = _as_tensor(value, path, key)
+    if lr.numel() != 1:
+        raise UserError(f"distilled file {path}: '{key}' must be one number, found a tensor of shape {tuple(lr.shape)}")
+    return float(lr.reshape(()))
+
+
+def _matrix_from_params(params, path, n):
+    if len(params) == 1 and tuple(params[0].shape) == (n, n):
         return params[0]
     if len(params) == 3:  # low rank, LoRS default alpha = 1
         a, left, right = params
-        return torch.diag(a) + left @ right.t() / left.shape[1]
-    raise UserError(f"distilled file {path}: 'similarity_params' must hold 1 (full) or 3 (lowrank) tensors")
+        if a.shape == (n,) and left.dim() == 2 and left.shape[0] == n and right.shape == left.shape and left.shape[1]:
+            return torch.diag(a) + left @ right.t() / left.shape[1]
+    raise UserError(f"distilled file {path}: 'similarity_params' must hold one [N, N] tensor (full) or a [N], L [N, r] "
+                    f"and R [N, r] (lowrank), N = {n}; found shapes {[tuple(p.shape) for p in params]}")
 
 
 def load_subset(path):
@@ -52,20 +61,27 @@ def load_subset(path):
     if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(obj, dict) or k not in obj]
         raise UserError(f"distilled file {path}: missing {', '.join(missing)} (not a distilled subset)")
+    config, raw_params = obj.get("config") or {}, obj.get("similarity_params") or []
+    if not isinstance(config, dict):
+        raise UserError(f"distilled file {path}: 'config' must be a dict, found a {type(config).__name__}")
+    if not isinstance(raw_params, (list, tuple)):
+        raise UserError(f"distilled file {path}: 'similarity_params' must be a list of tensors")
     image, text = _as_tensor(obj["image"], path, "image"), _as_tensor(obj["text"], path, "text")
-    params = [_as_tensor(p, path, "similarity_params") for p in obj.get("similarity_params") or []]
+    n = len(image) if image.dim() else 0
+    if n < 1 or image.dim() != 4 or image.shape[1] != 3 or text.dim() != 2 or len(text) != n:
+        raise UserError(f"distilled file {path}: inconsistent shapes image {tuple(image.shape)}, text "
+                        f"{tuple(text.shape)} (want [N,3,H,W] and [N,D] with N >= 1)")
+    params = [_as_tensor(p, path, "similarity_params") for p in raw_params]
     if "similarity_mat" in obj and obj["similarity_mat"] is not None:
         sim = _as_tensor(obj["similarity_mat"], path, "similarity_mat")
     elif params:
-        sim = _matrix_from_params(params, path)
+        sim = _matrix_from_params(params, path, n)
     else:
-        sim = torch.eye(len(image))
-    n = len(image)
-    if image.dim() != 4 or image.shape[1] != 3 or text.dim() != 2 or len(text) != n or tuple(sim.shape) != (n, n):
-        raise UserError(f"distilled file {path}: inconsistent shapes image {tuple(image.shape)}, text "
-                        f"{tuple(text.shape)}, similarity {tuple(sim.shape)} (want [N,3,H,W], [N,D], [N,N])")
-    return DistilledSubset(image, text, sim, float(_as_tensor(obj["syn_lr_img"], path, "syn_lr_img")),
-                           float(_as_tensor(obj["syn_lr_txt"], path, "syn_lr_txt")), params, dict(obj.get("config") or {}))
+        sim = torch.eye(n)
+    if tuple(sim.shape) != (n, n):
+        raise UserError(f"distilled file {path}: similarity is {tuple(sim.shape)}, want [N, N] with N = {n}")
+    return DistilledSubset(image, text, sim, _as_lr(obj["syn_lr_img"], path, "syn_lr_img"),
+                           _as_lr(obj["syn_lr_txt"], path, "syn_lr_txt"), params, dict(config))
 
 
 def save_subset(subset, path):

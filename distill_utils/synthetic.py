@@ -18,7 +18,7 @@ import shutil
 from PIL import Image, ImageDraw
 
 from .errors import UserError, cli_main
-from .io import save_json
+from .io import ensure_writable_dir, load_json, save_json, temporary_path
 
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220), "yellow": (240, 210, 30),
            "purple": (148, 60, 189), "orange": (255, 127, 14), "white": (245, 245, 245), "black": (15, 15, 15)}
@@ -152,8 +152,7 @@ def ensure_synthetic(root, **params):
     meta = {"generator": "ptm-st synthetic", "version": VERSION, **params}
     meta_path = os.path.join(root, "synthetic_meta.json")
     if os.path.isfile(meta_path):
-        with open(meta_path) as f:
-            found = json.load(f)
+        found = load_json(meta_path, what="--ann_root")
         if found != meta:
             diff = {k: (found.get(k), v) for k, v in meta.items() if found.get(k) != v}
             raise UserError(f"{root} holds a synthetic dataset generated with other settings {diff} "
@@ -162,8 +161,8 @@ def ensure_synthetic(root, **params):
     if os.path.isdir(root) and os.listdir(root):
         raise UserError(f"{root} exists and is not a synthetic dataset directory (no synthetic_meta.json)")
     parent = os.path.dirname(os.path.abspath(root))
-    os.makedirs(parent, exist_ok=True)
-    tmp = os.path.join(parent, f".{os.path.basename(root)}.tmp{os.getpid()}")
+    ensure_writable_dir(parent, "--ann_root")
+    tmp = temporary_path(root)
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         generate(tmp, **params)
@@ -171,9 +170,9 @@ def ensure_synthetic(root, **params):
         if os.path.isdir(root):
             os.rmdir(root)
         os.rename(tmp, root)
-    except OSError:
+    except OSError as err:
         if not os.path.isfile(meta_path):  # not a concurrent writer that finished first
-            raise
+            raise UserError(f"--ann_root {root}: cannot write the synthetic dataset ({err.strerror})") from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return root

@@ -11,7 +11,8 @@ import torch
 from tqdm import tqdm
 
 from networks.text_encoders import build_text_encoder, fingerprint
-from .io import load_torch, save_torch
+from .errors import UserError
+from .io import ensure_writable_dir, load_torch, save_torch
 
 
 def captions_digest(texts):
@@ -29,17 +30,26 @@ def encode_texts(encoder, texts, batch_size=256):
     return torch.cat(chunks)
 
 
+def _valid(cached, key, n):
+    features = cached.get("features") if isinstance(cached, dict) and cached.get("key") == key else None
+    return (torch.is_tensor(features) and features.dim() == 2 and len(features) == n and features.is_floating_point()
+            and bool(torch.isfinite(features).all()))
+
+
 def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=None):
     """Features [len(texts), D] (float32, CPU) for `texts`, from the cache when it is valid."""
     key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec)}
     path = cache_path(cache_dir, tag, encoder_spec)
     if os.path.isfile(path):
-        cached = load_torch(path, what="text feature cache")
-        if isinstance(cached, dict) and cached.get("key") == key:
+        try:
+            cached = load_torch(path, what="text feature cache")
+        except UserError:
+            cached = None
+        if _valid(cached, key, len(texts)):
             return cached["features"]
-        print(f"text feature cache {path} is stale (captions or encoder changed): recomputing")
+        print(f"text feature cache {path} is stale or damaged (captions or encoder changed?): recomputing")
     encoder = encoder or build_text_encoder(encoder_spec, device)
     features = encode_texts(encoder, texts)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
+    ensure_writable_dir(os.path.dirname(path), "--feature_cache")
     save_torch({"key": key, "features": features}, path)
     return features

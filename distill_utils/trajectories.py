@@ -7,13 +7,11 @@ order. manifest.json beside them records how they were made; published buffers h
 """
 import os
 import re
-import socket
-import time
 
 import torch
 
 from .errors import UserError
-from .io import dump_json, load_json, load_torch, save_torch
+from .io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
 from networks.names import same_setting
 
 MANIFEST = "manifest.json"
@@ -22,6 +20,9 @@ _FILE = re.compile(r"^(img|txt)_replay_buffer_(\d+)\.pt$")
 # Manifest fields that must agree between writers of one directory and with a reader's network.
 IDENTITY_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable",
                    "out_embedding", "loss_type", "img_params", "txt_params", "train_epochs")
+# Fields that change the experts; compared where the manifest records them (older manifests do not).
+TRAINING_FIELDS = ("lr_teacher_img", "lr_teacher_txt", "mom", "l2", "batch_train", "image_pretrained",
+                   "image_checkpoint", "text_encoder_weights", "data_seed", "synthetic_train_images")
 
 
 def slug(name):
@@ -56,7 +57,8 @@ def list_pairs(directory, flag="--buffer_path"):
 
 
 def _check_structure(obj, path):
-    """A file must be a list of experts, each a list of timestamps, each a list of tensors of one shape set."""
+    """A file must be a list of experts, each a list of timestamps, each a list of floating-point tensors
+    of one shape set. Only shapes and dtypes are looked at, so a memory-mapped file is not read."""
     bad = UserError(f"buffer file {path}: expected a list of experts, each a list of timestamps of tensor lists")
     if not isinstance(obj, list) or not obj:
         raise bad
@@ -65,8 +67,10 @@ def _check_structure(obj, path):
             raise bad
         shapes = None
         for t, stamp in enumerate(expert):
-            if not isinstance(stamp, (list, tuple)) or not all(torch.is_tensor(p) for p in stamp):
+            if not isinstance(stamp, (list, tuple)) or not stamp or not all(torch.is_tensor(p) for p in stamp):
                 raise bad
+            if not all(p.is_floating_point() for p in stamp):
+                raise UserError(f"buffer file {path}: expert {e} timestamp {t} holds non-floating-point tensors")
             these = [tuple(p.shape) for p in stamp]
             if shapes is not None and these != shapes:
                 raise UserError(f"buffer file {path}: expert {e} timestamp {t} has tensor shapes unlike timestamp 0")
@@ -74,8 +78,38 @@ def _check_structure(obj, path):
     return obj
 
 
-def load_experts(path):
-    return _check_structure(load_torch(path, what="buffer file"), path)
+def load_experts(path, mmap=False):
+    return _check_structure(load_torch(path, what="buffer file", mmap=mmap), path)
+
+
+def describe_file(path):
+    """(experts, timestamps per expert, shapes of one timestamp) of a buffer file, read without loading its
+    tensors (memory-mapped): cheap even for 20 experts x 32.8M parameters."""
+    experts = load_experts(path, mmap=True)
+    length, shapes = len(experts[0]), shapes_of(experts[0][0])
+    for e, expert in enumerate(experts):
+        if len(expert) != length:
+            raise UserError(f"buffer file {path}: expert {e} has {len(expert)} timestamps but expert 0 has {length}")
+        if shapes_of(expert[0]) != shapes:
+            raise UserError(f"buffer file {path}: expert {e} has tensor shapes unlike expert 0")
+    return len(experts), length, shapes
+
+
+def check_pairs(directory, img_layout, txt_layout, flag="--buffer_path"):
+    """Check every pair of a buffer directory before any work: img and txt twins agree and their shapes fit
+    the network. Returns (timestamps of the shortest expert, its file)."""
+    shortest = None
+    for _, img_path, txt_path in list_pairs(directory, flag):
+        (n_img, len_img, img_shapes), (n_txt, len_txt, txt_shapes) = describe_file(img_path), describe_file(txt_path)
+        if (n_img, len_img) != (n_txt, len_txt):
+            raise UserError(f"{flag} {directory}: {os.path.basename(img_path)} holds {n_img} experts of {len_img} "
+                            f"timestamps, its txt twin {n_txt} of {len_txt}")
+        where = f"{flag} {directory} ({os.path.basename(img_path)})"
+        check_shapes(img_shapes, img_layout, "img", where)
+        check_shapes(txt_shapes, txt_layout, "txt", where)
+        if shortest is None or len_img < shortest[0]:
+            shortest = (len_img, img_path)
+    return shortest
 
 
 def shapes_of(stamp):
@@ -95,7 +129,7 @@ def check_shapes(found_shapes, layout, side, where):
 
 def read_manifest(directory):
     path = os.path.join(directory, MANIFEST)
-    return load_json(path, what="buffer manifest") if os.path.isfile(path) else None
+    return load_json_object(path, what="buffer manifest") if os.path.isfile(path) else None
 
 
 def check_manifest(directory, ours, where):
@@ -103,15 +137,23 @@ def check_manifest(directory, ours, where):
     model names are compared as models. A buffer without a manifest (published) passes."""
     manifest = read_manifest(directory) or {}
     for key, value in ours.items():
-        if key in manifest and not same_setting(key, manifest[key], value):
+        if key in manifest and value is not None and not same_setting(key, manifest[key], value):
             raise UserError(f"{where}: experts were trained with {key}={manifest[key]!r}, this run has {value!r}")
 
 
-def write_manifest(directory, manifest):
-    """Create manifest.json if absent (atomically, first writer wins); else check it agrees on IDENTITY_FIELDS."""
+def has_experts(directory):
+    return any(_FILE.match(name) for name in os.listdir(directory))
+
+
+def write_manifest(directory, manifest, live_others=False):
+    """Create manifest.json (atomically, first writer wins), or check that it agrees on IDENTITY_FIELDS and, where
+    it records them, TRAINING_FIELDS. A manifest that no expert file and no live writer (`live_others`) backs
+    was left by a run that trained nothing: it is replaced rather than obeyed."""
     path = os.path.join(directory, MANIFEST)
-    if not os.path.exists(path):
-        tmp = os.path.join(directory, f".{MANIFEST}.tmp{os.getpid()}")
+    if os.path.exists(path) and not has_experts(directory) and not live_others:
+        save_json(manifest, path)
+    elif not os.path.exists(path):
+        tmp = temporary_path(path)
         try:
             dump_json(manifest, tmp)
             os.link(tmp, path)  # complete or absent; fails if another writer got there first
@@ -119,65 +161,21 @@ def write_manifest(directory, manifest):
             pass
         finally:
             os.remove(tmp)
-    found = load_json(path, what="buffer manifest")
+    found = load_json_object(path, what="buffer manifest")
     diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
+    diff += [k for k in TRAINING_FIELDS if k in found and found[k] != manifest.get(k)]
     if diff:
         k = diff[0]
         raise UserError(f"--buffer_path: {path} was made with {k}={found.get(k)!r}, this run has {manifest.get(k)!r}; "
-                        "use another --buffer_path")
+                        "experts of different settings would be mixed: use another --buffer_path")
     return found
 
 
-def _pid_alive(pid):
-    try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-
-
-def claim_index(directory, limit):
-    """Reserve the lowest expert index < limit that no file or live claim holds; None when all are taken.
-
-    Several processes (torchrun ranks, two shells) sharing a directory thus train disjoint experts;
-    a claim left by a killed process on this host is taken over, so a rerun resumes the work.
-    """
-    host = socket.gethostname()
-    for n in range(limit):
-        if os.path.exists(pair_paths(directory, n)[0]):
-            continue
-        claim = os.path.join(directory, f".claim_{n}")
-        try:
-            fd = os.open(claim, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-        except FileExistsError:
-            try:
-                with open(claim) as f:
-                    owner_host, owner_pid = f.read().split()[:2]
-            except (OSError, ValueError):
-                continue  # being written right now
-            if owner_host == host and not _pid_alive(int(owner_pid)):
-                os.remove(claim)
-                return claim_index(directory, limit)
-            continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{host} {os.getpid()} {time.time():.0f}\n")
-        if os.path.exists(pair_paths(directory, n)[0]):  # finished between our check and our claim
-            os.remove(claim)
-            continue
-        return n
-    return None
-
-
 def save_pair(directory, n, img_experts, txt_experts):
-    """Write one pair atomically (txt first, so an img file always has its twin), then drop the claim."""
+    """Write one pair atomically (txt first, so an img file always has its twin)."""
     img_path, txt_path = pair_paths(directory, n)
     save_torch(txt_experts, txt_path)
     save_torch(img_experts, img_path)
-    claim = os.path.join(directory, f".claim_{n}")
-    if os.path.exists(claim):
-        os.remove(claim)
 
 
 class ExpertStream:
@@ -216,12 +214,13 @@ class ExpertStream:
                 self.file_pos, self.pass_idx = 0, self.pass_idx + 1
         return out
 
-    def peek_first(self):
-        _, img, txt, path = self._file()
-        return img[0], txt[0], path
-
     def state_dict(self):
-        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos}
+        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos,
+                "files": [n for n, _, _ in self.pairs]}
 
     def load_state_dict(self, state):
+        files = [n for n, _, _ in self.pairs]
+        if state.get("files", files) != files:  # another set of experts would silently change the result
+            raise UserError(f"--resume: the buffer {self.directory} holds experts {files}, the checkpoint was made "
+                            f"with {state['files']}; resume with the buffer as it was")
         self.pass_idx, self.file_pos, self.expert_pos = state["pass_idx"], state["file_pos"], state["expert_pos"]

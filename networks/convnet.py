@@ -31,6 +31,10 @@ class ConvNet(nn.Module):
 
     def __init__(self, width=64, depth=3, norm="in", embed_dim=512, image_size=32):
         super().__init__()
+        if min(width, depth, embed_dim) < 1:
+            raise ValueError(f"width, depth and embedding must be at least 1, got w{width} d{depth} e{embed_dim}")
+        if norm == "gn" and width % 4:
+            raise ValueError(f"group norm needs a width divisible by 4, got w{width}")
         layers, channels, side = [], 3, image_size
         for _ in range(depth):
             layers.append(nn.Conv2d(channels, width, kernel_size=3, padding=1))

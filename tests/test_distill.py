@@ -82,6 +82,25 @@ def test_raw_subset_is_what_a_run_without_ema_ends_with(tiny_args, expert_dir, t
     assert not (tmp_path / "synthetic" / "noema" / "distilled_0_final_raw.pt").exists()
 
 
+def test_adjoint_store_reaches_the_matching_and_leaves_the_result_unchanged(tiny_args, expert_dir, tmp_path, capsys,
+                                                                           monkeypatch):
+    real, stores = distill_loop.MATCHING["adjoint"], []
+
+    def recording(*args, store="cpu"):
+        stores.append(store)
+        return real(*args, store=store)
+
+    monkeypatch.setitem(distill_loop.MATCHING, "adjoint", recording)
+    for name, extra in (("kept", []), ("recomputed", ["--adjoint_store", "recompute"])):
+        args = _args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--matching", "adjoint", *extra)
+        assert run_cli(distill.main, args, capsys)[0] == 0
+    assert stores == ["cpu"] * 6 + ["recompute"] * 6
+    for p in (0, 1):
+        kept = _tensors(tmp_path / "synthetic" / "kept", f"distilled_{p}_final.pt")
+        recomputed = _tensors(tmp_path / "synthetic" / "recomputed", f"distilled_{p}_final.pt")
+        assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
+
+
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
     assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole"), capsys)[0] == 0
     from distill_utils.syn_set import SyntheticSet

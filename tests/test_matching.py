@@ -4,7 +4,7 @@ import torch
 from torch.func import functional_call, grad
 
 from distill_utils.losses import contrastive_loss
-from distill_utils.matching import match_constant, match_unrolled, minibatch_schedule
+from distill_utils.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
 from distill_utils.similarity import make_similarity
 from distill_utils.student import Student
 from distill_utils.syn_set import SynOptim, SyntheticSet
@@ -79,19 +79,18 @@ def test_constant_gradient_equals_autograd_with_student_params_held_constant(sim
         assert _rel(a, b) < 1e-5, (k, _rel(a, b))
 
 
-@pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
-def test_unrolled_gradient_equals_full_autograd(sim_kind):
-    net, student, syn, start, target, schedule = _setup(sim_kind)
-    net.eval()
-    match_unrolled(student, syn, start, target, schedule)
-    ours = _grads(syn)
-
-    # independent: torch.func, differentiating through every inner gradient step
+def _func_reference(net, syn, start, target, schedule, loss_type="WBCE"):
+    """The exact gradient by torch.func, differentiating through every inner gradient step."""
     img_names, txt_names = net.img_layout, net.txt_layout
-    criterion = contrastive_loss("WBCE")
+    criterion = contrastive_loss(loss_type)
+
+    def embed_images(img, x):
+        if net.image_trainable:
+            return functional_call(net.image_encoder, img_names.unflatten(img), (x,))
+        return functional_call(net.image_head, img_names.unflatten(img), (net.image_encoder(x),))
 
     def inner(img, txt, x, y, s):
-        ei = torch.nn.functional.normalize(functional_call(net.image_encoder, img_names.unflatten(img), (x,)), dim=1)
+        ei = torch.nn.functional.normalize(embed_images(img, x), dim=1)
         et = torch.nn.functional.normalize(functional_call(net.text_head, txt_names.unflatten(txt), (y,)), dim=1)
         return criterion(net.logit_scale * ei @ et.t(), s)
 
@@ -105,7 +104,16 @@ def test_unrolled_gradient_equals_full_autograd(sim_kind):
 
     values = [t.detach() for t in syn.tensors()]
     want = grad(outer, argnums=(0, 1, 2, 3, 4))(values[0], values[1], values[2:-2], values[-2], values[-1])
-    want = [want[0], want[1], *want[2], want[3], want[4]]
+    return [want[0], want[1], *want[2], want[3], want[4]]
+
+
+@pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
+def test_unrolled_gradient_equals_full_autograd(sim_kind):
+    net, student, syn, start, target, schedule = _setup(sim_kind)
+    net.eval()
+    match_unrolled(student, syn, start, target, schedule)
+    ours = _grads(syn)
+    want = _func_reference(net, syn, start, target, schedule)
     for k, (a, b) in enumerate(zip(ours, want)):
         assert _rel(a, b) < 1e-8, (k, _rel(a, b))
 
@@ -125,17 +133,169 @@ def test_pass_two_replays_pass_one_bit_for_bit_with_dropout():
     assert not torch.equal(result.final_txt, other.final_txt)
 
 
-def test_constant_and_unrolled_agree_for_a_single_step():
+def test_all_modes_agree_for_a_single_step():
     """With one step theta_0 is the only student point: holding it constant is exact."""
     net, student, syn, start, target, _ = _setup()
     net.eval()
     schedule = [torch.arange(BATCH)]
+    grads = []
+    for match in (match_constant, match_unrolled, match_adjoint):
+        syn.zero_grad()
+        match(student, syn, start, target, schedule)
+        grads.append(_grads(syn))
+    for other in grads[1:]:
+        for a, b in zip(grads[0], other):
+            assert _rel(a, b) < 1e-10
+
+
+@pytest.mark.parametrize("sim_kind, trainable, loss_type", [("full", True, "WBCE"), ("lowrank", True, "InfoNCE"),
+                                                            ("full", False, "CWCL")])
+def test_adjoint_equals_unrolled_and_torch_func(sim_kind, trainable, loss_type):
+    net, student, syn, start, target, schedule = _setup(sim_kind, trainable, loss_type)
+    net.eval()
+    result = match_adjoint(student, syn, start, target, schedule)
+    ours = _grads(syn)
+    syn.zero_grad()
+    reference = match_unrolled(student, syn, start, target, schedule)
+    assert abs(result.loss - reference.loss) < 1e-12
+    for want in (_grads(syn), _func_reference(net, syn, start, target, schedule, loss_type)):
+        for k, (a, b) in enumerate(zip(ours, want)):
+            assert _rel(a, b) < 1e-8, (k, _rel(a, b))
+
+
+def test_adjoint_equals_unrolled_with_dropout():
+    net, student, syn, start, target, schedule = _setup()
+    net.train()
+    grads = []
+    for match in (match_adjoint, match_unrolled):
+        syn.zero_grad()
+        torch.manual_seed(7)
+        match(student, syn, start, target, schedule)
+        grads.append(_grads(syn))
+    for k, (a, b) in enumerate(zip(*grads)):
+        assert _rel(a, b) < 1e-8, (k, _rel(a, b))
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch, store):
+    """Every reverse (and recomputed) step sees the forward's theta_i, minibatch and dropout mask: same g_i."""
+    net, student, syn, start, target, _ = _setup()
+    net.float().train()  # float32 as in real runs
+    schedule = minibatch_schedule(N, BATCH, 6, torch.Generator().manual_seed(0))
+    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", N), 0.05, 0.08,
+                         SynOptim(1.0, 1.0, 1.0, 1.0))
+    calls, grads = [], student.grads
+
+    def recording(img, txt, x, y, s, create_graph=False):
+        out = grads(img, txt, x, y, s, create_graph=create_graph)
+        calls.append((create_graph, [t.detach().clone() for t in (img, txt, x, y, s, out[1], out[2])]))
+        return out
+
+    monkeypatch.setattr(student, "grads", recording)
+    match = lambda: match_adjoint(student, syn32, (start[0].float(), start[1].float()),
+                                  (target[0].float(), target[1].float()), schedule, store=store)
+    torch.manual_seed(3)
+    match()
+    forward, later = [c for _, c in calls[:len(schedule)]], calls[len(schedule):]
+    assert [graph for graph, _ in calls[:len(schedule)]] == [False] * (len(schedule) - 1) + [True]
+    reverse = [c for graph, c in later if graph]
+    assert len(reverse) == len(schedule) - 1
+    for f, r in zip(forward[-2::-1], reverse):
+        assert all(torch.equal(a, b) for a, b in zip(f, r))
+    for _, c in later:  # recomputed points too
+        assert any(all(torch.equal(a, b) for a, b in zip(f, c)) for f in forward)
+    # dropout really was active: another RNG state gives other text gradients at the same theta_0
+    calls.clear()
+    torch.manual_seed(4)
+    match()
+    assert not torch.equal(calls[0][1][6], forward[0][6])
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 10])
+def test_adjoint_stores_give_identical_gradients(steps):
+    net, student, syn, start, target, _ = _setup()
+    net.train()
+    schedule = minibatch_schedule(N, BATCH, steps, torch.Generator().manual_seed(0))
+    grads = []
+    for store in STORES:
+        syn.zero_grad()
+        torch.manual_seed(5)
+        match_adjoint(student, syn, start, target, schedule, store=store)
+        grads.append(_grads(syn))
+    for other in grads[1:]:
+        assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+def test_adjoint_leaves_the_rng_where_constant_does():
+    net, student, syn, start, target, schedule = _setup()
+    net.train()
+    states = []
+    for match in (match_constant, match_adjoint):
+        torch.manual_seed(11)
+        match(student, syn, start, target, schedule)
+        states.append(torch.get_rng_state())
+    assert torch.equal(*states)
+
+
+def _true_loss(student, syn, start, target, schedule):
+    """The matching loss after the student's steps, evaluated directly (no gradient for the data)."""
+    img, txt = start
+    for idx in schedule:
+        x, y, s = (t.detach() for t in syn.batch(idx))
+        _, gi, gt = student.grads(img.detach().requires_grad_(True), txt.detach().requires_grad_(True), x, y, s)
+        img, txt = img - syn.lr_img.detach() * gi, txt - syn.lr_txt.detach() * gt
+    return ((img - target[0]).pow(2).sum() / (start[0] - target[0]).pow(2).sum()
+            + (txt - target[1]).pow(2).sum() / (start[1] - target[1]).pow(2).sum()).item()
+
+
+def _directional_fd(student, syn, start, target, schedule, tensor, v, h=1e-5):
+    """Central difference of the matching loss along v in `tensor` (left unchanged)."""
+    values = []
+    for step in (h, -2 * h):
+        with torch.no_grad():
+            tensor.add_(step * v)
+        values.append(_true_loss(student, syn, start, target, schedule))
+    with torch.no_grad():
+        tensor.add_(h * v)
+    return (values[0] - values[1]) / (2 * h)
+
+
+@pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
+def test_adjoint_matches_finite_differences_of_the_matching_loss(sim_kind):
+    net, student, syn, start, target, schedule = _setup(sim_kind)
+    net.eval()
+    with torch.no_grad():
+        syn.lr_img.fill_(0.5)
+        syn.lr_txt.fill_(0.5)  # large steps: the dependence of theta_i on the data matters
+    match_adjoint(student, syn, start, target, schedule)
+    adjoint = _grads(syn)
+    syn.zero_grad()
     match_constant(student, syn, start, target, schedule)
     constant = _grads(syn)
-    syn.zero_grad()
-    match_unrolled(student, syn, start, target, schedule)
-    for a, b in zip(constant, _grads(syn)):
-        assert _rel(a, b) < 1e-10
+    g = torch.Generator().manual_seed(1)
+    worst_constant = 0.0
+    for tensor, a, c in zip(syn.tensors(), adjoint, constant):
+        v = torch.randn(tensor.shape, generator=g, dtype=tensor.dtype)
+        fd = _directional_fd(student, syn, start, target, schedule, tensor, v)
+        assert abs((a * v).sum().item() - fd) <= 1e-6 * abs(fd) + 1e-10, (tensor.shape, (a * v).sum().item(), fd)
+        worst_constant = max(worst_constant, abs((c * v).sum().item() - fd) / abs(fd))
+    assert worst_constant > 1e-3  # the check can tell the approximate gradient from the exact one
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_adjoint_host_store_equals_device_store_on_cuda():
+    net, student, syn, start, target, schedule = _setup()
+    net.cuda().eval()
+    syn = SyntheticSet(syn.image.cuda(), syn.text.cuda(), make_similarity("full", N, device="cuda"), 0.05, 0.08,
+                       SynOptim(1.0, 1.0, 1.0, 1.0))
+    start, target = tuple(t.cuda() for t in start), tuple(t.cuda() for t in target)
+    grads = []
+    for store in ("cpu", "device"):
+        syn.zero_grad()
+        match_adjoint(student, syn, start, target, schedule, store=store)
+        grads.append(_grads(syn))
+    for a, b in zip(*grads):
+        assert torch.equal(a, b)
 
 
 def test_minibatch_schedule_reshuffles_when_exhausted():
