@@ -119,10 +119,11 @@ class Bench:
 
     def experts(self, level):
         normal = os.path.join(self.traj(level), "normal")
-        self.parallel([(f"{level}_experts_{k}", "buffer.py", *self.data(level), "--image_encoder", ENCODER,
-                        "--buffer_path", os.path.join(self.work, "buffer"), "--train_epochs",
-                        str(LEVELS[level]["epochs"]), *EXPERT_ARGS, None) for k in range(self.a.jobs)])
         wanted = [os.path.join(normal, f"txt_replay_buffer_{k}.pt") for k in range(int(EXPERT_ARGS[1]))]
+        if not all(map(os.path.isfile, wanted)):
+            self.parallel([(f"{level}_experts_{k}", "buffer.py", *self.data(level), "--image_encoder", ENCODER,
+                            "--buffer_path", os.path.join(self.work, "buffer"), "--train_epochs",
+                            str(LEVELS[level]["epochs"]), *EXPERT_ARGS, None) for k in range(self.a.jobs)])
         while not all(map(os.path.isfile, wanted)):  # experts another process claimed are still training
             time.sleep(30)
         for start, end in WINDOWS:
