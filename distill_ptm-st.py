@@ -26,8 +26,10 @@ import os
 
 from distill_utils import cli_args, speed
 from distill_utils.data import load_split, load_train, prepare
+from distill_utils.conditioning import CONDITIONING
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
 from distill_utils.errors import UserError, cli_main
+from distill_utils.evaluation import add_mode_args
 from distill_utils.io import atomic_path, ensure_writable_dir, load_json_object, save_json
 from distill_utils.matching import MATCHING, STORES
 from distill_utils.phases import parse_phases
@@ -76,12 +78,17 @@ def make_parser():
                         "does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the "
                         "parameters more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others "
                         "recomputed (least memory, more time). Same gradient bit for bit (default: cpu)")
+    g.add_argument("--phase_conditioning", default="none", choices=CONDITIONING,
+                   help="none: each phase distills its subset alone; cumulative: in phase p > 1 the student's "
+                        "steps see the frozen D_1..D_{p-1} with the learnable D_p (block-diagonal S, D_p's lrs), "
+                        "so D_p complements them; pair it with --eval_mode cumulative (default: none)")
     cli_args.add_loss_arg(p, "WBCE")
     g = p.add_argument_group("evaluation and saving")
     g.add_argument("--eval_it", type=int, default=50, help="save (and evaluate) every N iterations and at each phase end (default: 50)")
     g.add_argument("--num_eval", type=int, default=5, help="students per evaluation; 0 = save without evaluating (default: 5)")
     g.add_argument("--epoch_eval_train", type=int, default=100, help="student epochs per subset (default: 100)")
     g.add_argument("--batch_train", type=int, default=128, help="student batch size in evaluation (default: 128)")
+    add_mode_args(g)
     g.add_argument("--checkpoint_it", type=int, default=25, help="write a resumable checkpoint every N iterations (default: 25)")
     g.add_argument("--name", help="run name (default: ptm-st_<date>_<time>)")
     g.add_argument("--runs_dir", default="runs", help="root of the run directories (default: runs)")

@@ -9,6 +9,8 @@ its similarity matrix as soft targets), then reports test retrieval as mean ± s
     python evaluate.py --dataset flickr --image_encoder nfnet --text_encoder bert --image_trainable \
         --ckpt_path distilled_0.pt distilled_1.pt --baseline random --out results.json
 
+--eval_mode sequential|cumulative|union says how several files are used; --protocol authors
+reproduces the authors' phased evaluation (best test score over all evaluation points, labelled).
 With both --ckpt_path and --baseline, both are evaluated with the same seeds; the random and
 prototype baselines then default to the files' total number of pairs. Baselines train with
 identity targets: random/prototype at the teacher lrs (as the spec says), the full set at
@@ -25,8 +27,8 @@ from distill_utils.baselines import load_final_expert, pair_embeddings, prototyp
 from distill_utils.data import load_split, load_train, prepare
 from distill_utils.datasets import load_train_pairs
 from distill_utils.errors import UserError, cli_main
-from distill_utils.evaluation import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, check_subset,
-                                      evaluate_sequence, format_table)
+from distill_utils.evaluation import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, add_mode_args,
+                                      check_subset, evaluate_sequence, format_table)
 from distill_utils.io import ensure_writable_dir, save_json
 from distill_utils.run_log import RunLog
 from distill_utils.subsets import load_subset
@@ -71,6 +73,7 @@ def make_parser():
                    help="reported number: final epoch, or the evaluation point best on the val split (default: final)")
     g.add_argument("--lr_decay", action=argparse.BooleanOptionalAction, default=True,
                    help="lr x0.1 for the second half of each phase's epochs, as the authors' code (default: on)")
+    add_mode_args(g)
     g.add_argument("--out", help="write config, seeds and all numbers to this JSON file")
     cli_args.add_loss_arg(p, "WBCE")
     cli_args.add_runtime_args(p)
@@ -154,7 +157,8 @@ def main(argv=None):
                                        amp=args.amp, channels_last=args.channels_last))
     methods, selections = methods_to_run(args, subsets, factory)
     protocol = EvalProtocol(args.num_eval, args.epoch_eval_train, args.batch_train, args.loss_type,
-                            eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay)
+                            eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay,
+                            eval_mode=args.eval_mode, protocol=args.protocol)
     config = cli_args.config_of(args)
     log = RunLog(None, config, args.wandb, name=f"eval_{args.dataset}")
     for note in notes:

@@ -2,7 +2,7 @@
 
     python -m bench.paper_scale --device cuda --out results/paper_scale   # one GPU, the paper's sizes
     python -m bench.paper_scale --device cpu --image_size 64 --steps 1 2 --extrapolate 8 20 \
-        --expert_images 256 --out results/paper_scale_cpu                  # what 2 CPU cores manage (docs/results.md)
+        --expert_images 256 --out results/paper_scale_cpu                  # what 2 CPU cores manage (docs/paper_scale.md)
     python -m bench.paper_scale --quick --device cpu --out /tmp/ps          # smoke test of the script itself
 
 A randomly initialised nfnet_l0 (32.8M parameters, the whole image encoder trained) at 224 px, random
@@ -21,7 +21,7 @@ With --extrapolate (for a CPU, where the paper's step counts take too long), the
 other step counts, marked "~": seconds per step taken from the largest measured --steps, times the
 steps (a per-step fit from two step counts is too noisy on a shared machine); memory is not extrapolated.
 Rows go to OUT/paper_scale.jsonl as they are measured and OUT/paper_scale.md (a table for
-docs/results.md) is rewritten after each, so a run cut short keeps what it measured. A CUDA
+docs/paper_scale.md) is rewritten after each, so a run cut short keeps what it measured. A CUDA
 out-of-memory error is reported as OOM in the table and the benchmark goes on.
 """
 import argparse

@@ -6,7 +6,7 @@ import re
 
 import torch
 
-from .datasets import LAYOUTS, default_roots
+from .datasets import LAYOUTS, SYNTHETIC_LEVELS, default_roots
 from .errors import UserError
 from .losses import LOSS_TYPES
 
@@ -23,7 +23,7 @@ class Parser(argparse.ArgumentParser):
 
 def add_data_args(p):
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS), help="dataset (default: the built-in synthetic)")
+    g.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS), help="dataset (default: the built-in synthetic; synthetic_hard: its harder level, two shapes per image)")
     g.add_argument("--image_root", help="image directory (default: data/synthetic, or distill_utils/data/<Flickr30k|COCO|CC3M>)")
     g.add_argument("--ann_root", help="directory of the annotation JSON files (default: data/synthetic, or data/Annotation)")
     g.add_argument("--image_size", type=int, help="image side in pixels (default: 32 for synthetic, 224 otherwise)")
@@ -141,7 +141,7 @@ def resolve_device(name):
 
 def finalize(args):
     """Fill the dataset-dependent defaults and check the shared options."""
-    synthetic = args.dataset == "synthetic"
+    synthetic = args.dataset in SYNTHETIC_LEVELS
     image_root, ann_root = default_roots(args.dataset)
     args.ann_root = args.ann_root or ann_root
     args.image_root = args.image_root or (args.ann_root if synthetic else image_root)

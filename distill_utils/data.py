@@ -3,7 +3,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .datasets import check_images_exist, load_retrieval_split, load_train_pairs
+from .datasets import SYNTHETIC_LEVELS, check_images_exist, load_retrieval_split, load_train_pairs
 from .images import ImageStore
 from .student import RetrievalData
 from .synthetic import ensure_synthetic
@@ -22,10 +22,10 @@ class TrainData:
 
 def prepare(args):
     """Make sure the dataset is on disk (the synthetic one is generated on first use)."""
-    if args.dataset == "synthetic":
+    if args.dataset in SYNTHETIC_LEVELS:
         ensure_synthetic(args.ann_root, seed=args.data_seed, train_images=args.synthetic_train_images,
                          test_images=args.synthetic_test_images, val_images=args.synthetic_test_images,
-                         captions_per_train_image=2, image_px=64, max_objects=1)
+                         captions_per_train_image=2, image_px=64, **SYNTHETIC_LEVELS[args.dataset])
 
 
 def _device_for_text(args):

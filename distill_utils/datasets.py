@@ -26,13 +26,17 @@ LAYOUTS = {
     "coco": Layout("coco_karpathy_train.json", "coco_karpathy_val.json", "coco_karpathy_test.json", "COCO"),
     "cc3m": Layout("cc3m_captions_train.json", "cc3m_captions_val.json", "cc3m_captions_test.json", "CC3M"),
     "synthetic": Layout("synthetic_train.json", "synthetic_val.json", "synthetic_test.json", "synthetic"),
+    "synthetic_hard": Layout("synthetic_train.json", "synthetic_val.json", "synthetic_test.json", "synthetic_hard"),
 }
+# Levels of the built-in dataset: generator settings beyond the shared ones. `synthetic_hard` draws two
+# shapes per image (captions name both), so retrieval must bind attributes to objects.
+SYNTHETIC_LEVELS = {"synthetic": {"max_objects": 1}, "synthetic_hard": {"max_objects": 2}}
 
 
 def default_roots(dataset):
     """(image_root, ann_root) where the paper's README puts the data."""
-    if dataset == "synthetic":
-        return "data/synthetic", "data/synthetic"
+    if dataset in SYNTHETIC_LEVELS:
+        return f"data/{dataset}", f"data/{dataset}"
     return os.path.join("distill_utils", "data", LAYOUTS[dataset].image_dir), os.path.join("data", "Annotation")
 
 

@@ -11,6 +11,7 @@ import torch
 from tqdm import trange
 
 from .amp_guard import AmpGuard, describe as describe_amp_check
+from .conditioning import condition
 from .errors import UserError, one_line
 from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from .io import load_torch, save_torch
@@ -91,16 +92,17 @@ def subset_config(ctx, phase, iteration):
             "text_encoder_weights": weights_digest(a.text_encoder), "image_size": a.image_size, "image_trainable": a.image_trainable, "out_embedding": a.out_embedding,
             "text_dim": int(ctx.train.text_features.shape[1]), "phase": phase.index, "iteration": iteration,
             **phase.as_dict(), "syn_steps": a.syn_steps, "expert_epochs": a.expert_epochs, "sim_type": a.sim_type,
-            "loss_type": a.loss_type, "matching": a.matching, "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
+            "loss_type": a.loss_type, "matching": a.matching, "phase_conditioning": a.phase_conditioning,
+            "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
 
 
 def eval_protocol(args):
     return EvalProtocol(num_eval=args.num_eval, epoch_eval_train=args.epoch_eval_train, batch_train=args.batch_train,
-                        loss_type=args.loss_type)
+                        loss_type=args.loss_type, eval_mode=args.eval_mode, protocol=args.protocol)
 
 
 def save_point(ctx, syn, phase, done, frozen):
-    """Save the EMA subset, its picture and captions; evaluate D_1..D_{p-1} then it."""
+    """Save the EMA subset, its picture and captions; evaluate D_1..D_{p-1} and it (as --eval_mode says)."""
     subset = syn.subset(subset_config(ctx, phase, done))
     stem = f"{phase.index}_{done}"
     path = os.path.join(ctx.run_dir, f"distilled_{stem}.pt")
@@ -116,9 +118,11 @@ def save_point(ctx, syn, phase, done, frozen):
         m = headline(report)
         ctx.log.log({"event": "eval", "phase": phase.index, "iteration": done, "file": path,
                      **{f"eval_{k}": v for k, v in m.items()},
-                     **{f"eval_std_{k}": v for k, v in report["final"]["std"].items()},
+                     **{f"eval_std_{k}": v for k, v in report[report["reported"]]["std"].items()},
                      **{f"eval_best_{k}": v for k, v in report["best"]["mean"].items()}},
-                    echo=f"phase {phase.index} it {done}: EMA subset, final epoch, {len(report['seeds'])} runs | "
+                    echo=f"phase {phase.index} it {done}: EMA subset, {ctx.args.eval_mode}, "
+                         f"{'authors protocol, best on test' if report['reported'] == 'best' else 'final epoch'}, "
+                         f"{len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 
 
@@ -212,13 +216,14 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     match = MATCHING[a.matching]
     if a.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
         match = partial(match, store=a.adjoint_store)
+    view = condition(syn, frozen, a.phase_conditioning)  # what the student's steps see
     seconds, steps_timed = 0.0, 0
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
         start, target, t = expert_segment(stream, phase, generator, a.expert_epochs, device)
-        schedule = minibatch_schedule(len(syn), a.mini_batch_size, a.syn_steps, generator)
-        result, check = guard.match(match, syn, start, target, schedule, it)
+        schedule = minibatch_schedule(len(view), a.mini_batch_size, a.syn_steps, generator)
+        result, check = guard.match(match, view, start, target, schedule, it)
         if check:
             ctx.log.log({"phase": phase.index, **check}, echo=f"phase {phase.index}: {describe_amp_check(check)}")
         _check_finite(result, syn, phase, it, ctx)

@@ -4,12 +4,23 @@ A *pair source* is anything with `name`, `lr_img`, `lr_txt`, `epochs` (None: the
 epoch_eval_train), `__len__` and `batches(batch_size, generator, device)` yielding
 (images, text features, target matrix). `SubsetSource` serves a distilled subset (targets: the
 batch's sub-matrix of S), `RealPairSource` real training pairs (identity targets, streamed through
-the ImageStore). `evaluate_sequence` trains `num_eval` students on the sources in order, with the
-one training step of `student.py`, and reports mean and std over the runs.
+the ImageStore). `evaluate_sequence` trains `num_eval` students on the sources, with the one
+training step of `student.py`, and reports mean and std over the runs.
 
-Learning rate: each phase gets a fresh SGD optimizer with its source's lrs (momentum 0.9, weight
-decay 5e-4); with `lr_decay` the lrs drop x0.1 for the second half of the phase's epochs, as in the
-authors' code (LoRS/PTM-ST `lr_schedule = [Epoch // 2 + 1]`).
+Eval modes (how phased subsets D_1..D_P are used): `sequential` trains on D_1, then D_2, ...;
+`cumulative` trains phase p on D_1 u ... u D_p; `union` on all of them at once. A joined set keeps
+each subset's similarity block; pairs of different subsets are negatives (0), as any two distinct
+pairs are in the identity S every subset starts from. It trains with the last subset's lrs: the
+contrastive loss couples the pairs of a batch, so per-pair lrs are not defined, and a subset
+distilled with --phase_conditioning cumulative learned its lrs for exactly these mixed batches.
+
+Protocols: `ours` gives each phase a fresh SGD with its source's lrs (momentum 0.9, weight decay
+5e-4); with `lr_decay` the lrs drop x0.1 for the second half of each phase's epochs. `authors`
+follows the authors' code (LoRS `evaluate_synset_with_similarity`, called once per subset on one
+network): one SGD for the whole sequence with the last subset's lrs, one x0.1 drop after global
+epoch epoch_eval_train//2+1, epoch_eval_train+1 epochs per subset, each batch the first
+batch_train pairs of a fresh permutation (ceil(N / batch_train) batches an epoch), test scored after
+local epochs 0, E//10, 2E//10, ..., E of every phase, reporting the best of all those points.
 
 Which number: `final` is the test score after the last epoch (the honest default); `best` is the
 best test r_mean over the evaluation points (the paper's convention: optimistic, it selects on
@@ -24,14 +35,19 @@ from tqdm import tqdm
 
 from .errors import UserError
 from .student import Student, evaluate_retrieval, make_sgd, train_epoch
+from .subsets import DistilledSubset
 from networks.names import same_model
 
 ALL_KEYS = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "img_r_mean", "txt_r_mean", "r_mean")
 SELECTIONS = ("final", "val")
+EVAL_MODES = ("sequential", "cumulative", "union")
+PROTOCOLS = ("ours", "authors")
 MEANING = {"final": "test score after the last epoch (the honest number)",
            "val_selected": "test score at the evaluation point with the best val r_mean",
            "best": "best test r_mean over the evaluation points (selects on test: the paper's "
-                                    "convention, optimistic)"}
+                                    "convention, optimistic)",
+           "authors": "best test r_mean over all evaluation points of all phases, the authors' protocol "
+                      "(selects on test, optimistic)"}
 
 
 class SubsetSource:
@@ -59,6 +75,47 @@ class SubsetSource:
         for idx in torch.split(order, batch_size):
             yield image[idx], text[idx], sim[idx[:, None], idx]
 
+    def authors_batches(self, batch_size, generator, device):
+        """The authors' sampler: ceil(N / B) batches, each the first B pairs of a fresh permutation."""
+        image, text, sim = self._tensors(device)
+        for _ in range(math.ceil(len(self) / batch_size)):
+            idx = torch.randperm(len(self), generator=generator)[:batch_size].to(device)
+            yield image[idx], text[idx], sim[idx[:, None], idx]
+
+
+def add_mode_args(group):
+    """--eval_mode and --protocol, shared by evaluate.py and the in-run evaluation of distill_ptm-st.py."""
+    group.add_argument("--eval_mode", default="sequential", choices=EVAL_MODES,
+                       help="how phased subsets D_1..D_P are trained on: sequential (D_1, then D_2, ...), cumulative "
+                            "(phase p on D_1 u ... u D_p) or union (all as one set); joined subsets keep their "
+                            "similarity blocks and use the last subset's lrs (default: sequential)")
+    group.add_argument("--protocol", default="ours", choices=PROTOCOLS,
+                       help="ours: a fresh SGD per phase with its lrs, final epoch reported; authors: the authors' "
+                            "evaluation (one SGD with the last subset's lrs, one x0.1 drop at epoch_eval_train//2+1 "
+                            "over the whole sequence, epoch_eval_train+1 epochs per subset, their batch sampler, "
+                            "scored after local epochs 0, E//10, ..., E of every subset: --eval_points does not "
+                            "apply), reporting the best test score over all evaluation points unless --select_on "
+                            "val (default: ours)")
+
+
+def join_sources(sources, name=None):
+    """Subsets trained on as one set: pairs concatenated, S block-diagonal, the last subset's lrs."""
+    last = sources[-1]
+    subset = DistilledSubset(torch.cat([s.image for s in sources]), torch.cat([s.text for s in sources]),
+                             torch.block_diag(*[s.similarity for s in sources]), last.lr_img, last.lr_txt)
+    return SubsetSource(subset, name or "+".join(s.name for s in sources))
+
+
+def arrange(sources, mode):
+    """The phases a student trains through under eval mode `mode` (see the module doc)."""
+    if mode == "sequential" or len(sources) == 1:
+        return list(sources)
+    if not all(isinstance(s, SubsetSource) for s in sources):
+        raise ValueError(f"eval mode {mode!r} joins distilled subsets only")
+    if mode == "cumulative":
+        return [sources[0]] + [join_sources(sources[:p + 1]) for p in range(1, len(sources))]
+    return [join_sources(sources)]
+
 
 class RealPairSource:
     """Real training pairs `indices` of a TrainData (all of them when None), with identity targets."""
@@ -76,6 +133,8 @@ class RealPairSource:
         for images, idx in self.train.images.batches(order, batch_size):
             yield (images.to(device), self.train.text_features[idx].to(device),
                    torch.eye(len(idx), device=device))
+
+    authors_batches = batches  # the authors evaluate real pairs with a shuffled DataLoader
 
 
 def check_subset(subset, path, expected):
@@ -131,7 +190,9 @@ class EvalProtocol:
     weight_decay: float = 5e-4
     eval_points: int = 5       # test evaluations spread evenly over the whole sequence; the last is the final epoch
     select_on: str = "final"   # the headline number: "final" or "val"
-    lr_decay: bool = True      # x0.1 for the second half of each phase's epochs
+    lr_decay: bool = True      # x0.1 for the second half of each phase's epochs (authors: once, see the doc)
+    eval_mode: str = "sequential"  # how phased subsets are used: sequential | cumulative | union
+    protocol: str = "ours"     # ours | authors
 
     def epochs_of(self, source):
         return source.epochs if source.epochs is not None else self.epoch_eval_train
@@ -152,34 +213,71 @@ def _fork_rng(device):
     return torch.random.fork_rng(devices=devices)
 
 
+@dataclass(frozen=True)
+class PlannedEpoch:
+    phase: int            # index of the source trained on
+    epoch: int            # 1-based over the whole sequence
+    lr_img: float         # the lrs this epoch trains with (drop included)
+    lr_txt: float
+    new_optimizer: bool   # a fresh SGD (momentum reset) before this epoch
+    evaluate: bool        # score the test split after this epoch
+
+
+def training_plan(sources, protocol):
+    """Every epoch a student trains, in order, under `protocol` (see the module doc)."""
+    if protocol.protocol == "authors":
+        return _authors_plan(sources, protocol)
+    total = sum(protocol.epochs_of(s) for s in sources)
+    points, plan = set(eval_epochs(total, protocol.eval_points)), []
+    for phase, source in enumerate(sources):
+        epochs = protocol.epochs_of(source)
+        for e in range(epochs):
+            scale = 0.1 if protocol.lr_decay and epochs > 1 and e >= math.ceil(epochs / 2) else 1.0
+            g = len(plan) + 1
+            plan.append(PlannedEpoch(phase, g, source.lr_img * scale, source.lr_txt * scale, e == 0, g in points))
+    return plan
+
+
+def _authors_plan(sources, protocol):
+    last, milestone, plan = sources[-1], protocol.epoch_eval_train // 2 + 1, []
+    for phase, source in enumerate(sources):
+        epochs = protocol.epochs_of(source)
+        points = set(range(0, epochs + 1, max(epochs // 10, 1))) | {epochs}
+        for e in range(epochs + 1):
+            scale = 0.1 if protocol.lr_decay and len(plan) >= milestone else 1.0
+            plan.append(PlannedEpoch(phase, len(plan) + 1, last.lr_img * scale, last.lr_txt * scale, not plan,
+                                     e in points))
+    return plan
+
+
 def train_run(sources, net, test, protocol, seed, device, val=None, log=None, run=0, desc="eval"):
-    """Train one fresh student on `sources` in order; returns its evaluation points and the phases trained."""
+    """Train one fresh student on `sources` as training_plan says; returns its evaluation points and phases."""
     student = Student(net, protocol.loss_type)
     img, txt = (p.to(device).requires_grad_(True) for p in net.initial_params())
     generator = torch.Generator().manual_seed(seed)
-    total = sum(protocol.epochs_of(s) for s in sources)
-    points_at = set(eval_epochs(total, protocol.eval_points))
-    points, trained, epoch = [], [], 0
-    bar = tqdm(total=total, desc=f"{desc} run {run}", leave=False)
-    for phase, source in enumerate(sources):
-        epochs = protocol.epochs_of(source)
-        opt = make_sgd(img, txt, source.lr_img, source.lr_txt, protocol.momentum, protocol.weight_decay)
-        trained.append({"phase": phase, "name": source.name, "pairs": len(source), "epochs": epochs,
-                        "lr_img": source.lr_img, "lr_txt": source.lr_txt})
-        if log:
-            log.log({"event": "eval_phase", "run": run, **trained[-1]})
-        for e in range(epochs):
-            if protocol.lr_decay and e == math.ceil(epochs / 2) and epochs > 1:
-                for group in opt.param_groups:
-                    group["lr"] *= 0.1
-            loss = train_epoch(student, img, txt, opt, source.batches(protocol.batch_train, generator, device))
-            epoch += 1
-            bar.update(1)
-            bar.set_postfix(phase=phase, loss=f"{loss:.4f}")
-            if epoch in points_at:
-                points.append(_score(net, img, txt, test, val, device, epoch, phase, loss))
-                if log:
-                    log.log({"event": "eval_point", "run": run, **_flat(points[-1])})
+    plan = training_plan(sources, protocol)
+    points, trained, opt = [], [], None
+    bar = tqdm(total=len(plan), desc=f"{desc} run {run}", leave=False)
+    for step in plan:
+        source = sources[step.phase]
+        if len(trained) == step.phase:
+            trained.append({"phase": step.phase, "name": source.name, "pairs": len(source),
+                            "epochs": sum(s.phase == step.phase for s in plan), "lr_img": step.lr_img,
+                            "lr_txt": step.lr_txt})
+            if log:
+                log.log({"event": "eval_phase", "run": run, **trained[-1]})
+        if step.new_optimizer:
+            opt = make_sgd(img, txt, step.lr_img, step.lr_txt, protocol.momentum, protocol.weight_decay)
+        for group, lr in zip(opt.param_groups, (step.lr_img, step.lr_txt)):
+            group["lr"] = lr
+        sample = source.authors_batches if protocol.protocol == "authors" else source.batches
+        loss = train_epoch(student, img, txt, opt, sample(protocol.batch_train, generator, device))
+        bar.update(1)
+        bar.set_postfix(phase=step.phase, loss=f"{loss:.4f}")
+        if step.evaluate:
+            points.append(_score(net, img, txt, test, val, device, step.epoch, step.phase, loss))
+            if log:
+                log.log({"event": "eval_point", "run": run, **_flat(points[-1])})
     bar.close()
     return points, trained
 
@@ -230,6 +328,9 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
         raise ValueError("evaluate_sequence: no sources to train on")
     if protocol.select_on == "val" and val is None:
         raise ValueError("evaluate_sequence: select_on='val' needs the val split")
+    if protocol.eval_mode not in EVAL_MODES or protocol.protocol not in PROTOCOLS:
+        raise ValueError(f"evaluate_sequence: unknown eval mode {protocol.eval_mode!r} or protocol {protocol.protocol!r}")
+    sources = arrange(sources, protocol.eval_mode)
     seeds = [run_seed(seed, k) for k in range(protocol.num_eval)]
     runs = []
     for k, s in enumerate(seeds):
@@ -245,7 +346,8 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
               "meaning": MEANING, "runs": runs}
     if val is not None:
         report["val_selected"] = summarize([r["val_selected"] for r in runs])
-    report["reported"] = "val_selected" if protocol.select_on == "val" else "final"
+    report["reported"] = ("val_selected" if protocol.select_on == "val" else
+                          "best" if protocol.protocol == "authors" else "final")
     return report
 
 
@@ -272,6 +374,8 @@ def format_table(report, title=None):
         cells = "".join(f"  {mean[k]:6.2f} ± {std[k]:5.2f}" for _, k in COLUMNS)
         lines.append(f"{star}{label:<{label_width - 1}}{cells}")
     n = len(report["seeds"])
+    if report["protocol"].get("protocol") == "authors":
+        lines.append(f"(authors' protocol: * = {MEANING['authors']})")
     lines.append(f"(* reported; mean ± std over {n} run{'s' if n != 1 else ''}; eval points at epochs "
                  f"{report['eval_epochs']}; 'best on test': each run's best test r_mean over them, the paper's "
                  "convention, optimistic)")
