@@ -15,13 +15,13 @@ import time
 import torch
 
 from distill_utils import cli_args, speed
-from distill_utils.data import load_split, load_train, prepare
-from distill_utils.claims import claim_next, live_claims
-from distill_utils.errors import UserError, cli_main
-from distill_utils.experts import train_expert
-from distill_utils.io import ensure_writable_dir
-from distill_utils.run_log import RunLog
-from distill_utils.trajectories import FORMAT, buffer_dir, describe_file, pair_paths, save_pair, write_manifest
+from distill_utils.datasets.loading import load_split, load_train, prepare
+from distill_utils.files.claims import claim_next, live_claims
+from common.errors import UserError, cli_main
+from distill_utils.method.experts import train_expert
+from common.io import ensure_writable_dir
+from distill_utils.files.run_log import RunLog
+from distill_utils.files.buffers import FORMAT, buffer_dir, describe_file, pair_paths, save_pair, write_manifest
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.text_encoders import weights_digest
 

@@ -16,10 +16,10 @@ import torch
 from tqdm import tqdm
 
 from distill_utils import cli_args
-from distill_utils.errors import UserError, cli_main
-from distill_utils.io import ensure_writable_dir, save_json, save_torch, temporary_path
-from distill_utils.shortcut import shortcut_trajectory
-from distill_utils.trajectories import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
+from common.errors import UserError, cli_main
+from common.io import ensure_writable_dir, save_json, save_torch, temporary_path
+from distill_utils.method.shortcut import shortcut_trajectory
+from distill_utils.files.buffers import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
 
 
 def make_parser():

@@ -25,16 +25,16 @@ import json
 import os
 
 from distill_utils import cli_args, speed
-from distill_utils.data import load_split, load_train, prepare
-from distill_utils.conditioning import CONDITIONING
+from distill_utils.datasets.loading import load_split, load_train, prepare
+from distill_utils.method.conditioning import CONDITIONING
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
-from distill_utils.errors import UserError, cli_main
-from distill_utils.evaluation import add_mode_args
-from distill_utils.io import atomic_path, ensure_writable_dir, load_json_object, save_json
-from distill_utils.matching import MATCHING, STORES
+from common.errors import UserError, cli_main
+from distill_utils.evaluation.protocol import add_mode_args
+from common.io import atomic_path, ensure_writable_dir, load_json_object, save_json
+from distill_utils.method.matching import MATCHING, STORES
 from distill_utils.phases import parse_phases
-from distill_utils.run_log import RunLog, read_records
-from distill_utils.subsets import load_subset
+from distill_utils.files.run_log import RunLog, read_records
+from distill_utils.files.subset_file import load_subset
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 # Options that may change when a run is resumed: they do not alter its result.

@@ -23,16 +23,16 @@ import os
 import sys
 
 from distill_utils import cli_args, speed
-from distill_utils.baselines import load_final_expert, pair_embeddings, prototype_indices, random_indices
-from distill_utils.data import load_split, load_train, prepare
-from distill_utils.datasets import load_train_pairs
-from distill_utils.errors import UserError, cli_main
-from distill_utils.evaluation import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, add_mode_args,
+from distill_utils.evaluation.coresets import load_final_expert, pair_embeddings, prototype_indices, random_indices
+from distill_utils.datasets.loading import load_split, load_train, prepare
+from distill_utils.datasets.annotations import load_train_pairs
+from common.errors import UserError, cli_main
+from distill_utils.evaluation.protocol import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, add_mode_args,
                                       check_subset, evaluate_sequence, format_table)
-from distill_utils.io import ensure_writable_dir, save_json
-from distill_utils.run_log import RunLog
-from distill_utils.subsets import load_subset
-from distill_utils.trajectories import buffer_dir
+from common.io import ensure_writable_dir, save_json
+from distill_utils.files.run_log import RunLog
+from distill_utils.files.subset_file import load_subset
+from distill_utils.files.buffers import buffer_dir
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.text_encoders import weights_digest
 

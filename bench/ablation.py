@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 
-from distill_utils.evaluation import COLUMNS as METRICS, EVAL_MODES
-from distill_utils.io import atomic_path
-from distill_utils.matching import MATCHING
+from distill_utils.evaluation.protocol import COLUMNS as METRICS, EVAL_MODES
+from common.io import atomic_path
+from distill_utils.method.matching import MATCHING
 
 ENCODER, CROSS_ENCODER, TEXT = "convnet", "convnet_w32_d4_gn", "minilm"
 EXPERT_ARGS = ["--num_experts", "2", "--lr_teacher_img", "0.1", "--lr_teacher_txt", "0.1", "--batch_train", "128",

@@ -11,7 +11,7 @@ import time
 
 import torch
 
-from distill_utils.trajectories import describe_file
+from distill_utils.files.buffers import describe_file
 
 
 def write_file(path, params, timestamps, tensors):

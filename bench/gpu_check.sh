@@ -23,7 +23,7 @@ if [ "${1:-}" = --prepare ]; then
   python - <<'EOF'
 import argparse
 from distill_utils import cli_args
-from distill_utils.data import load_split, load_train, prepare
+from distill_utils.datasets.loading import load_split, load_train, prepare
 p = argparse.ArgumentParser()
 cli_args.add_data_args(p)
 cli_args.add_runtime_args(p)

@@ -19,10 +19,10 @@ import argparse
 
 import torch
 
-from distill_utils.matching import MATCHING, matching_loss, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.matching import MATCHING, matching_loss, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 NAMES = ["X", "Y", "S", "lr_img", "lr_txt"]

@@ -22,10 +22,10 @@ from functools import partial
 
 import torch
 
-from distill_utils.matching import MATCHING, STORES, match_adjoint, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.matching import MATCHING, STORES, match_adjoint, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 

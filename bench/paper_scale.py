@@ -38,12 +38,12 @@ import time
 import torch
 
 from distill_utils import speed
-from distill_utils.amp_guard import gradient_errors
-from distill_utils.io import atomic_path
-from distill_utils.matching import MATCHING, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student, make_sgd, train_epoch
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.amp_guard import gradient_errors
+from common.io import atomic_path
+from distill_utils.method.matching import MATCHING, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student, make_sgd, train_epoch
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import build_image_encoder
 

@@ -6,9 +6,9 @@ import re
 
 import torch
 
-from .datasets import LAYOUTS, SYNTHETIC_LEVELS, default_roots
-from .errors import UserError
-from .losses import LOSS_TYPES
+from distill_utils.datasets.annotations import LAYOUTS, SYNTHETIC_LEVELS, default_roots
+from common.errors import UserError
+from distill_utils.method.losses import LOSS_TYPES
 
 
 class Parser(argparse.ArgumentParser):

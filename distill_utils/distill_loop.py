@@ -10,20 +10,20 @@ from functools import partial
 import torch
 from tqdm import trange
 
-from .amp_guard import AmpGuard, describe as describe_amp_check
-from .conditioning import condition
-from .errors import UserError, one_line
-from .evaluation import EvalProtocol, SubsetSource, evaluate_sequence, headline
-from .io import load_torch, save_torch
-from .matching import MATCHING, minibatch_schedule
-from .metrics import format_metrics
-from .phases import Phase
-from .student import Student
-from .subsets import save_subset
-from .syn_set import SynOptim, SyntheticSet
-from .trajectories import ExpertStream, check_manifest, check_pairs
+from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
+from distill_utils.method.conditioning import condition
+from common.errors import UserError, one_line
+from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, evaluate_sequence, headline
+from common.io import load_torch, save_torch
+from distill_utils.method.matching import MATCHING, minibatch_schedule
+from distill_utils.evaluation.retrieval import format_metrics
+from distill_utils.phases import Phase
+from distill_utils.method.student import Student
+from distill_utils.files.subset_file import save_subset
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
+from distill_utils.files.buffers import ExpertStream, check_manifest, check_pairs
 from networks.text_encoders import weights_digest
-from .visualize import save_captions, save_image_grid
+from distill_utils.files.pictures import save_captions, save_image_grid
 
 CHECKPOINT = "checkpoint.pt"
 

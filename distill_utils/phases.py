@@ -2,7 +2,7 @@
 from dataclasses import asdict, dataclass
 from typing import Optional
 
-from .errors import UserError
+from common.errors import UserError
 
 LIST_FLAGS = ("buffer_path", "min_start_epoch", "max_start_epoch", "num_queries", "Iteration")
 

@@ -9,7 +9,7 @@ import os
 
 import torch
 
-from .errors import UserError
+from common.errors import UserError
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 

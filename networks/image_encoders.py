@@ -4,8 +4,8 @@ import os
 import torch
 import torch.nn as nn
 
-from distill_utils.errors import UserError
-from distill_utils.io import load_torch
+from common.errors import UserError
+from common.io import load_torch
 from .convnet import ConvNet, parse_convnet
 from .hub import hub_reachable
 

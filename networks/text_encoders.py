@@ -10,7 +10,7 @@ import os
 
 import torch
 
-from distill_utils.errors import UserError
+from common.errors import UserError
 from .hub import hub_reachable, looks_like_path
 
 ALIASES = {"bert": "bert-base-uncased", "distilbert": "distilbert-base-uncased"}

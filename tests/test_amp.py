@@ -7,11 +7,11 @@ import pytest
 import torch
 import torch.nn as nn
 
-from distill_utils.amp_guard import AmpGuard, relative_error
-from distill_utils.matching import match_constant, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student, make_sgd, train_epoch
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.amp_guard import AmpGuard, relative_error
+from distill_utils.method.matching import match_constant, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student, make_sgd, train_epoch
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import SiLU, replay_safe
 from tests.conftest import run_cli

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import buffer
-from distill_utils.trajectories import buffer_dir, list_pairs
+from distill_utils.files.buffers import buffer_dir, list_pairs
 from tests.conftest import run_cli
 
 

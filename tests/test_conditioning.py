@@ -3,9 +3,9 @@ on it equals an independent autograd computation over the explicitly joined data
 import pytest
 import torch
 
-from distill_utils.conditioning import ConditionedSet, condition
-from distill_utils.matching import MATCHING, minibatch_schedule
-from distill_utils.subsets import DistilledSubset
+from distill_utils.method.conditioning import ConditionedSet, condition
+from distill_utils.method.matching import MATCHING, minibatch_schedule
+from distill_utils.files.subset_file import DistilledSubset
 from tests.conftest import run_cli
 from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401 (fixture)
 from tests.test_matching import _grads, _rel, _setup

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from convexify import main
-from distill_utils.shortcut import shortcut_trajectory
-from distill_utils.trajectories import ExpertStream
+from distill_utils.method.shortcut import shortcut_trajectory
+from distill_utils.files.buffers import ExpertStream
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMG_SHAPES, TXT_SHAPES = [(3, 2), (4,)], [(2, 5), (5,), (1,)]

@@ -6,10 +6,10 @@ import pytest
 import torch
 
 from distill_utils import speed
-from distill_utils.matching import match_constant, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.matching import match_constant, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from tests.conftest import run_cli
 from tests.test_distill import _args, assert_same_saves, distill, expert_dir, whole_killed_resumed  # noqa: F401

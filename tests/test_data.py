@@ -4,10 +4,10 @@ import pytest
 import torch
 from PIL import Image
 
-from distill_utils.captions import pre_caption
-from distill_utils.datasets import check_images_exist, load_retrieval_split, load_train_pairs
-from distill_utils.errors import UserError
-from distill_utils.images import ImageStore
+from distill_utils.datasets.captions import pre_caption
+from distill_utils.datasets.annotations import check_images_exist, load_retrieval_split, load_train_pairs
+from common.errors import UserError
+from distill_utils.datasets.images import ImageStore
 
 
 @pytest.fixture

@@ -8,9 +8,9 @@ import torch
 
 import buffer
 from distill_utils import distill_loop
-from distill_utils.ema import EMA
-from distill_utils.similarity import make_similarity
-from distill_utils.trajectories import buffer_dir
+from distill_utils.method.ema import EMA
+from distill_utils.method.similarity import make_similarity
+from distill_utils.files.buffers import buffer_dir
 from tests.conftest import run_cli
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,7 +105,7 @@ def whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, *
     """Runs "whole" uninterrupted, and "killed", stopped at phase 1 iteration 2 (after the checkpoint of iteration 1),
     then resumed; returns the run directories."""
     assert run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "whole", *extra), capsys)[0] == 0
-    from distill_utils.syn_set import SyntheticSet
+    from distill_utils.method.learnable_set import SyntheticSet
     real_step, calls = SyntheticSet.step, {"n": 0}
 
     def dying_step(self):

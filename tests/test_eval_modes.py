@@ -5,8 +5,8 @@ import pytest
 import torch
 
 import evaluate
-from distill_utils import evaluation
-from distill_utils.evaluation import (EvalProtocol, PlannedEpoch, SubsetSource, arrange, evaluate_sequence,
+from distill_utils.evaluation import protocol as evaluation
+from distill_utils.evaluation.protocol import (EvalProtocol, PlannedEpoch, SubsetSource, arrange, evaluate_sequence,
                                       training_plan)
 from tests.conftest import run_cli
 from tests.test_evaluation import FAST, factory, fake_test, random_subset  # noqa: F401 (fixtures)

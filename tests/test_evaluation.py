@@ -7,11 +7,11 @@ import torch
 import buffer
 import evaluate
 from tests.conftest import run_cli
-from distill_utils.baselines import nearest_distinct
-from distill_utils.evaluation import EvalProtocol, SubsetSource, eval_epochs, evaluate_sequence, format_table
-from distill_utils.run_log import RunLog
-from distill_utils.student import RetrievalData
-from distill_utils.subsets import DistilledSubset
+from distill_utils.evaluation.coresets import nearest_distinct
+from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, eval_epochs, evaluate_sequence, format_table
+from distill_utils.files.run_log import RunLog
+from distill_utils.method.student import RetrievalData
+from distill_utils.files.subset_file import DistilledSubset
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 TEXT_DIM = 32  # the tiny BERT of conftest

@@ -15,10 +15,11 @@ import torch
 import buffer
 import convexify
 import evaluate
-from distill_utils import claims, io
-from distill_utils.errors import UserError
-from distill_utils.procs import host_id
-from distill_utils.trajectories import buffer_dir, list_pairs
+from distill_utils.files import claims
+from common import io
+from common.errors import UserError
+from common.procs import host_id
+from distill_utils.files.buffers import buffer_dir, list_pairs
 from tests.conftest import run_cli
 from tests.test_distill import distill
 
@@ -278,7 +279,7 @@ def test_divergence_after_the_update_saves_nothing_non_finite(tiny_args, expert_
 
 
 def test_the_error_names_a_save_that_really_is_good(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
-    from distill_utils.syn_set import SyntheticSet
+    from distill_utils.method.learnable_set import SyntheticSet
     real_step, calls = SyntheticSet.step, {"n": 0}
 
     def poisoning_step(self):
@@ -345,7 +346,7 @@ def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(flags, 
 
 
 def _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, at_step, name):
-    from distill_utils.syn_set import SyntheticSet
+    from distill_utils.method.learnable_set import SyntheticSet
     real_step, calls = SyntheticSet.step, {"n": 0}
 
     def dying_step(self):
@@ -425,7 +426,7 @@ def test_out_is_checked_before_the_evaluation(tiny_args, tmp_path, capsys):
 
 
 def test_a_full_disk_anywhere_is_one_line(capsys):
-    from distill_utils.errors import cli_main
+    from common.errors import cli_main
 
     @cli_main
     def writes():
@@ -472,7 +473,7 @@ def images_dataset(tmp_path):
 
 @pytest.mark.parametrize("in_memory", [True, False])
 def test_a_bad_image_under_workers_is_one_line_naming_it(images_dataset, in_memory):
-    from distill_utils.images import ImageStore
+    from distill_utils.datasets.images import ImageStore
     with pytest.raises(UserError) as err:
         store = ImageStore(images_dataset, 8, in_memory=in_memory, workers=2)
         list(store.batches(torch.arange(4), 2))
@@ -482,14 +483,14 @@ def test_a_bad_image_under_workers_is_one_line_naming_it(images_dataset, in_memo
 
 def test_a_decompression_bomb_is_one_line(images_dataset, monkeypatch):
     from PIL import Image
-    from distill_utils.images import read_image
+    from distill_utils.datasets.images import read_image
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 50)
     with pytest.raises(UserError, match="0.png is too large"):
         read_image(images_dataset[0], 8)
 
 
 def test_empty_captions_are_refused(tmp_path):
-    from distill_utils.datasets import load_train_pairs
+    from distill_utils.datasets.annotations import load_train_pairs
     (tmp_path / "flickr30k_train.json").write_text(json.dumps([{"image": "a.jpg", "caption": "a dog"},
                                                                {"image": "b.jpg", "caption": " ..! "}]))
     with pytest.raises(UserError, match="entry 1 has an empty caption"):

@@ -5,9 +5,9 @@ import json
 import os
 
 from distill_utils import cli_args
-from distill_utils.data import prepare
-from distill_utils.datasets import load_train_pairs
-from distill_utils.synthetic import generate
+from distill_utils.datasets.loading import prepare
+from distill_utils.datasets.annotations import load_train_pairs
+from distill_utils.datasets.builtin import generate
 from tests.test_synthetic import _read_all
 
 

@@ -3,7 +3,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from distill_utils.losses import LOSS_TYPES, contrastive_loss
+from distill_utils.method.losses import LOSS_TYPES, contrastive_loss
 
 
 def test_infonce_with_identity_targets_is_clip_loss():

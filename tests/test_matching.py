@@ -5,11 +5,11 @@ from torch.func import functional_call, grad
 
 from distill_utils import speed
 
-from distill_utils.losses import contrastive_loss
-from distill_utils.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
-from distill_utils.similarity import make_similarity
-from distill_utils.student import Student
-from distill_utils.syn_set import SynOptim, SyntheticSet
+from distill_utils.method.losses import contrastive_loss
+from distill_utils.method.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
+from distill_utils.method.similarity import make_similarity
+from distill_utils.method.student import Student
+from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import DualEncoder
 from networks.image_encoders import build_image_encoder
 

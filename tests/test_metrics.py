@@ -2,7 +2,7 @@ import random
 
 import torch
 
-from distill_utils.metrics import retrieval_metrics
+from distill_utils.evaluation.retrieval import retrieval_metrics
 
 
 def brute_force(sims, txt2img):

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from distill_utils.errors import UserError
+from common.errors import UserError
 from networks import hub
 from networks.convnet import ConvNet, parse_convnet
 from networks.dual_encoder import DualEncoder, NetConfig, NetworkFactory

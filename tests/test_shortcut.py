@@ -1,10 +1,10 @@
-"""distill_utils.shortcut against independent per-layer computations and hand-worked numbers."""
+"""distill_utils.method.shortcut against independent per-layer computations and hand-worked numbers."""
 import math
 
 import pytest
 import torch
 
-from distill_utils.shortcut import shortcut_betas, shortcut_trajectory
+from distill_utils.method.shortcut import shortcut_betas, shortcut_trajectory
 
 SHAPES = [(4, 3), (5,), (2, 2, 2), (1,)]
 

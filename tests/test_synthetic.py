@@ -3,9 +3,9 @@ import re
 
 import pytest
 
-from distill_utils.datasets import load_retrieval_split, load_train_pairs
-from distill_utils.errors import UserError
-from distill_utils.synthetic import ensure_synthetic, generate
+from distill_utils.datasets.annotations import load_retrieval_split, load_train_pairs
+from common.errors import UserError
+from distill_utils.datasets.builtin import ensure_synthetic, generate
 
 SMALL = dict(train_images=30, test_images=40, val_images=10, image_px=24)
 
@@ -56,7 +56,7 @@ def test_no_single_word_identifies_a_test_image(tmp_path):
 
 def _attributes(caption):
     """The canonical attribute values a caption names (paraphrases mapped back)."""
-    from distill_utils.synthetic import COLOURS, WORDS
+    from distill_utils.datasets.builtin import COLOURS, WORDS
     found = set()
     for value, phrasings in list(WORDS.items()) + [(c, [c]) for c in COLOURS]:
         if any(re.search(rf"\b{re.escape(p)}\b", caption) for p in phrasings):
@@ -65,7 +65,7 @@ def _attributes(caption):
 
 
 def test_every_attribute_of_a_small_split_occurs_twice(tmp_path):
-    from distill_utils.synthetic import _attribute_counts, _all_scenes, _sample_held_out
+    from distill_utils.datasets.builtin import _attribute_counts, _all_scenes, _sample_held_out
     import random
     scenes = _sample_held_out(random.Random(5), _all_scenes(1), 40)
     assert len(set(scenes)) == 40 and min(_attribute_counts(scenes).values()) >= 2

@@ -5,8 +5,8 @@ import time
 import pytest
 import torch
 
-import distill_utils.text_features as tf
-from distill_utils.errors import UserError
+import distill_utils.datasets.text_features as tf
+from common.errors import UserError
 from networks.text_encoders import HFTextEncoder, resolve_model_dir
 
 

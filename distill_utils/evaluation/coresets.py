@@ -4,8 +4,8 @@ the teacher lrs; the full training set is the third baseline (no selection neede
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .trajectories import check_manifest, check_shapes, list_pairs, load_experts, shapes_of
+from common.errors import UserError
+from distill_utils.files.buffers import check_manifest, check_shapes, list_pairs, load_experts, shapes_of
 
 # Manifest fields that must agree with the evaluation network for the expert to embed anything meaningful.
 EXPERT_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable", "out_embedding")

@@ -5,7 +5,7 @@ epoch_eval_train), `__len__` and `batches(batch_size, generator, device)` yieldi
 (images, text features, target matrix). `SubsetSource` serves a distilled subset (targets: the
 batch's sub-matrix of S), `RealPairSource` real training pairs (identity targets, streamed through
 the ImageStore). `evaluate_sequence` trains `num_eval` students on the sources, with the one
-training step of `student.py`, and reports mean and std over the runs.
+training step of `method/student.py`, and reports mean and std over the runs.
 
 Eval modes (how phased subsets D_1..D_P are used): `sequential` trains on D_1, then D_2, ...;
 `cumulative` trains phase p on D_1 u ... u D_p; `union` on all of them at once. A joined set keeps
@@ -33,9 +33,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from .errors import UserError
-from .student import Student, evaluate_retrieval, make_sgd, train_epoch
-from .subsets import DistilledSubset
+from common.errors import UserError
+from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
+from distill_utils.files.subset_file import DistilledSubset
 from networks.names import same_model
 
 ALL_KEYS = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "img_r_mean", "txt_r_mean", "r_mean")

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .ema import EMA
-from .similarity import make_similarity
-from .subsets import DistilledSubset
+from distill_utils.method.ema import EMA
+from distill_utils.method.similarity import make_similarity
+from distill_utils.files.subset_file import DistilledSubset
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .losses import contrastive_loss
-from .metrics import retrieval_metrics
-from .speed import autocast
+from distill_utils.method.losses import contrastive_loss
+from distill_utils.evaluation.retrieval import retrieval_metrics
+from distill_utils.speed import autocast
 
 
 class Student:

@@ -4,8 +4,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from .images import denormalize
-from .io import atomic_path
+from distill_utils.datasets.images import denormalize
+from common.io import atomic_path
 
 
 def save_image_grid(images, path, max_images=100, nrow=10):

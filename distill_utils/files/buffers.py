@@ -10,8 +10,8 @@ import re
 
 import torch
 
-from .errors import UserError
-from .io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
+from common.errors import UserError
+from common.io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
 from networks.names import same_setting
 
 MANIFEST = "manifest.json"

@@ -16,8 +16,8 @@ import re
 import threading
 import time
 
-from .io import temporary_path
-from .procs import alive, host_id, me
+from common.io import temporary_path
+from common.procs import alive, host_id, me
 
 LEASE_S = 600.0      # another host's claim is taken over once its owner has not renewed it for this long
 RENEW_S = 60.0       # how often an owner renews its lease

@@ -6,7 +6,7 @@ from torchvision import transforms
 from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
-from .errors import UserError
+from common.errors import UserError
 
 # CLIP's normalisation, as in BLIP/LoRS/PTM-ST.
 MEAN = (0.48145466, 0.4578275, 0.40821073)

@@ -8,9 +8,9 @@ from dataclasses import dataclass
 
 import torch
 
-from .captions import pre_caption
-from .errors import UserError
-from .io import load_json
+from distill_utils.datasets.captions import pre_caption
+from common.errors import UserError
+from common.io import load_json
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@ from dataclasses import dataclass
 
 import torch
 
-from .datasets import SYNTHETIC_LEVELS, check_images_exist, load_retrieval_split, load_train_pairs
-from .images import ImageStore
-from .student import RetrievalData
-from .synthetic import ensure_synthetic
-from .text_features import text_features
+from distill_utils.datasets.annotations import SYNTHETIC_LEVELS, check_images_exist, load_retrieval_split, load_train_pairs
+from distill_utils.datasets.images import ImageStore
+from distill_utils.method.student import RetrievalData
+from distill_utils.datasets.builtin import ensure_synthetic
+from distill_utils.datasets.text_features import text_features
 
 
 @dataclass

@@ -5,7 +5,7 @@ its captions name all attributes, in several paraphrases, so that no single word
 an image and retrieval needs the whole sentence. Written to disk in the Karpathy layout and
 read through the same loader as Flickr30k. Deterministic for a given seed.
 
-    python -m distill_utils.synthetic --out data/synthetic --seed 0
+    python -m distill_utils.datasets.builtin --out data/synthetic --seed 0
 """
 import argparse
 import itertools
@@ -17,8 +17,8 @@ import shutil
 
 from PIL import Image, ImageDraw
 
-from .errors import UserError, cli_main
-from .io import ensure_writable_dir, load_json, save_json, temporary_path
+from common.errors import UserError, cli_main
+from common.io import ensure_writable_dir, load_json, save_json, temporary_path
 
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220), "yellow": (240, 210, 30),
            "purple": (148, 60, 189), "orange": (255, 127, 14), "white": (245, 245, 245), "black": (15, 15, 15)}

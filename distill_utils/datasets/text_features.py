@@ -11,8 +11,8 @@ import torch
 from tqdm import tqdm
 
 from networks.text_encoders import build_text_encoder, fingerprint, remember_weights_digest, weights_digest
-from .errors import UserError
-from .io import ensure_writable_dir, load_torch, save_torch
+from common.errors import UserError
+from common.io import ensure_writable_dir, load_torch, save_torch
 
 
 def captions_digest(texts):

@@ -5,8 +5,8 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .errors import UserError
-from .io import load_torch, save_torch
+from common.errors import UserError
+from common.io import load_torch, save_torch
 
 REQUIRED = ("image", "text", "syn_lr_img", "syn_lr_txt")
 

@@ -3,9 +3,9 @@ img and txt parameters at epoch 0 and after every epoch."""
 import torch
 from tqdm import trange
 
-from .errors import UserError
-from .metrics import format_metrics
-from .student import Student, evaluate_retrieval, make_sgd, train_epoch
+from common.errors import UserError
+from distill_utils.evaluation.retrieval import format_metrics
+from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
 
 
 def real_batches(train, order, batch_size, device):

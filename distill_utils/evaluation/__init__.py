@@ -1,0 +1,1 @@
+"""Evaluation of distilled data: the student protocols, retrieval metrics, coreset baselines."""

@@ -1,0 +1,1 @@
+"""The method's maths: the student, losses, similarity, the learnable synthetic set, EMA, matching, shortcut trajectories, expert training."""
