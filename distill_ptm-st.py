@@ -24,7 +24,7 @@ import datetime
 import json
 import os
 
-from distill_utils import cli_args, speed
+from distill_utils import cli_args, parallel, segments, speed
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.method.conditioning import CONDITIONING
 from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
@@ -56,6 +56,9 @@ def make_parser():
     g = p.add_argument_group("distillation")
     g.add_argument("--syn_steps", type=int, default=8, help="student SGD steps per iteration (default: 8)")
     g.add_argument("--expert_epochs", type=int, default=1, help="target = expert epoch T + this (default: 1)")
+    g.add_argument("--experts_per_it", type=int, default=1,
+                   help="expert segments (expert, start epoch) matched per iteration, their gradients averaged; "
+                        "under torchrun split over the ranks, at least one each (default: 1)")
     g.add_argument("--mini_batch_size", type=int, default=40, help="synthetic pairs per student step (default: 40)")
     g.add_argument("--lr_img", type=float, default=1000, help="lr of the synthetic pixels (default: 1000)")
     g.add_argument("--lr_txt", type=float, default=1000, help="lr of the synthetic text features (default: 1000)")
@@ -102,6 +105,7 @@ def check_args(args):
     cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "mini_batch_size", "lr_img", "lr_txt",
                       "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
     cli_args.non_negative(args, "lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha")
+    segments.check_experts_per_it(args.experts_per_it, parallel.launched_ranks())
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema_decay {args.ema_decay}: expected 0 <= decay < 1")
     if args.sim_type == "full" and args.sim_rank is not None:
@@ -135,19 +139,20 @@ def open_run_dir(args):
             raise UserError(f"--resume: --{k} was {saved.get(k)!r} in {run_dir}, now {config[k]!r}; resume with the same settings")
     elif os.path.exists(config_path):
         raise UserError(f"--name {args.name}: {run_dir} exists; pass --resume to continue it or choose another --name")
-    ensure_writable_dir(run_dir, "--runs_dir")
+    if parallel.is_main():
+        ensure_writable_dir(run_dir, "--runs_dir")
     return run_dir
 
 
 def write_config(args, run_dir):
-    if not args.resume:
+    if not args.resume and parallel.is_main():
         save_json(cli_args.config_of(args), os.path.join(run_dir, "config.json"))
 
 
 def truncate_log(path, phase, iteration):
     """Drop the records written after the checkpoint (all of them without one) and any line a kill tore:
     the resumed run writes them again."""
-    if not os.path.isfile(path):
+    if not os.path.isfile(path) or not parallel.is_main():
         return
     keep = [r for r in read_records(path) if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
     with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -157,11 +162,13 @@ def truncate_log(path, phase, iteration):
 @cli_main
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
+    args.device = parallel.init(args.device)
     phases = check_args(args)
     speed.check_speed_args(args)
     runtime = speed.deterministic(args.device)
     run_dir = open_run_dir(args)
-    prepare(args)
+    with parallel.main_first():  # the dataset and feature cache, made once
+        prepare(args)
     train, test = load_train(args), load_split(args, "test")
     factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
                                        args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint,
@@ -176,7 +183,8 @@ def main(argv=None):
     if args.resume:
         truncate_log(os.path.join(run_dir, "metrics.jsonl"), *((ckpt["phase"], ckpt["iteration"]) if ckpt else (-1, -1)))
     ctx.log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
-    ctx.log.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last})
+    ctx.log.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last,
+                 "ranks": parallel.world_size()})
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets
     for phase in phases:
         if ckpt and phase.index < ckpt["phase"]:

@@ -22,7 +22,7 @@ import argparse
 import os
 import sys
 
-from distill_utils import cli_args, speed
+from distill_utils import cli_args, parallel, speed
 from distill_utils.evaluation.coresets import load_final_expert, pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.datasets.annotations import load_train_pairs
@@ -94,7 +94,7 @@ def check_args(args):
         raise UserError("--full_lr applies to --baseline full only")
     if args.buffer_path and args.baseline != "prototype":
         raise UserError("--buffer_path applies to --baseline prototype only")
-    if args.out:  # checked before the work, so the results are never lost at the end
+    if args.out and parallel.is_main():  # checked before the work, so the results are never lost at the end
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out}: is a directory, expected the path of a JSON file to write")
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", clean=False)  # maybe not ours
@@ -144,10 +144,12 @@ def methods_to_run(args, subsets, factory):
 @cli_main
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
+    args.device = parallel.init(args.device)
     check_args(args)
     speed.deterministic(args.device)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
-    prepare(args)
+    with parallel.main_first():  # the dataset and feature cache, made once
+        prepare(args)
     test = load_split(args, "test")
     val = load_split(args, "val") if args.select_on == "val" else None
     text_dim = test.text_features.shape[1]
@@ -171,7 +173,7 @@ def main(argv=None):
         phases = " -> ".join(f"{p['name']} ({p['pairs']} pairs, {p['epochs']} ep)" for p in results[name]["phases"])
         print(format_table(results[name], title=f"\n{name}: {phases}"), flush=True)
     log.close()
-    if args.out:
+    if args.out and parallel.is_main():
         command = " ".join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)])
         save_json({"command": command, "config": config, "notes": notes, "selections": selections,
                    "results": results}, args.out)

@@ -10,12 +10,13 @@ from functools import partial
 import torch
 from tqdm import trange
 
+from distill_utils import parallel, segments
 from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
 from distill_utils.method.conditioning import condition
 from common.errors import UserError, one_line
 from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, evaluate_sequence, headline
 from common.io import load_torch, save_torch
-from distill_utils.method.matching import MATCHING, minibatch_schedule
+from distill_utils.method.matching import MATCHING
 from distill_utils.evaluation.retrieval import format_metrics
 from distill_utils.phases import Phase
 from distill_utils.method.student import Student
@@ -72,20 +73,6 @@ def preflight(ctx, phases):
         check_buffer(phase, net, ctx.args)
 
 
-def expert_segment(stream, phase, generator, expert_epochs, device):
-    """Next expert: theta at a start epoch T drawn from [min, max) and at T + expert_epochs (flat, img and txt;
-    half-precision buffers are cast to float32)."""
-    img_traj, txt_traj, path = stream.next()
-    t = int(torch.randint(phase.min_start_epoch, phase.max_start_epoch, (1,), generator=generator))
-    flat = lambda stamp: torch.cat([p.reshape(-1) for p in stamp]).to(device=device, dtype=torch.float32)
-    start = (flat(img_traj[t]), flat(txt_traj[t]))
-    target = (flat(img_traj[t + expert_epochs]), flat(txt_traj[t + expert_epochs]))
-    if not all(torch.isfinite(v).all() for v in (*start, *target)):
-        raise UserError(f"buffer file {path} (or its txt twin): an expert holds NaN or inf at timestamp {t} or "
-                        f"{t + expert_epochs}; the buffer is damaged, not the optimisation")
-    return start, target, t
-
-
 def subset_config(ctx, phase, iteration):
     a = ctx.args
     return {"dataset": a.dataset, "image_encoder": a.image_encoder, "text_encoder": a.text_encoder,
@@ -106,10 +93,11 @@ def save_point(ctx, syn, phase, done, frozen):
     subset = syn.subset(subset_config(ctx, phase, done))
     stem = f"{phase.index}_{done}"
     path = os.path.join(ctx.run_dir, f"distilled_{stem}.pt")
-    save_subset(subset, path)
-    save_image_grid(subset.image, os.path.join(ctx.run_dir, f"images_{stem}.png"))
-    save_captions(subset.text, ctx.train.text_features, ctx.train.pairs.captions,
-                  os.path.join(ctx.run_dir, f"captions_{stem}.txt"))
+    if parallel.is_main():  # the evaluation below runs on every rank, each training its share of the students
+        save_subset(subset, path)
+        save_image_grid(subset.image, os.path.join(ctx.run_dir, f"images_{stem}.png"))
+        save_captions(subset.text, ctx.train.text_features, ctx.train.pairs.captions,
+                      os.path.join(ctx.run_dir, f"captions_{stem}.txt"))
     ctx.last_save = path
     if ctx.args.num_eval > 0:
         sources = [SubsetSource(s, f"D{k + 1}") for k, s in enumerate(frozen)] + [SubsetSource(subset, f"D{phase.index + 1}")]
@@ -148,6 +136,9 @@ def peak_memory_mb(device):
 
 
 def write_checkpoint(ctx, phase, done, syn, stream, generator, guard):
+    parallel.check_same(syn.tensors() + syn.ema.shadow, f"the synthetic set (phase {phase.index}, iteration {done})")
+    if not parallel.is_main():
+        return
     save_torch({"phase": phase.index, "iteration": done, "syn": syn.state_dict(), "experts": stream.state_dict(),
                 "amp_guard": guard.state_dict(),
                 "generator": generator.get_state(), "rng": torch.get_rng_state(),
@@ -221,10 +212,9 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
-        start, target, t = expert_segment(stream, phase, generator, a.expert_epochs, device)
-        schedule = minibatch_schedule(len(view), a.mini_batch_size, a.syn_steps, generator)
-        result, check = guard.match(match, view, start, target, schedule, it)
-        if check:
+        drawn = segments.draw(a.experts_per_it, stream, phase, generator, a, len(view), device)
+        result, checks = segments.match_segments(drawn, guard, match, view, seed, it)
+        for check in checks:
             ctx.log.log({"phase": phase.index, **check}, echo=f"phase {phase.index}: {describe_amp_check(check)}")
         _check_finite(result, syn, phase, it, ctx)
         syn.step()
@@ -234,7 +224,8 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         seconds, steps_timed = seconds + time.perf_counter() - tick, steps_timed + 1
         done = it + 1
         bar.set_postfix(loss=f"{result.loss:.4f}", lr_img=f"{syn.lr_img.item():.3g}")
-        ctx.log.log({"phase": phase.index, "iteration": done, "start_epoch": t, "loss": result.loss,
+        t = [seg.start_epoch for seg in drawn]
+        ctx.log.log({"phase": phase.index, "iteration": done, "start_epoch": t[0] if len(t) == 1 else t, "loss": result.loss,
                      "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.lr_img.item(),
                      "syn_lr_txt": syn.lr_txt.item()})
         saved = done % a.eval_it == 0 or done == phase.iterations
@@ -244,8 +235,9 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
             write_checkpoint(ctx, phase, done, syn, stream, generator, guard)
     config = subset_config(ctx, phase, phase.iterations)
     final = syn.subset(config)
-    save_subset(final, os.path.join(ctx.run_dir, f"distilled_{phase.index}_final.pt"))
-    if a.ema_decay > 0:  # the EMA never feeds back, so this is exactly what a run without EMA ends with
+    if parallel.is_main():
+        save_subset(final, os.path.join(ctx.run_dir, f"distilled_{phase.index}_final.pt"))
+    if a.ema_decay > 0 and parallel.is_main():  # the EMA never feeds back, so this is exactly what a run without EMA ends with
         save_subset(syn.subset(config | {"ema_decay": 0.0}, ema=False),
                     os.path.join(ctx.run_dir, f"distilled_{phase.index}_final_raw.pt"))
     if steps_timed:

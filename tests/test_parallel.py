@@ -1,0 +1,146 @@
+"""--experts_per_it and torchrun: segments split over ranks, gradients averaged, rank 0 alone writes, resume.
+
+The two-rank runs start `torchrun --nproc_per_node 2` (gloo, CPU) on tests/rank_probe.py, which records each
+rank's synthetic set after every update and the files it wrote."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from distill_utils import parallel, segments
+from distill_utils.method.amp_guard import AmpGuard
+from distill_utils.method.matching import match_constant, minibatch_schedule
+from distill_utils.method.student import Student
+from tests.conftest import run_cli
+from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401  (expert_dir: a fixture)
+from tests.test_amp import _setup
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SAVES = ("distilled_0_2.pt", "distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def torchrun(probe_dir, runs_dir, argv, kill_at=0):
+    """Two gloo ranks on the probe; returns (exit status, [rank 0's record, rank 1's record], stderr)."""
+    os.makedirs(probe_dir, exist_ok=True)
+    env = {**os.environ, "PROBE_KILL_AT": str(kill_at), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false", "TQDM_DISABLE": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
+           "--master_port", str(_free_port()), os.path.join(ROOT, "tests", "rank_probe.py"), str(probe_dir),
+           str(runs_dir), *argv]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    records = [json.load(open(os.path.join(probe_dir, f"rank{r}.json"))) for r in range(2)]
+    return done.returncode, records, done.stderr
+
+
+def _run(tiny_args, expert_dir, runs, name, k, *extra):
+    return _args(tiny_args, expert_dir, runs, name, "--experts_per_it", str(k), *extra)
+
+
+@pytest.fixture(scope="module")
+def one_process_k2(tmp_path_factory, expert_dir, tiny_data, tiny_text_encoder):
+    """The reference: --experts_per_it 2 in this process; its run directory."""
+    from tests.conftest import TINY_SYNTHETIC
+    runs = tmp_path_factory.mktemp("one")
+    cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
+    tiny = ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache, "--text_encoder",
+            tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32", "--device", "cpu",
+            *TINY_SYNTHETIC]
+    torch.set_num_threads(1)
+    try:
+        distill.main(_run(tiny, expert_dir, runs, "k2", 2))
+    except SystemExit as e:
+        assert e.code in (0, None)
+    return runs / "synthetic" / "k2", tiny
+
+
+def _evals(run_dir):
+    return [{k: v for k, v in r.items() if k.startswith("eval_")} for r in map(json.loads, open(run_dir / "metrics.jsonl"))
+            if r.get("event") == "eval"]
+
+
+def test_two_ranks_equal_one_process_and_only_rank_0_writes(one_process_k2, expert_dir, tmp_path):
+    reference, tiny = one_process_k2
+    code, (rank0, rank1), err = torchrun(tmp_path / "probe", tmp_path, _run(tiny, expert_dir, tmp_path, "r2", 2))
+    assert code == 0, err[-2000:]
+    assert len(rank0["digests"]) == 6 and rank0["digests"] == rank1["digests"]  # ranks agree bit for bit
+    assert rank1["writes"] == [] and rank0["writes"]
+    run_dir = tmp_path / "synthetic" / "r2"
+    for name in SAVES:  # K = 2 over 2 ranks: g0 + g1 is the same sum in any order, so bit for bit
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(run_dir, name), _tensors(reference, name))), name
+    assert _evals(run_dir) == _evals(reference) and len(_evals(run_dir)) == 4  # 2 students, one per rank
+
+
+def test_killed_two_rank_run_resumes_in_one_process(one_process_k2, expert_dir, tmp_path, capsys):
+    reference, tiny = one_process_k2
+    args = _run(tiny, expert_dir, tmp_path, "killed", 2, "--num_eval", "0")
+    code, (rank0, rank1), _ = torchrun(tmp_path / "probe", tmp_path, args, kill_at=5)
+    assert code != 0 and len(rank0["digests"]) == 4 == len(rank1["digests"])
+    killed = tmp_path / "synthetic" / "killed"
+    ckpt = torch.load(killed / "checkpoint.pt", weights_only=True)
+    assert (ckpt["phase"], ckpt["iteration"]) == (1, 1)
+    assert run_cli(distill.main, args + ["--resume"], capsys)[0] == 0  # one rank now
+    for name in ("distilled_0_final.pt", "distilled_1_2.pt", "distilled_1_final.pt"):
+        assert all(torch.equal(a, b) for a, b in zip(_tensors(killed, name), _tensors(reference, name))), name
+
+
+def test_share_splits_items_in_contiguous_blocks():
+    for n in range(1, 9):
+        for size in range(1, n + 1):
+            blocks = [list(parallel.share(n, r, size)) for r in range(size)]
+            assert sum(blocks, []) == list(range(n)) and all(blocks)
+            assert max(map(len, blocks)) - min(map(len, blocks)) <= 1
+
+
+def test_k_segments_average_their_gradients_and_do_not_depend_on_the_split(monkeypatch):
+    """match_segments against one match_constant per segment, each under its segment's seed, averaged by hand;
+    then the same segments as two ranks see them (the other rank's not loaded), partial sums added afterwards."""
+    net, syn, start, target, _ = _setup()
+    student, g = Student(net, "WBCE"), torch.Generator().manual_seed(1)
+    segs = [segments.Segment(k, 0, minibatch_schedule(len(syn), 4, 3, g), tuple(v + 0.01 * k for v in start), target)
+            for k in range(3)]
+    grads, losses = [], []
+    for seg in segs:
+        with torch.random.fork_rng():
+            torch.manual_seed(segments.segment_seed(7, 5, seg.index))
+            syn.zero_grad()
+            losses.append(match_constant(student, syn, seg.start, seg.target, seg.schedule).loss)
+        grads.append([t.grad.clone() for t in syn.tensors()])
+    mean = [sum(gs) / 3 for gs in zip(*grads)]
+    guard = AmpGuard(student, "off", 1.0, 1)
+    syn.zero_grad()
+    result, checks = segments.match_segments(segs, guard, match_constant, syn, 7, 5)
+    assert checks == [] and result.loss == pytest.approx(sum(losses) / 3, rel=1e-12)
+    assert all(torch.equal(t.grad, m) for t, m in zip(syn.tensors(), mean))  # one process: the same sum order
+    monkeypatch.setattr(parallel, "sum_to_all", lambda tensors: tensors)
+    partial = []
+    for r in range(2):
+        mine = parallel.share(3, r, 2)
+        local = [s if s.index in mine else segments.Segment(s.index, s.start_epoch, s.schedule) for s in segs]
+        syn.zero_grad()
+        segments.match_segments(local, guard, match_constant, syn, 7, 5)
+        partial.append([t.grad * 3 for t in syn.tensors()])
+    for m, a, b in zip(mean, *partial):
+        assert torch.allclose((a + b) / 3, m, rtol=1e-5, atol=1e-9)
+
+
+@pytest.mark.parametrize("extra, needle", [
+    (["--experts_per_it", "0"], "--experts_per_it 0: expected 1 or more"),
+])
+def test_bad_experts_per_it_is_refused_in_one_line(tiny_args, expert_dir, tmp_path, capsys, extra, needle):
+    code, err = run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "bad") + extra, capsys)
+    assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_fewer_segments_than_ranks_is_refused():
+    with pytest.raises(Exception, match="--experts_per_it 1: torchrun started 2 ranks"):
+        segments.check_experts_per_it(1, 2)
