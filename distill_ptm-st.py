@@ -13,6 +13,8 @@
     python distill_ptm-st.py --dataset flickr --image_trainable --buffer_path \
         buffer/flickr/nfnet_bert/InfoNCE/convexified_0_6 buffer/flickr/nfnet_bert/InfoNCE/convexified_0_8 \
         --min_start_epoch 0 1 --max_start_epoch 2 3 --num_queries 200 299 --Iteration 2000 2000 --subset_num 2
+    torchrun --nproc_per_node 4 distill_ptm-st.py --experts_per_it 4 ...   # 4 expert segments per iteration,
+                                                    # one per GPU, gradients averaged (distill_utils/segments.py)
 
 Writes runs/<dataset>/<name>/: config.json, metrics.jsonl, distilled_<p>_<it>.pt (the EMA subset in the
 published format plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.txt,
@@ -102,8 +104,8 @@ def make_parser():
 
 
 def check_args(args):
-    cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "mini_batch_size", "lr_img", "lr_txt",
-                      "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
+    cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "experts_per_it", "mini_batch_size",
+                      "lr_img", "lr_txt", "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
     cli_args.non_negative(args, "lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha")
     segments.check_experts_per_it(args.experts_per_it, parallel.launched_ranks())
     if not 0 <= args.ema_decay < 1:

@@ -15,7 +15,8 @@ With both --ckpt_path and --baseline, both are evaluated with the same seeds; th
 prototype baselines then default to the files' total number of pairs. Baselines train with
 identity targets: random/prototype at the teacher lrs (as the spec says), the full set at
 0.01 by default, since 0.1 with the protocol's momentum 0.9 makes WBCE collapse on the full
-synthetic set for 2 runs out of 3 (see --full_lr).
+synthetic set for 2 runs out of 3 (see --full_lr). Under torchrun (`torchrun --nproc_per_node R
+evaluate.py ...`) the --num_eval students are divided over the ranks, with the same mean and std.
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import argparse

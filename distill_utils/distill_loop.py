@@ -79,8 +79,8 @@ def subset_config(ctx, phase, iteration):
             "text_encoder_weights": weights_digest(a.text_encoder), "image_size": a.image_size, "image_trainable": a.image_trainable, "out_embedding": a.out_embedding,
             "text_dim": int(ctx.train.text_features.shape[1]), "phase": phase.index, "iteration": iteration,
             **phase.as_dict(), "syn_steps": a.syn_steps, "expert_epochs": a.expert_epochs, "sim_type": a.sim_type,
-            "loss_type": a.loss_type, "matching": a.matching, "phase_conditioning": a.phase_conditioning,
-            "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
+            "experts_per_it": a.experts_per_it, "loss_type": a.loss_type, "matching": a.matching,
+            "phase_conditioning": a.phase_conditioning, "ema_decay": a.ema_decay, "name": a.name, "seed": a.seed}
 
 
 def eval_protocol(args):
@@ -225,9 +225,9 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         done = it + 1
         bar.set_postfix(loss=f"{result.loss:.4f}", lr_img=f"{syn.lr_img.item():.3g}")
         t = [seg.start_epoch for seg in drawn]
-        ctx.log.log({"phase": phase.index, "iteration": done, "start_epoch": t[0] if len(t) == 1 else t, "loss": result.loss,
-                     "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.lr_img.item(),
-                     "syn_lr_txt": syn.lr_txt.item()})
+        ctx.log.log({"phase": phase.index, "iteration": done, "start_epoch": t[0] if len(t) == 1 else t,
+                     "loss": result.loss, "loss_img": result.loss_img, "loss_txt": result.loss_txt,
+                     "syn_lr_img": syn.lr_img.item(), "syn_lr_txt": syn.lr_txt.item()})
         saved = done % a.eval_it == 0 or done == phase.iterations
         if saved:
             save_point(ctx, syn, phase, done, frozen)

@@ -33,8 +33,6 @@ class Segment:
 
 
 def check_experts_per_it(k, ranks):
-    if k < 1:
-        raise UserError(f"--experts_per_it {k}: expected 1 or more expert segments per iteration")
     if k < ranks:
         raise UserError(f"--experts_per_it {k}: torchrun started {ranks} ranks and each matches at least one "
                         f"segment per iteration; pass --experts_per_it {ranks} or more (or fewer ranks)")

@@ -64,8 +64,8 @@ def one_process_k2(tmp_path_factory, expert_dir, tiny_data, tiny_text_encoder):
 
 
 def _evals(run_dir):
-    return [{k: v for k, v in r.items() if k.startswith("eval_")} for r in map(json.loads, open(run_dir / "metrics.jsonl"))
-            if r.get("event") == "eval"]
+    records = map(json.loads, open(run_dir / "metrics.jsonl"))
+    return [{k: v for k, v in r.items() if k.startswith("eval_")} for r in records if r.get("event") == "eval"]
 
 
 def test_two_ranks_equal_one_process_and_only_rank_0_writes(one_process_k2, expert_dir, tmp_path):
@@ -134,7 +134,7 @@ def test_k_segments_average_their_gradients_and_do_not_depend_on_the_split(monke
 
 
 @pytest.mark.parametrize("extra, needle", [
-    (["--experts_per_it", "0"], "--experts_per_it 0: expected 1 or more"),
+    (["--experts_per_it", "0"], "--experts_per_it 0: expected a finite positive number"),
 ])
 def test_bad_experts_per_it_is_refused_in_one_line(tiny_args, expert_dir, tmp_path, capsys, extra, needle):
     code, err = run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "bad") + extra, capsys)
