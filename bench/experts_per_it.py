@@ -111,8 +111,8 @@ class Bench:
             rows[name] = [(it, seconds[it], *self.evaluate(name, it)) for it in points]
             print(f"  done: {name}", flush=True)
         report = table(rows, speed, self.a) + agreement(self) + [
-            "", f"(`python -m bench.experts_per_it`: {(time.time() - tick) / 60:.0f} min on this run, "
-                f"{os.cpu_count()} CPU cores shared with other jobs, torch {torch.__version__})"]
+            "", f"(`python -m bench.experts_per_it`, {os.cpu_count()} CPU cores, torch {torch.__version__}; this "
+                f"invocation: {(time.time() - tick) / 60:.0f} min, the runs it found done not counted)"]
         print("\n".join(report))
         if self.a.report:
             with open(self.a.report, "w") as f:
@@ -140,10 +140,10 @@ def agreement(bench):
     lines = [""]
     for k in (2, 4):
         one, two = load(f"K={k}"), load(f"K={k}, 2 ranks")
-        diff = {key: (one[key] - two[key]).abs().max().item() / one[key].abs().max().item()
+        diff = {key: ((one[key] - two[key]).norm() / one[key].norm()).item()
                 for key in ("image", "text", "similarity_mat")}
         lines.append(f"K={k} over 2 ranks against K={k} in one process, final subset after {bench.a.iterations} "
-                     "iterations: largest difference relative to the largest value: "
+                     "iterations, relative difference ||a - b|| / ||a||: "
                      + ", ".join(f"{key} {v:.2g}" for key, v in diff.items()) + ".")
     return lines
 
