@@ -35,6 +35,10 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture
 def tiny_args(tiny_data, tiny_text_encoder, tmp_path_factory):
+    return tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory)
+
+
+def tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory):
     """Flags shared by the entry scripts for a fast CPU run on the tiny dataset."""
     cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
     return ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache,

@@ -15,7 +15,7 @@ from distill_utils import parallel, segments
 from distill_utils.method.amp_guard import AmpGuard
 from distill_utils.method.matching import match_constant, minibatch_schedule
 from distill_utils.method.student import Student
-from tests.conftest import run_cli
+from tests.conftest import run_cli, tiny_flags
 from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401  (expert_dir: a fixture)
 from tests.test_amp import _setup
 
@@ -48,14 +48,9 @@ def _run(tiny_args, expert_dir, runs, name, k, *extra):
 
 @pytest.fixture(scope="module")
 def one_process_k2(tmp_path_factory, expert_dir, tiny_data, tiny_text_encoder):
-    """The reference: --experts_per_it 2 in this process; its run directory."""
-    from tests.conftest import TINY_SYNTHETIC
-    runs = tmp_path_factory.mktemp("one")
-    cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
-    tiny = ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache, "--text_encoder",
-            tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32", "--device", "cpu",
-            *TINY_SYNTHETIC]
-    torch.set_num_threads(1)
+    """The reference: --experts_per_it 2 in this process; (its run directory, the tiny flags)."""
+    runs, tiny = tmp_path_factory.mktemp("one"), tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory)
+    torch.set_num_threads(1)  # as the ranks run (torchrun: OMP_NUM_THREADS=1)
     try:
         distill.main(_run(tiny, expert_dir, runs, "k2", 2))
     except SystemExit as e:
