@@ -128,6 +128,18 @@ def test_k_segments_average_their_gradients_and_do_not_depend_on_the_split(monke
         assert torch.allclose((a + b) / 3, m, rtol=1e-5, atol=1e-9)
 
 
+def test_under_amp_every_segment_starts_from_the_iterations_precision():
+    """A failed check on segment 0 does not change segment 1's precision (it may run on another rank): both are
+    checked, both fail, and float32 holds from the next iteration on."""
+    net, syn, start, target, schedule = _setup(amp="bf16")
+    guard = AmpGuard(Student(net, "WBCE"), "bf16", tolerance=1e-12, check_every=5)
+    segs = [segments.Segment(k, 0, schedule, start, target) for k in range(2)]
+    _, checks = segments.match_segments(segs, guard, match_constant, syn, 7, 0)
+    assert [(c["segment"], c["amp_fallback"]) for c in checks] == [(0, True), (1, True)] and not guard.active
+    _, checks = segments.match_segments(segs, guard, match_constant, syn, 7, 5)
+    assert checks == [] and not guard.active
+
+
 @pytest.mark.parametrize("extra, needle", [
     (["--experts_per_it", "0"], "--experts_per_it 0: expected a finite positive number"),
 ])
