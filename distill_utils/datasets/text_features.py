@@ -5,11 +5,11 @@ files, so an edited caption file or a different checkpoint is recomputed, never 
 """
 import hashlib
 import os
-import re
 
 import torch
 from tqdm import tqdm
 
+from networks.names import slug
 from networks.text_encoders import build_text_encoder, fingerprint, remember_weights_digest, weights_digest
 from common.errors import UserError
 from common.io import ensure_writable_dir, load_torch, save_torch
@@ -20,8 +20,8 @@ def captions_digest(texts):
 
 
 def cache_path(cache_dir, tag, encoder_spec):
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(encoder_spec.rstrip("/")))[:40]
-    return os.path.join(cache_dir, "text_features", f"{tag}__{slug}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt")
+    name = f"{tag}__{slug(encoder_spec)[:40]}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt"
+    return os.path.join(cache_dir, "text_features", name)
 
 
 def encode_texts(encoder, texts, batch_size=256):

@@ -12,7 +12,8 @@ import torch
 
 from common.errors import UserError
 from common.io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
-from networks.names import same_setting
+from distill_utils.rng import pass_order_seed
+from networks.names import same_setting, slug
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -23,10 +24,6 @@ IDENTITY_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "im
 # Fields that change the experts; compared where the manifest records them (older manifests do not).
 TRAINING_FIELDS = ("lr_teacher_img", "lr_teacher_txt", "mom", "l2", "batch_train", "image_pretrained",
                    "image_checkpoint", "text_encoder_weights", "data_seed", "synthetic_train_images")
-
-
-def slug(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(str(name).rstrip("/")))
 
 
 def buffer_dir(buffer_path, dataset, image_encoder, text_encoder, loss_type):
@@ -191,7 +188,7 @@ class ExpertStream:
         self._loaded = None
 
     def _order(self):
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.pass_idx)
+        g = torch.Generator().manual_seed(pass_order_seed(self.seed, self.pass_idx))
         return torch.randperm(len(self.pairs), generator=g).tolist()
 
     def _file(self):

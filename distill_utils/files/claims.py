@@ -16,7 +16,8 @@ import re
 import threading
 import time
 
-from common.io import temporary_path
+from common.errors import UserError
+from common.io import atomic_path, temporary_path
 from common.procs import alive, host_id, me
 
 LEASE_S = 600.0      # another host's claim is taken over once its owner has not renewed it for this long
@@ -108,11 +109,9 @@ class Claim:
         while not self._stop.wait(self.renew_s):
             if not os.path.exists(self.path):
                 return  # released, or taken over after our lease ran out
-            tmp = temporary_path(self.path)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(UserError), atomic_path(self.path) as tmp:
                 with open(tmp, "w") as f:
                     f.write(self._record())
-                os.replace(tmp, self.path)
 
     def start(self):
         self._thread = threading.Thread(target=self._renew, name=f"claim-{self.n}", daemon=True)
