@@ -11,7 +11,7 @@ import re
 import torch
 
 from common.errors import UserError
-from common.io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
+from common.io import create_exclusive, json_text, load_json_object, load_torch, save_json, save_torch
 from distill_utils.rng import pass_order_seed
 from networks.names import same_setting, slug
 
@@ -150,14 +150,7 @@ def write_manifest(directory, manifest, live_others=False):
     if os.path.exists(path) and not has_experts(directory) and not live_others:
         save_json(manifest, path)
     elif not os.path.exists(path):
-        tmp = temporary_path(path)
-        try:
-            dump_json(manifest, tmp)
-            os.link(tmp, path)  # complete or absent; fails if another writer got there first
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
+        create_exclusive(path, json_text(manifest))  # the first writer's manifest stands
     found = load_json_object(path, what="buffer manifest")
     diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
     diff += [k for k in TRAINING_FIELDS if k in found and found[k] != manifest.get(k)]
