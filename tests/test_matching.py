@@ -302,6 +302,17 @@ def test_adjoint_host_store_equals_device_store_on_cuda():
 
 
 def test_minibatch_schedule_reshuffles_when_exhausted():
-    sched = minibatch_schedule(10, 4, 5, torch.Generator().manual_seed(0))
-    assert [len(s) for s in sched] == [4] * 5
-    assert len(set(torch.cat(sched[:2]).tolist())) == 8  # one permutation for the first two
+    """10 pairs in batches of 4: two batches per pass (the 2 left over wait for no one), then a new permutation
+    drawn from the same generator; 12 pairs: three full batches per pass."""
+    for n, passes in ((10, [[0, 4], [0, 4], [0]]), (12, [[0, 4, 8], [0, 4]])):
+        sched = minibatch_schedule(n, 4, sum(map(len, passes)), torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        perms = [torch.randperm(n, generator=g) for _ in passes]
+        want = [perm[start:start + 4] for perm, starts in zip(perms, passes) for start in starts]
+        assert len(sched) == len(want) and all(torch.equal(a, b) for a, b in zip(sched, want))
+        first = 0
+        for starts in passes:  # within a pass no pair repeats
+            seen = torch.cat(sched[first:first + len(starts)]).tolist()
+            assert len(set(seen)) == len(seen)
+            first += len(starts)
+        assert not torch.equal(perms[0], perms[1])  # the next pass is a new order
