@@ -1,4 +1,4 @@
-"""distill_ptm-st.py end to end on tiny data: files, resume, refusals; EMA and similarity units."""
+"""distill_ptm-st.py end to end on tiny data: files, resume, refusals."""
 import importlib.util
 import json
 import os
@@ -8,8 +8,6 @@ import torch
 
 import buffer
 from distill_utils import distill_loop
-from distill_utils.method.ema import EMA
-from distill_utils.method.similarity import make_similarity
 from distill_utils.files.buffers import buffer_dir
 from tests.conftest import run_cli
 
@@ -174,25 +172,3 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_save(tiny_args, expert_di
     assert code == 2 and "iteration 3" in err and "distilled_0_2.pt" in err
     assert not (run_dir / "distilled_0_3.pt").exists() and not (run_dir / "distilled_0_final.pt").exists()
     assert torch.isfinite(torch.load(run_dir / "distilled_0_2.pt", weights_only=True)["image"]).all()
-
-
-def test_ema_arithmetic():
-    values = [torch.tensor([1.0, 2.0]), torch.tensor(3.0)]
-    ema = EMA(values, decay=0.9)
-    ema.update([torch.tensor([11.0, 2.0]), torch.tensor(-7.0)])
-    ema.update([torch.tensor([11.0, 2.0]), torch.tensor(-7.0)])
-    # 1 -> 0.9*1 + 0.1*11 = 2.0 -> 0.9*2 + 0.1*11 = 2.9 ; 3 -> 2.0 -> 1.1
-    assert torch.allclose(ema.shadow[0], torch.tensor([2.9, 2.0])) and torch.allclose(ema.shadow[1], torch.tensor(1.1))
-
-
-def test_lowrank_generator_indexing_matches_the_full_matrix():
-    sim = make_similarity("lowrank", 7, rank=3, alpha=2.0, generator=torch.Generator().manual_seed(0))
-    sim.params[2] = torch.randn(7, 3)
-    full = torch.diag(sim.params[0]) + sim.params[1] @ sim.params[2].t() * (2.0 / 3)
-    assert torch.allclose(sim.matrix(sim.params), full)
-    idx = torch.tensor([5, 1, 3])
-    assert torch.allclose(sim.batch(sim.params, idx), full[idx][:, idx])
-    assert torch.equal(make_similarity("lowrank", 4, rank=2).matrix(make_similarity("lowrank", 4, rank=2).params), torch.eye(4))
-    full_sim = make_similarity("full", 5)
-    full_sim.params[0] = torch.randn(5, 5)
-    assert torch.equal(full_sim.batch(full_sim.params, idx[1:]), full_sim.params[0][idx[1:]][:, idx[1:]])
