@@ -85,7 +85,7 @@ def expert_segment(stream, phase, generator, expert_epochs, device):
     return start, target, t
 
 
-def matching(cfg):
+def matching_step(cfg):
     """The matching step of --matching (looked up at call time, so tests can wrap it)."""
     match = MATCHING[cfg.matching]
     if cfg.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
@@ -210,7 +210,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, c.sim_type, phase.sim_rank, c.alpha,
                                  c.lr_teacher_img, c.lr_teacher_txt, opt, generator, device)
     begin = ctx.run_dir.restore(resume, phase, syn, stream, generator, device) if resume else 0
-    match = matching(c)
+    match = matching_step(c)
     view = condition(syn, frozen, c.phase_conditioning)  # what the student's steps see
     run = PhaseRun(ctx, phase, frozen, syn, stream, generator, guard)
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
