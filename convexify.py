@@ -18,7 +18,8 @@ from distill_utils import cli_args
 from common.errors import UserError, cli_main
 from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
-from distill_utils.files.buffers import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
+from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
 
 
 def make_parser():
@@ -64,10 +65,10 @@ def convert_file(src, dst, start, end, lengths=None):
     return found
 
 
-def manifest_for(normal_dir, start, end, argv):
+def manifest_for(normal, start, end, argv):
     """The source manifest (published buffers have none) with what this conversion changed."""
-    source = read_manifest(normal_dir) or {}
-    manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal_dir),
+    source = normal.read_manifest() or {}
+    manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal.path),
                          "window": [start, end], "timestamps": end - start,
                          "command": f"{os.path.basename(sys.executable)} convexify.py {shlex.join(argv)}"}
     if "command" in source:
@@ -96,8 +97,9 @@ def main(argv=None):
     cli_args.non_negative(args, "start")
     if args.start >= args.end:
         raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
-    pairs = list_pairs(args.normal_dir, "--normal_dir")
-    manifest = manifest_for(args.normal_dir, args.start, args.end, argv)
+    normal = BufferDir(args.normal_dir, "--normal_dir")
+    pairs = normal.pairs()
+    manifest = manifest_for(normal, args.start, args.end, argv)
     parent = os.path.dirname(os.path.abspath(args.normal_dir))
     out_dir = os.path.abspath(args.out_dir or os.path.join(parent, f"convexified_{args.start}_{args.end}"))
     flag = "--out_dir" if args.out_dir else "--normal_dir"

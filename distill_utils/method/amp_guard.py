@@ -5,8 +5,6 @@ error of the synthetic-data gradient exceeds the tolerance, the rest of the run 
 The float32 run happens first and the global RNG is rewound before the mixed-precision one, so a check
 leaves the run exactly where a run without checks would be; on failure the float32 gradient is kept.
 """
-import torch
-
 from distill_utils.rng import rng_state, set_rng_state
 
 DATA = "image", "text", "similarity"
