@@ -1,26 +1,25 @@
 """parse_phases: one Phase per entry of the list flags, refused in one line where a list or a value does not fit."""
-from types import SimpleNamespace
-
 import pytest
 
 from common.errors import UserError
 from distill_utils.phases import Phase, parse_phases
 
+LISTS = dict(buffer_path=["b0", "b1"], min_start_epoch=[0, 1], max_start_epoch=[2, 3], num_queries=[6, 8],
+             Iteration=[5, 7], sim_rank=[2, 3])
 
-def flags(**changes):
-    base = dict(subset_num=2, sim_type="lowrank", buffer_path=["b0", "b1"], min_start_epoch=[0, 1],
-                max_start_epoch=[2, 3], num_queries=[6, 8], Iteration=[5, 7], sim_rank=[2, 3], mini_batch_size=4)
-    return SimpleNamespace(**{**base, **changes})
+
+def phases(subset_num=2, mini_batch_size=4, sim_type="lowrank", **lists):
+    return parse_phases({**LISTS, **lists}, subset_num, mini_batch_size, sim_type)
 
 
 def test_phase_p_takes_entry_p_of_every_list_flag():
-    assert parse_phases(flags()) == [Phase(0, "b0", 0, 2, 6, 5, 2), Phase(1, "b1", 1, 3, 8, 7, 3)]
+    assert phases() == [Phase(0, "b0", 0, 2, 6, 5, 2), Phase(1, "b1", 1, 3, 8, 7, 3)]
 
 
 def test_sim_rank_belongs_to_lowrank_only():
-    phases = parse_phases(flags(sim_type="full", sim_rank=None))
-    assert [p.sim_rank for p in phases] == [None, None]
-    assert phases[1].as_dict() == {"index": 1, "buffer_path": "b1", "min_start_epoch": 1, "max_start_epoch": 3,
+    full = phases(sim_type="full", sim_rank=None)
+    assert [p.sim_rank for p in full] == [None, None]
+    assert full[1].as_dict() == {"index": 1, "buffer_path": "b1", "min_start_epoch": 1, "max_start_epoch": 3,
                                    "num_queries": 8, "iterations": 7, "sim_rank": None}
 
 
@@ -39,4 +38,4 @@ def test_sim_rank_belongs_to_lowrank_only():
 ])
 def test_a_list_or_value_that_does_not_fit_is_refused(changes, message):
     with pytest.raises(UserError, match=message):
-        parse_phases(flags(**changes))
+        phases(**changes)
