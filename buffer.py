@@ -22,6 +22,7 @@ from common.io import ensure_writable_dir
 from distill_utils.files.run_log import RunLog
 from distill_utils.files.buffer_dir import BufferDir
 from distill_utils.files.buffers import FORMAT
+from distill_utils.rng import expert_seed
 from networks.dual_encoder import NetworkFactory
 
 
@@ -83,8 +84,8 @@ def main(argv=None):
             n = claim.n
             if first:
                 buf.write_manifest(manifest, holding=n)
-            net = factory.build(seed=args.seed * 100003 + n, device=args.device)
-            img, txt = train_expert(net, train, test, expert, args.device, args.seed * 100003 + n, log, expert_id=n,
+            net = factory.build(seed=expert_seed(args.seed, n), device=args.device)
+            img, txt = train_expert(net, train, test, expert, args.device, expert_seed(args.seed, n), log, expert_id=n,
                                     eval_untrained=first)
             buf.save_pair(n, [img], [txt])
         print(f"saved expert {n} -> {buf}", flush=True)

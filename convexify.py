@@ -9,7 +9,6 @@ sibling directory that is renamed into place at the end, so a failure leaves no 
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import os
 import shlex
-import shutil
 import sys
 
 import torch
@@ -17,7 +16,7 @@ from tqdm import tqdm
 
 from distill_utils import cli_args
 from common.errors import UserError, cli_main
-from common.io import ensure_writable_dir, save_json, save_torch, temporary_path
+from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
 from distill_utils.files.buffer_dir import BufferDir
 from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
@@ -79,10 +78,8 @@ def manifest_for(normal, start, end, argv):
 
 def convexify(pairs, manifest, out_dir, start, end):
     """Convert every pair into a hidden sibling of out_dir, then rename it into place."""
-    tmp = temporary_path(out_dir)  # a killed run's leftovers are cleared by ensure_writable_dir
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.mkdir(tmp)
-    try:
+    with atomic_path(out_dir) as tmp:  # a killed run's leftovers are cleared by ensure_writable_dir
+        os.mkdir(tmp)
         with tqdm(total=2 * len(pairs), desc="convexify", unit="file", leave=False) as bar:
             for _, img_path, txt_path in pairs:
                 lengths = None
@@ -91,12 +88,6 @@ def convexify(pairs, manifest, out_dir, start, end):
                     lengths = convert_file(path, os.path.join(tmp, os.path.basename(path)), start, end, lengths)
                     bar.update()
         save_json(manifest, os.path.join(tmp, MANIFEST))
-        try:
-            os.rename(tmp, out_dir)
-        except OSError as err:
-            raise UserError(f"output {out_dir}: cannot move it into place ({err.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @cli_main

@@ -27,6 +27,7 @@ from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from distill_utils.method.matching import MATCHING, minibatch_schedule
 from distill_utils.method.student import RetrievalData, Student
 from distill_utils.phases import Phase
+from distill_utils.rng import phase_seed
 from networks.dual_encoder import NetworkFactory
 
 
@@ -40,10 +41,6 @@ class RunContext:
     protocol: EvalProtocol   # the in-run evaluation; num_eval 0 saves without evaluating
     identity: dict           # NetworkSpec.identity() and text_dim: what every saved subset records
     device: torch.device
-
-
-def phase_seed(seed, phase_index):
-    return seed * 1009 + phase_index
 
 
 def check_buffer(phase, net, identity, expert_epochs):

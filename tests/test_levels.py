@@ -9,7 +9,7 @@ from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
 from distill_utils.datasets.builtin import generate
-from tests.test_synthetic import _read_all
+from tests.helpers import read_all
 
 
 def _args(dataset, root):
@@ -28,8 +28,8 @@ def test_levels_generate_one_and_two_shapes(tmp_path):
     # `synthetic` is byte for byte what the generator gave before the levels existed (one shape per image)
     generate(str(tmp_path / "direct"), seed=0, train_images=12, test_images=10, val_images=10,
              captions_per_train_image=2, image_px=64, max_objects=1)
-    assert {k: v for k, v in _read_all(tmp_path / "easy").items() if k != "synthetic_meta.json"} == \
-        _read_all(tmp_path / "direct")
+    assert {k: v for k, v in read_all(tmp_path / "easy").items() if k != "synthetic_meta.json"} == \
+        read_all(tmp_path / "direct")
     meta = json.load(open(tmp_path / "hard" / "synthetic_meta.json"))
     assert meta["max_objects"] == 2
     easy_pairs = load_train_pairs("synthetic", easy.ann_root, easy.image_root)

@@ -3,7 +3,8 @@ nearest the k-means prototypes of an expert's embedding space. Both train with i
 the teacher lrs; the full training set is the third baseline (no selection needed). The expert that embeds
 the pairs comes from files/buffer_dir.BufferDir.final_expert."""
 import torch
-from tqdm import tqdm
+
+from distill_utils.method.student import embed_split
 
 
 def random_indices(num_pairs, total, seed):
@@ -11,19 +12,10 @@ def random_indices(num_pairs, total, seed):
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:num_pairs].sort().values
 
 
-@torch.no_grad()
 def pair_embeddings(net, img_flat, txt_flat, train, device, batch_size=256):
     """[num_pairs, D]: the mean of each pair's L2-normalised image and text embeddings (one joint space)."""
-    net.eval()
-    img_flat, txt_flat = img_flat.to(device), txt_flat.to(device)
-    order = torch.arange(len(train))
-    chunks = []
-    for images, idx in tqdm(train.images.batches(order, batch_size), total=-(-len(train) // batch_size),
-                            desc="embedding train pairs", leave=False):
-        img = net.embed_images(images.to(device), img_flat)
-        txt = net.embed_texts(train.text_features[idx].to(device), txt_flat)
-        chunks.append(((img + txt) / 2).cpu())
-    return torch.cat(chunks)
+    img, txt = embed_split(net, img_flat.to(device), txt_flat.to(device), train, device, batch_size, batch_size)
+    return ((img + txt) / 2).cpu()
 
 
 def nearest_distinct(points, centroids):

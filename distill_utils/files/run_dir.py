@@ -11,6 +11,7 @@ from common.io import atomic_path, ensure_writable_dir, load_json_object, load_t
 from distill_utils.files.pictures import save_captions, save_image_grid
 from distill_utils.files.run_log import RunLog, read_records
 from distill_utils.files.subset_file import load_subset, save_subset
+from distill_utils.rng import rng_state, set_rng_state
 
 CONFIG, LOG, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
 # Options that may change when a run is resumed: they do not alter its result.
@@ -107,8 +108,8 @@ class RunDir:
     def write_checkpoint(self, phase_index, iteration, states, device):
         """`states`: the state dicts of what the phase continues from (syn, experts, amp_guard, generator); the
         global RNG states are added here."""
-        save_torch({"phase": phase_index, "iteration": iteration, **states, "rng": torch.get_rng_state(),
-                    "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        rng, cuda_rng = rng_state(device)
+        save_torch({"phase": phase_index, "iteration": iteration, **states, "rng": rng, "cuda_rng": cuda_rng,
                     "last_save": self.last_save}, self.file(CHECKPOINT))
 
     def read_checkpoint(self, num_phases):
@@ -144,9 +145,7 @@ class RunDir:
             syn.load_state_dict(ckpt["syn"])
             stream.load_state_dict(ckpt["experts"])
             generator.set_state(ckpt["generator"])
-            torch.set_rng_state(ckpt["rng"])
-            if ckpt.get("cuda_rng") is not None and device.type == "cuda":
-                torch.cuda.set_rng_state(ckpt["cuda_rng"], device)
+            set_rng_state((ckpt["rng"], ckpt.get("cuda_rng")), device)
         except (KeyError, TypeError, ValueError, RuntimeError, IndexError) as err:
             raise UserError(f"{where}: damaged ({one_line(err)[:160]}); move it away to restart the run") from None
         self.last_save = ckpt.get("last_save")

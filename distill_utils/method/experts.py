@@ -5,7 +5,7 @@ from tqdm import trange
 
 from common.errors import UserError
 from distill_utils.evaluation.retrieval import format_metrics
-from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
+from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
 
 
 def real_batches(train, order, batch_size, device):
@@ -13,9 +13,7 @@ def real_batches(train, order, batch_size, device):
     chunks = list(torch.split(order, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) < batch_size:
         order = order[: (len(chunks) - 1) * batch_size]
-    for images, idx in train.images.batches(order, batch_size):
-        yield (images.to(device), train.text_features[idx].to(device),
-               torch.eye(len(idx), device=device))
+    return identity_batches(train, order, batch_size, device)
 
 
 def train_expert(net, train, test, cfg, device, seed, log, expert_id, eval_untrained=False):
