@@ -10,22 +10,20 @@ after a kill trains only the experts still missing. --num_experts is the total w
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import os
 import sys
-import time
 
 import torch
 
 from distill_utils import cli_args, speed
+from distill_utils.config import DataConfig, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
-from distill_utils.files.claims import claim_next, live_claims
-from common.errors import UserError, cli_main
+from common.errors import cli_main
 from distill_utils.method.experts import train_expert
 from common.io import ensure_writable_dir
 from distill_utils.files.run_log import RunLog
-from distill_utils.files.buffers import FORMAT, buffer_dir, describe_file, pair_paths, save_pair, write_manifest
-from networks.dual_encoder import NetConfig, NetworkFactory
-from networks.text_encoders import weights_digest
-
-POLL_S = 10.0  # how often a process that has nothing left to claim looks whether the others have finished
+from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import FORMAT
+from distill_utils.rng import expert_seed
+from networks.dual_encoder import NetworkFactory
 
 
 def make_parser():
@@ -48,45 +46,14 @@ def make_parser():
     return p
 
 
-def manifest_for(args, net):
-    data = {"data_seed": args.data_seed, "synthetic_train_images": args.synthetic_train_images} \
-        if args.dataset == "synthetic" else {}
-    return {"format": FORMAT, "kind": "normal", "dataset": args.dataset, "image_encoder": args.image_encoder,
-            "text_encoder": args.text_encoder, "image_size": args.image_size, "image_trainable": args.image_trainable,
-            "out_embedding": args.out_embedding, "loss_type": args.loss_type, "train_epochs": args.train_epochs,
-            "timestamps": args.train_epochs + 1, "img_params": net.img_layout.describe(),
-            "txt_params": net.txt_layout.describe(), "lr_teacher_img": args.lr_teacher_img,
-            "lr_teacher_txt": args.lr_teacher_txt, "mom": args.mom, "l2": args.l2, "batch_train": args.batch_train,
-            "image_pretrained": args.image_pretrained, "image_checkpoint": args.image_checkpoint,
-            "text_encoder_weights": weights_digest(args.text_encoder), **data,
+def manifest_for(spec, expert, data, net):
+    extra = {"data_seed": data.data_seed, "synthetic_train_images": data.synthetic_train_images} \
+        if data.dataset == "synthetic" else {}
+    return {"format": FORMAT, "kind": "normal", **spec.identity(), **expert.recorded(),
+            "timestamps": expert.train_epochs + 1, "img_params": net.img_layout.describe(),
+            "txt_params": net.txt_layout.describe(), "image_pretrained": spec.image_pretrained,
+            "image_checkpoint": spec.image_checkpoint, **extra,
             "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
-
-
-def expert_done(save_dir):
-    return lambda n: os.path.exists(pair_paths(save_dir, n)[0])  # the img file is written last
-
-
-def next_expert(save_dir, num_experts):
-    """Claim the next expert to train; waits while others train the last ones. None when none is left."""
-    said = False
-    while True:
-        claim, held = claim_next(save_dir, num_experts, expert_done(save_dir))
-        if claim is not None or not held:
-            return claim
-        if not said:
-            print(f"waiting for experts {held} that other processes are training", flush=True)
-            said = True
-        time.sleep(POLL_S)
-
-
-def check_complete(save_dir, num_experts, timestamps):
-    """Every expert file exists and loads with the recorded number of timestamps."""
-    for n in range(num_experts):
-        for path in pair_paths(save_dir, n):
-            _, length, _ = describe_file(path)
-            if length != timestamps:
-                raise UserError(f"buffer file {path}: {length} timestamps per expert, this buffer's experts have "
-                                f"{timestamps}; move it away and rerun to retrain expert {n}")
 
 
 def local_device(args):
@@ -103,31 +70,30 @@ def main(argv=None):
     cli_args.non_negative(args, "mom", "l2")
     local_device(args)
     speed.deterministic(args.device)
-    save_dir = ensure_writable_dir(buffer_dir(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder,
-                                              args.loss_type), "--buffer_path")
-    prepare(args)
-    train, test = load_train(args), load_split(args, "test")
-    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
-                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint,
-                                       amp=args.amp, channels_last=args.channels_last))
-    manifest = manifest_for(args, factory.build(seed=0, device="cpu"))  # a network that cannot be built fails here
-    log = RunLog(save_dir, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
+    data, spec, expert = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(ExpertConfig, args)
+    buf = BufferDir.of_network(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder, args.loss_type)
+    ensure_writable_dir(buf.path, "--buffer_path")
+    prepare(data)
+    train, test = load_train(data), load_split(data, "test")
+    factory = NetworkFactory(spec.net_config(train.text_features.shape[1]))
+    manifest = manifest_for(spec, expert, data, factory.build(seed=0, device="cpu"))  # a network that cannot be built fails here
+    log = RunLog(buf.path, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
     first = True
-    while (claim := next_expert(save_dir, args.num_experts)) is not None:
+    while (claim := buf.next_expert(args.num_experts)) is not None:
         with claim:
             n = claim.n
             if first:
-                write_manifest(save_dir, manifest, live_others=bool(live_claims(save_dir, exclude=[n])))
-            net = factory.build(seed=args.seed * 100003 + n, device=args.device)
-            img, txt = train_expert(net, train, test, args, args.seed * 100003 + n, log, expert_id=n,
+                buf.write_manifest(manifest, holding=n)
+            net = factory.build(seed=expert_seed(args.seed, n), device=args.device)
+            img, txt = train_expert(net, train, test, expert, args.device, expert_seed(args.seed, n), log, expert_id=n,
                                     eval_untrained=first)
-            save_pair(save_dir, n, [img], [txt])
-        print(f"saved expert {n} -> {save_dir}", flush=True)
+            buf.save_pair(n, [img], [txt])
+        print(f"saved expert {n} -> {buf}", flush=True)
         first = False
     log.close()
-    write_manifest(save_dir, manifest)  # also when every expert was already there: the settings must agree
-    check_complete(save_dir, args.num_experts, args.train_epochs + 1)
-    print(f"buffer complete: {args.num_experts} experts in {save_dir}")
+    buf.write_manifest(manifest)  # also when every expert was already there: the settings must agree
+    buf.check_complete(args.num_experts, args.train_epochs + 1)
+    print(f"buffer complete: {args.num_experts} experts in {buf}")
 
 
 if __name__ == "__main__":

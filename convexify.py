@@ -9,7 +9,6 @@ sibling directory that is renamed into place at the end, so a failure leaves no 
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import os
 import shlex
-import shutil
 import sys
 
 import torch
@@ -17,9 +16,10 @@ from tqdm import tqdm
 
 from distill_utils import cli_args
 from common.errors import UserError, cli_main
-from common.io import ensure_writable_dir, save_json, save_torch, temporary_path
+from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
-from distill_utils.files.buffers import FORMAT, MANIFEST, list_pairs, load_experts, read_manifest
+from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
 
 
 def make_parser():
@@ -65,10 +65,10 @@ def convert_file(src, dst, start, end, lengths=None):
     return found
 
 
-def manifest_for(normal_dir, start, end, argv):
+def manifest_for(normal, start, end, argv):
     """The source manifest (published buffers have none) with what this conversion changed."""
-    source = read_manifest(normal_dir) or {}
-    manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal_dir),
+    source = normal.read_manifest() or {}
+    manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal.path),
                          "window": [start, end], "timestamps": end - start,
                          "command": f"{os.path.basename(sys.executable)} convexify.py {shlex.join(argv)}"}
     if "command" in source:
@@ -78,10 +78,8 @@ def manifest_for(normal_dir, start, end, argv):
 
 def convexify(pairs, manifest, out_dir, start, end):
     """Convert every pair into a hidden sibling of out_dir, then rename it into place."""
-    tmp = temporary_path(out_dir)  # a killed run's leftovers are cleared by ensure_writable_dir
-    shutil.rmtree(tmp, ignore_errors=True)
-    os.mkdir(tmp)
-    try:
+    with atomic_path(out_dir) as tmp:  # a killed run's leftovers are cleared by ensure_writable_dir
+        os.mkdir(tmp)
         with tqdm(total=2 * len(pairs), desc="convexify", unit="file", leave=False) as bar:
             for _, img_path, txt_path in pairs:
                 lengths = None
@@ -90,12 +88,6 @@ def convexify(pairs, manifest, out_dir, start, end):
                     lengths = convert_file(path, os.path.join(tmp, os.path.basename(path)), start, end, lengths)
                     bar.update()
         save_json(manifest, os.path.join(tmp, MANIFEST))
-        try:
-            os.rename(tmp, out_dir)
-        except OSError as err:
-            raise UserError(f"output {out_dir}: cannot move it into place ({err.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @cli_main
@@ -105,8 +97,9 @@ def main(argv=None):
     cli_args.non_negative(args, "start")
     if args.start >= args.end:
         raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
-    pairs = list_pairs(args.normal_dir, "--normal_dir")
-    manifest = manifest_for(args.normal_dir, args.start, args.end, argv)
+    normal = BufferDir(args.normal_dir, "--normal_dir")
+    pairs = normal.pairs()
+    manifest = manifest_for(normal, args.start, args.end, argv)
     parent = os.path.dirname(os.path.abspath(args.normal_dir))
     out_dir = os.path.abspath(args.out_dir or os.path.join(parent, f"convexified_{args.start}_{args.end}"))
     flag = "--out_dir" if args.out_dir else "--normal_dir"

@@ -23,24 +23,18 @@ and a checkpoint; --resume continues a killed run and ends exactly where an unin
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import datetime
-import json
-import os
 
 from distill_utils import cli_args, parallel, segments, speed
+from distill_utils.config import DataConfig, DistillConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
+from distill_utils.distill_loop import RunContext, distill_phase, preflight
+from distill_utils.evaluation.protocol import EvalProtocol, add_mode_args
+from distill_utils.files.run_dir import RunDir
 from distill_utils.method.conditioning import CONDITIONING
-from distill_utils.distill_loop import RunContext, distill_phase, preflight, read_checkpoint
-from common.errors import UserError, cli_main
-from distill_utils.evaluation.protocol import add_mode_args
-from common.io import atomic_path, ensure_writable_dir, load_json_object, save_json
 from distill_utils.method.matching import MATCHING, STORES
-from distill_utils.phases import parse_phases
-from distill_utils.files.run_log import RunLog, read_records
-from distill_utils.files.subset_file import load_subset
-from networks.dual_encoder import NetConfig, NetworkFactory
-
-# Options that may change when a run is resumed: they do not alter its result.
-RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache", "adjoint_store"}
+from distill_utils.phases import LIST_FLAGS, parse_phases
+from common.errors import UserError, cli_main
+from networks.dual_encoder import NetworkFactory
 
 
 def make_parser():
@@ -105,7 +99,8 @@ def make_parser():
 
 def check_args(args):
     cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "experts_per_it", "mini_batch_size",
-                      "lr_img", "lr_txt", "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
+                      "lr_img", "lr_txt", "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train",
+                      "batch_train", "checkpoint_it")
     cli_args.non_negative(args, "lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha")
     segments.check_experts_per_it(args.experts_per_it, parallel.launched_ranks())
     if not 0 <= args.ema_decay < 1:
@@ -118,47 +113,8 @@ def check_args(args):
         args.name = datetime.datetime.now().strftime("ptm-st_%Y%m%d_%H%M%S")
     cli_args.check_run_name(args.name)
     cli_args.not_a_file(args.runs_dir, "--runs_dir")
-    return parse_phases(args)
-
-
-def open_run_dir(args):
-    """runs/<dataset>/<name>/; a resumed run must have been started with the same settings. Nothing is written
-    here: config.json only once the run can start (write_config), so a failed start blocks nothing."""
-    run_dir = os.path.join(args.runs_dir, args.dataset, args.name)
-    config = cli_args.config_of(args)
-    config_path = os.path.join(run_dir, "config.json")
-    if args.resume and not os.path.isfile(config_path):
-        if not os.path.isdir(run_dir) or [f for f in os.listdir(run_dir) if not f.startswith(".")]:
-            raise UserError(f"--resume: {run_dir} holds no run to continue (no config.json)")
-        print(f"--resume: {run_dir} was stopped before its run started; starting it")
-        args.resume = False  # a kill during start-up left an empty directory: nothing to continue
-    if args.resume:
-        # an option the run's config.json lacks was added since: the run ran with its default
-        saved = {**vars(make_parser().parse_args([])), **load_json_object(config_path, what="run config")}
-        changed = [k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k]]
-        if changed:
-            k = changed[0]
-            raise UserError(f"--resume: --{k} was {saved.get(k)!r} in {run_dir}, now {config[k]!r}; resume with the same settings")
-    elif os.path.exists(config_path):
-        raise UserError(f"--name {args.name}: {run_dir} exists; pass --resume to continue it or choose another --name")
-    if parallel.is_main():
-        ensure_writable_dir(run_dir, "--runs_dir")
-    return run_dir
-
-
-def write_config(args, run_dir):
-    if not args.resume and parallel.is_main():
-        save_json(cli_args.config_of(args), os.path.join(run_dir, "config.json"))
-
-
-def truncate_log(path, phase, iteration):
-    """Drop the records written after the checkpoint (all of them without one) and any line a kill tore:
-    the resumed run writes them again."""
-    if not os.path.isfile(path) or not parallel.is_main():
-        return
-    keep = [r for r in read_records(path) if (r.get("phase", -1), r.get("iteration", -1)) <= (phase, iteration)]
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        f.writelines(json.dumps(r) + "\n" for r in keep)
+    lists = {flag: getattr(args, flag) for flag in (*LIST_FLAGS, "sim_rank")}
+    return parse_phases(lists, args.subset_num, args.mini_batch_size, args.sim_type)
 
 
 @cli_main
@@ -168,34 +124,29 @@ def main(argv=None):
     phases = check_args(args)
     speed.check_speed_args(args)
     runtime = speed.deterministic(args.device)
-    run_dir = open_run_dir(args)
+    data, spec, cfg = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(DistillConfig, args)
+    run_dir = RunDir.open(args.runs_dir, args.dataset, args.name, cli_args.config_of(args), args.resume,
+                          defaults=vars(make_parser().parse_args([])))
     with parallel.main_first():  # the dataset and feature cache, made once
-        prepare(args)
-    train, test = load_train(args), load_split(args, "test")
-    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, train.text_features.shape[1],
-                                       args.image_trainable, args.out_embedding, args.image_pretrained, args.image_checkpoint,
-                                       amp=args.amp, channels_last=args.channels_last))
-    ckpt = read_checkpoint(run_dir) if args.resume else None
-    if ckpt and not 0 <= ckpt["phase"] < len(phases):
-        raise UserError(f"--resume: {run_dir}/checkpoint.pt is in phase {ckpt['phase']}, this run has phases "
-                        f"0..{len(phases) - 1}; move it away to restart the run")
-    ctx = RunContext(args, run_dir, train, test, factory, log=None)
+        prepare(data)
+    train, test = load_train(data), load_split(data, "test")
+    text_dim = train.text_features.shape[1]
+    ctx = RunContext(cfg, run_dir, train, test, NetworkFactory(spec.net_config(text_dim)), from_flags(EvalProtocol, args),
+                     {**spec.identity(), "text_dim": int(text_dim)}, args.device)
+    ckpt = run_dir.read_checkpoint(len(phases))
     preflight(ctx, phases)
-    write_config(args, run_dir)  # the run can start: from here on the directory is this run's
-    if args.resume:
-        truncate_log(os.path.join(run_dir, "metrics.jsonl"), *((ckpt["phase"], ckpt["iteration"]) if ckpt else (-1, -1)))
-    ctx.log = RunLog(run_dir, cli_args.config_of(args), args.wandb, name=args.name)
-    ctx.log.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last,
+    run_dir.start(ckpt, args.wandb)
+    run_dir.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last,
                  "ranks": parallel.world_size()})
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets
     for phase in phases:
         if ckpt and phase.index < ckpt["phase"]:
-            frozen.append(load_subset(os.path.join(run_dir, f"distilled_{phase.index}_final.pt")))
+            frozen.append(run_dir.load_final(phase.index))
             continue
         resume = ckpt if ckpt and phase.index == ckpt["phase"] else None
         frozen.append(distill_phase(ctx, phase, frozen, resume))
-    ctx.log.close()
-    print(f"done: {len(frozen)} subsets ({' + '.join(str(len(d)) for d in frozen)} pairs) in {run_dir}")
+    run_dir.close()
+    print(f"done: {len(frozen)} subsets ({' + '.join(str(len(d)) for d in frozen)} pairs) in {run_dir.path}")
 
 
 if __name__ == "__main__":

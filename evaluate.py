@@ -24,7 +24,8 @@ import os
 import sys
 
 from distill_utils import cli_args, parallel, speed
-from distill_utils.evaluation.coresets import load_final_expert, pair_embeddings, prototype_indices, random_indices
+from distill_utils.config import DataConfig, NetworkSpec, from_flags
+from distill_utils.evaluation.coresets import pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.datasets.annotations import load_train_pairs
 from common.errors import UserError, cli_main
@@ -33,9 +34,8 @@ from distill_utils.evaluation.protocol import (SELECTIONS, EvalProtocol, RealPai
 from common.io import ensure_writable_dir, save_json
 from distill_utils.files.run_log import RunLog
 from distill_utils.files.subset_file import load_subset
-from distill_utils.files.buffers import buffer_dir
-from networks.dual_encoder import NetConfig, NetworkFactory
-from networks.text_encoders import weights_digest
+from distill_utils.files.buffer_dir import BufferDir
+from networks.dual_encoder import NetworkFactory
 
 BASELINES = ("random", "prototype", "full")
 
@@ -101,18 +101,12 @@ def check_args(args):
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", clean=False)  # maybe not ours
 
 
-def expected_of(args, text_dim):
-    return {"dataset": args.dataset, "image_encoder": args.image_encoder, "text_encoder": args.text_encoder,
-            "image_size": args.image_size, "image_trainable": args.image_trainable, "text_dim": text_dim,
-            "out_embedding": args.out_embedding, "text_encoder_weights": weights_digest(args.text_encoder)}
-
-
-def baseline_sources(args, factory, num_pairs):
+def baseline_sources(args, data, factory, expected, num_pairs):
     """([RealPairSource], the chosen pair indices or None) for --baseline."""
     total = len(load_train_pairs(args.dataset, args.ann_root, args.image_root))  # checked before any feature work
     if args.baseline != "full" and num_pairs > total:
         raise UserError(f"--num_pairs {num_pairs}: the {args.dataset} train set has only {total} pairs")
-    train = load_train(args)
+    train = load_train(data)
     if args.baseline == "full":
         damp = 1 - EvalProtocol.momentum  # momentum 0.9 makes each step ~10x longer
         lr_img, lr_txt = ((args.full_lr, args.full_lr) if args.full_lr else
@@ -121,24 +115,24 @@ def baseline_sources(args, factory, num_pairs):
     if args.baseline == "random":
         indices = random_indices(num_pairs, len(train), args.seed)
     else:
-        directory = args.buffer_path or buffer_dir("buffer", args.dataset, args.image_encoder, args.text_encoder,
-                                                   "InfoNCE")
+        buf = BufferDir(args.buffer_path) if args.buffer_path else \
+            BufferDir.of_network("buffer", args.dataset, args.image_encoder, args.text_encoder, "InfoNCE")
         net = factory.build(seed=args.seed, device=args.device)
-        img, txt = load_final_expert(directory, net, expected_of(args, train.text_features.shape[1]))
+        img, txt = buf.final_expert(net, expected)
         embeddings = pair_embeddings(net, img, txt, train, args.device)
         indices = prototype_indices(embeddings, num_pairs, args.seed)
     source = RealPairSource(train, indices, args.lr_teacher_img, args.lr_teacher_txt, f"{args.baseline}[{num_pairs}]")
     return [source], indices.tolist()
 
 
-def methods_to_run(args, subsets, factory):
+def methods_to_run(args, subsets, data, factory, expected):
     """({method: [sources in training order]}, {baseline: selected indices})."""
     methods, selections = {}, {}
     if subsets:
         methods["distilled"] = [SubsetSource(s, name=os.path.basename(path)) for path, s in subsets]
     if args.baseline:
         num_pairs = args.num_pairs or sum(len(s) for _, s in subsets)
-        methods[args.baseline], selections[args.baseline] = baseline_sources(args, factory, num_pairs)
+        methods[args.baseline], selections[args.baseline] = baseline_sources(args, data, factory, expected, num_pairs)
     return methods, selections
 
 
@@ -148,20 +142,17 @@ def main(argv=None):
     args.device = parallel.init(args.device)
     check_args(args)
     speed.deterministic(args.device)
+    data, spec, protocol = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(EvalProtocol, args)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
     with parallel.main_first():  # the dataset and feature cache, made once
-        prepare(args)
-    test = load_split(args, "test")
-    val = load_split(args, "val") if args.select_on == "val" else None
+        prepare(data)
+    test = load_split(data, "test")
+    val = load_split(data, "val") if args.select_on == "val" else None
     text_dim = test.text_features.shape[1]
-    notes = [note for path, s in subsets for note in check_subset(s, path, expected_of(args, text_dim))]
-    factory = NetworkFactory(NetConfig(args.image_encoder, args.image_size, text_dim, args.image_trainable,
-                                       args.out_embedding, args.image_pretrained, args.image_checkpoint,
-                                       amp=args.amp, channels_last=args.channels_last))
-    methods, selections = methods_to_run(args, subsets, factory)
-    protocol = EvalProtocol(args.num_eval, args.epoch_eval_train, args.batch_train, args.loss_type,
-                            eval_points=args.eval_points, select_on=args.select_on, lr_decay=args.lr_decay,
-                            eval_mode=args.eval_mode, protocol=args.protocol)
+    expected = {**spec.identity(), "text_dim": text_dim}
+    notes = [note for path, s in subsets for note in check_subset(s, path, expected)]
+    factory = NetworkFactory(spec.net_config(text_dim))
+    methods, selections = methods_to_run(args, subsets, data, factory, expected)
     config = cli_args.config_of(args)
     log = RunLog(None, config, args.wandb, name=f"eval_{args.dataset}")
     for note in notes:

@@ -23,15 +23,16 @@ if [ "${1:-}" = --prepare ]; then
   python - <<'EOF'
 import argparse
 from distill_utils import cli_args
+from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
 p = argparse.ArgumentParser()
 cli_args.add_data_args(p)
 cli_args.add_runtime_args(p)
-args = cli_args.finalize(p.parse_args(["--device", "cpu"]))  # the demo's data settings (all defaults)
-prepare(args)
-load_train(args)
+data = from_flags(DataConfig, cli_args.finalize(p.parse_args(["--device", "cpu"])))  # the demo's data settings
+prepare(data)
+load_train(data)
 for split in ("val", "test"):
-    load_split(args, split)
+    load_split(data, split)
 EOF
   du -sh data/synthetic cache
   echo "carry: data/synthetic cache"

@@ -1,5 +1,6 @@
 """Atomic writes and safe loads: no half-written outputs, no pickled code execution."""
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -71,10 +72,39 @@ def save_torch(obj, path):
             raise UserError(f"cannot write {path} (is the disk full? {one_line(err)[:120]})") from None
 
 
+def json_text(obj):
+    return json.dumps(obj, indent=2, sort_keys=True) + "\n"
+
+
 def dump_json(obj, path):
     with open(path, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=True)
-        f.write("\n")
+        f.write(json_text(obj))
+
+
+def create_exclusive(path, text):
+    """Create `path` holding `text`, complete or not at all, unless it exists (then False: another writer was
+    first). Written beside it and hard-linked into place; a filesystem without hard links gets an exclusive
+    create, then the write."""
+    tmp = temporary_path(path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+        os.link(tmp, path)
+        return True
+    except FileExistsError:
+        return False
+    except OSError as err:
+        if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
+            raise
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+    finally:
+        _remove(tmp)
 
 
 def save_json(obj, path):

@@ -64,7 +64,7 @@ def config_of(args):
     return {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
 
 
-SEED_LIMIT = 2**32  # derived seeds (seed * 100003 + n, ...) stay within torch's 64-bit range
+SEED_LIMIT = 2**32  # the seeds distill_utils/rng.py derives (seed * 100003 + n, ...) stay within torch's 64-bit range
 
 
 def _values(args, name):

@@ -21,31 +21,31 @@ class Phase:
         return asdict(self)
 
 
-def parse_phases(args):
-    """Phases from the list flags; refuses a list whose length differs from --subset_num."""
-    flags = LIST_FLAGS + (("sim_rank",) if args.sim_type == "lowrank" else ())
+def parse_phases(lists, subset_num, mini_batch_size, sim_type="full"):
+    """Phases from the list flags (`lists`: flag name -> its values, None when not given, for LIST_FLAGS and,
+    with sim_type lowrank, sim_rank); refuses a list whose length differs from --subset_num."""
+    flags = LIST_FLAGS + (("sim_rank",) if sim_type == "lowrank" else ())
     for flag in flags:
-        values = getattr(args, flag)
-        if values is None or len(values) != args.subset_num:
+        values = lists.get(flag)
+        if values is None or len(values) != subset_num:
             got = "none" if values is None else len(values)
-            raise UserError(f"--{flag}: expected {args.subset_num} values (one per phase, --subset_num), got {got}")
+            raise UserError(f"--{flag}: expected {subset_num} values (one per phase, --subset_num), got {got}")
     phases = []
-    for p in range(args.subset_num):
-        phase = Phase(p, args.buffer_path[p], args.min_start_epoch[p], args.max_start_epoch[p], args.num_queries[p],
-                      args.Iteration[p], args.sim_rank[p] if args.sim_type == "lowrank" else None)
-        _check(phase, args)
+    for p in range(subset_num):
+        phase = Phase(p, *(lists[flag][p] for flag in LIST_FLAGS), lists["sim_rank"][p] if sim_type == "lowrank" else None)
+        _check(phase, mini_batch_size)
         phases.append(phase)
     return phases
 
 
-def _check(ph, args):
+def _check(ph, mini_batch_size):
     where = f"phase {ph.index}"
     if not 0 <= ph.min_start_epoch < ph.max_start_epoch:
         raise UserError(f"--min_start_epoch/--max_start_epoch ({where}): need 0 <= min < max, got "
                         f"{ph.min_start_epoch}, {ph.max_start_epoch} (start epochs are drawn from [min, max))")
     if ph.num_queries < 2 or ph.iterations < 1:
         raise UserError(f"--num_queries/--Iteration ({where}): need at least 2 pairs and 1 iteration")
-    if args.mini_batch_size > ph.num_queries:
-        raise UserError(f"--mini_batch_size {args.mini_batch_size} exceeds --num_queries {ph.num_queries} ({where})")
+    if mini_batch_size > ph.num_queries:
+        raise UserError(f"--mini_batch_size {mini_batch_size} exceeds --num_queries {ph.num_queries} ({where})")
     if ph.sim_rank is not None and not 1 <= ph.sim_rank <= ph.num_queries:
         raise UserError(f"--sim_rank ({where}): need 1 <= rank <= num_queries, got {ph.sim_rank}")

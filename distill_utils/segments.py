@@ -21,6 +21,7 @@ import torch
 from common.errors import UserError
 from distill_utils import parallel
 from distill_utils.method.matching import MatchResult, minibatch_schedule
+from distill_utils.rng import segment_seed
 
 
 @dataclass
@@ -68,10 +69,6 @@ def draw(k_total, stream, phase, generator, args, n_pairs, device):
         schedule = minibatch_schedule(n_pairs, args.mini_batch_size, args.syn_steps, generator)
         segments.append(Segment(k, t, schedule, start, target))
     return segments
-
-
-def segment_seed(seed, iteration, k):
-    return ((seed * 1_000_003 + iteration) * 65_537 + k) % 2**63
 
 
 @contextlib.contextmanager

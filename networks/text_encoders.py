@@ -61,17 +61,15 @@ def _file_digest(path, h, chunk=1 << 20, named=True):
 
 
 def fingerprint(spec):
-    """A short string that changes when the encoder's files change."""
+    """A short string that changes when the encoder's files other than its weights (config, tokenizer) change;
+    weights_digest names the weights."""
     h = hashlib.sha256(spec.encode())
-    if spec.startswith("openclip:"):
-        _, pretrained = _split_openclip(spec)
-        if pretrained and os.path.isfile(pretrained):
-            _file_digest(pretrained, h)
+    if spec.startswith("openclip:"):  # architecture and tokenizer come with open_clip, named by the spec
         return h.hexdigest()[:16]
     model_dir = resolve_model_dir(spec)
     for fname in sorted(os.listdir(model_dir)):
         path = os.path.join(model_dir, fname)
-        if os.path.isfile(path) and fname.endswith((".json", ".safetensors", ".bin", ".txt")):
+        if os.path.isfile(path) and fname.endswith((".json", ".txt")):
             _file_digest(path, h)
     return h.hexdigest()[:16]
 
@@ -86,24 +84,31 @@ def remember_weights_digest(spec, digest):
 
 def weights_digest(spec):
     """Names the encoder's weights, not where they lie: one model in two directories (or as a hub id and a
-    local copy) agrees, two models in directories of the same name do not."""
-    return _DIGESTS_FROM_CACHE.get(spec) or _weights_digest(spec)
+    local copy) agrees, two models in directories of the same name do not. Files are read once per version
+    (path, size, modification time)."""
+    if spec in _DIGESTS_FROM_CACHE:
+        return _DIGESTS_FROM_CACHE[spec]
+    return _weights_digest(spec, tuple((f, os.stat(f).st_size, os.stat(f).st_mtime_ns) for f in _weight_files(spec)))
+
+
+def _weight_files(spec):
+    """The files the encoder's weights are loaded from (none for an open_clip hub tag)."""
+    if spec.startswith("openclip:"):
+        _, pretrained = _split_openclip(spec)
+        return [pretrained] if pretrained and os.path.isfile(pretrained) else []
+    model_dir = resolve_model_dir(spec)
+    names = os.listdir(model_dir)
+    ext = ".safetensors" if any(f.endswith(".safetensors") for f in names) else ".bin"  # what transformers loads
+    return sorted(f for f in (os.path.join(model_dir, n) for n in names if n.endswith(ext)) if os.path.isfile(f))
 
 
 @functools.lru_cache(maxsize=None)
-def _weights_digest(spec):
-    if spec.startswith("openclip:"):
+def _weights_digest(spec, files):
+    if spec.startswith("openclip:") and not files:
         arch, pretrained = _split_openclip(spec)
-        if not (pretrained and os.path.isfile(pretrained)):
-            return f"openclip:{arch}@{pretrained or ''}"
-        files = [pretrained]
-    else:
-        model_dir = resolve_model_dir(spec)
-        names = os.listdir(model_dir)
-        ext = ".safetensors" if any(f.endswith(".safetensors") for f in names) else ".bin"  # what transformers loads
-        files = [os.path.join(model_dir, f) for f in names if f.endswith(ext)]
+        return f"openclip:{arch}@{pretrained or ''}"
     h = hashlib.sha256()
-    for path in sorted(f for f in files if os.path.isfile(f)):
+    for path, _, _ in files:
         _file_digest(path, h, named=False)
     return h.hexdigest()[:16]
 

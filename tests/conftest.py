@@ -1,14 +1,13 @@
-"""Shared tiny fixtures: a small synthetic dataset, a tiny BERT built and saved here, CLI args for both."""
-import os
-
+"""The fixtures shared by the tests (helpers live in helpers.py): a small synthetic dataset, a tiny BERT built and
+saved here, CLI args for both, an expert buffer, a network factory and a fake test split."""
 import pytest
 import torch
 
-TINY_SYNTHETIC = ["--synthetic_train_images", "40", "--synthetic_test_images", "10"]
-WORDS = ("a an the on of in at with is there that picture image showing backdrop background over small large "
-         "little tiny big huge red green blue yellow purple orange white black grey gray navy sand beige mint "
-         "circle disc square block triangle cross plus sign diamond rhombus left right top bottom centre middle "
-         "side half edge near upper lower part dog cat , ;").split()
+import buffer
+from distill_utils.method.student import RetrievalData
+from distill_utils.files.buffers import buffer_dir
+from networks.dual_encoder import NetConfig, NetworkFactory
+from tests.helpers import TEXT_DIM, WORDS, TensorImages, tiny_flags
 
 
 @pytest.fixture(scope="session")
@@ -35,27 +34,8 @@ def tiny_data(tmp_path_factory):
 
 @pytest.fixture
 def tiny_args(tiny_data, tiny_text_encoder, tmp_path_factory):
-    return tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory)
-
-
-def tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory):
     """Flags shared by the entry scripts for a fast CPU run on the tiny dataset."""
-    cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
-    return ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache,
-            "--text_encoder", tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32",
-            "--device", "cpu", *TINY_SYNTHETIC]
-
-
-def run_cli(main, argv, capsys):
-    """Run an entry point in-process; returns (exit status, its `error:` lines, or all of stderr if none)."""
-    try:
-        main(argv)
-        code = 0
-    except SystemExit as e:
-        code = e.code
-    err = capsys.readouterr().err
-    errors = [line for line in err.splitlines() if line.startswith("error:")]
-    return code, "\n".join(errors) if errors else err
+    return tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)
@@ -63,3 +43,33 @@ def _quiet_and_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     torch.set_num_threads(1)  # tiny tensors: one thread is fastest and immune to CPU contention
+
+
+@pytest.fixture(scope="module")
+def expert_dir(tmp_path_factory, tiny_data, tiny_text_encoder):
+    """A buffer of two 3-epoch experts on the tiny data (one per test module that uses it)."""
+    root = tmp_path_factory.mktemp("buffers")
+    args = ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", str(root / "cache"),
+            "--text_encoder", tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32",
+            "--synthetic_train_images", "40", "--synthetic_test_images", "10", "--device", "cpu",
+            "--buffer_path", str(root), "--num_experts", "2", "--train_epochs", "3", "--image_trainable",
+            "--batch_train", "16", "--eval_freq", "3"]
+    try:
+        buffer.main(args)
+    except SystemExit as e:
+        assert e.code in (0, None)
+    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", tiny_text_encoder, "InfoNCE")
+
+
+@pytest.fixture
+def factory():
+    """Networks of the tiny architecture, trainable image side."""
+    return NetworkFactory(NetConfig("convnet_w8_d2_e32", 16, TEXT_DIM, True))
+
+
+@pytest.fixture
+def fake_test():
+    """A test split of 6 random images with 2 captions each."""
+    g = torch.Generator().manual_seed(1)
+    return RetrievalData(TensorImages(torch.randn(6, 3, 16, 16, generator=g)), torch.randn(12, TEXT_DIM, generator=g),
+                         torch.arange(6).repeat_interleave(2))

@@ -14,13 +14,12 @@ from distill_utils.method.student import Student, make_sgd, train_epoch
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import SiLU, replay_safe
-from tests.conftest import run_cli
-from tests.test_distill import _args, distill, expert_dir, whole_killed_resumed  # noqa: F401  (expert_dir: a fixture)
+from tests.helpers import distill, distill_args, run_cli, whole_killed_resumed
 
 N, SIDE, DIM = 8, 8, 6
 
 
-def _setup(amp="off", channels_last=False):
+def tiny_matching(amp="off", channels_last=False):
     torch.manual_seed(0)
     net = NetworkFactory(NetConfig("convnet_w8_d2_e16", SIDE, DIM, True, amp=amp,
                                    channels_last=channels_last)).build(seed=0).train()
@@ -50,7 +49,7 @@ def test_relative_error_by_hand():
 
 
 def test_bf16_student_runs_the_network_under_autocast_and_the_loss_in_float32():
-    net, syn, start, _, _ = _setup()
+    net, syn, start, _, _ = tiny_matching()
     x, y, s = syn.batch(torch.arange(4))
     net.eval()
     f32, bf16 = Student(net, "WBCE").loss(*start, x, y, s), Student(net, "WBCE", amp="bf16").loss(*start, x, y, s)
@@ -59,7 +58,7 @@ def test_bf16_student_runs_the_network_under_autocast_and_the_loss_in_float32():
 
 
 def test_a_passed_check_leaves_the_run_where_a_run_without_checks_is():
-    net, syn, start, target, schedule = _setup(amp="bf16")
+    net, syn, start, target, schedule = tiny_matching(amp="bf16")
     amp_only, _ = _run(Student(net, "WBCE"), syn, start, target, schedule)
     rng_after = torch.get_rng_state()
     f32, _ = _run(Student(net, "WBCE", amp="off"), syn, start, target, schedule)
@@ -72,7 +71,7 @@ def test_a_passed_check_leaves_the_run_where_a_run_without_checks_is():
 
 
 def test_a_failed_check_keeps_the_float32_gradient_and_turns_amp_off():
-    net, syn, start, target, schedule = _setup(amp="bf16")
+    net, syn, start, target, schedule = tiny_matching(amp="bf16")
     f32, _ = _run(Student(net, "WBCE", amp="off"), syn, start, target, schedule)
     guard = AmpGuard(Student(net, "WBCE"), "bf16", tolerance=1e-12, check_every=5)
     checked, record = _run(None, syn, start, target, schedule, guard)
@@ -83,7 +82,7 @@ def test_a_failed_check_keeps_the_float32_gradient_and_turns_amp_off():
 
 
 def test_fp16_training_scales_the_loss():
-    net, syn, start, _, _ = _setup(amp="fp16")
+    net, syn, start, _, _ = tiny_matching(amp="fp16")
     student = Student(net, "InfoNCE")
     img, txt = (p.clone().requires_grad_(True) for p in start)
     opt = make_sgd(img, txt, 0.1, 0.1, 0.9, 5e-4)
@@ -94,7 +93,7 @@ def test_fp16_training_scales_the_loss():
 
 
 def test_channels_last_gives_the_same_logits():
-    net, syn, start, _, _ = _setup()
+    net, syn, start, _, _ = tiny_matching()
     net.eval()
     x, y, _ = syn.batch(torch.arange(N))
     plain = net.logits(x, y, *start)
@@ -115,7 +114,7 @@ def test_replay_safe_silu_gives_the_same_first_gradient_with_and_without_create_
 
 
 def test_distillation_with_amp_logs_its_checks(tiny_args, expert_dir, tmp_path, capsys):
-    args = _args(tiny_args, expert_dir, tmp_path, "amp", "--amp", "bf16", "--amp_check_it", "2", "--amp_tolerance", "1e6",
+    args = distill_args(tiny_args, expert_dir, tmp_path, "amp", "--amp", "bf16", "--amp_check_it", "2", "--amp_tolerance", "1e6",
                  "--num_eval", "0", "--channels_last")
     assert run_cli(distill.main, args, capsys)[0] == 0
     records = [json.loads(line) for line in open(tmp_path / "synthetic" / "amp" / "metrics.jsonl")]
@@ -128,7 +127,7 @@ def test_distillation_with_amp_logs_its_checks(tiny_args, expert_dir, tmp_path, 
 
 @pytest.mark.parametrize("flag, value", [("--amp_tolerance", "nan"), ("--amp_tolerance", "0"), ("--amp_check_it", "0")])
 def test_bad_amp_settings_are_refused_in_one_line(tiny_args, expert_dir, tmp_path, capsys, flag, value):
-    code, err = run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, "bad", flag, value), capsys)
+    code, err = run_cli(distill.main, distill_args(tiny_args, expert_dir, tmp_path, "bad", flag, value), capsys)
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err
 
 
@@ -145,7 +144,7 @@ def test_resume_keeps_a_fallback_to_float32(tiny_args, expert_dir, tmp_path, cap
 
 
 def test_a_run_started_before_the_speed_options_resumes(tiny_args, expert_dir, tmp_path, capsys):
-    args = _args(tiny_args, expert_dir, tmp_path, "old", "--num_eval", "0")
+    args = distill_args(tiny_args, expert_dir, tmp_path, "old", "--num_eval", "0")
     assert run_cli(distill.main, args, capsys)[0] == 0
     path = tmp_path / "synthetic" / "old" / "config.json"
     config = json.loads(path.read_text())

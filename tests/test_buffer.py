@@ -1,12 +1,11 @@
 import json
 import os
 
-import pytest
 import torch
 
 import buffer
 from distill_utils.files.buffers import buffer_dir, list_pairs
-from tests.conftest import run_cli
+from tests.helpers import flag_value, run_cli
 
 
 def _buffer_args(tiny_args, root, *extra):
@@ -15,7 +14,7 @@ def _buffer_args(tiny_args, root, *extra):
 
 
 def _out_dir(root, tiny_args):
-    text_encoder = tiny_args[tiny_args.index("--text_encoder") + 1]
+    text_encoder = flag_value(tiny_args, "--text_encoder")
     return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", text_encoder, "InfoNCE")
 
 

@@ -6,9 +6,7 @@ import torch
 from distill_utils.method.conditioning import ConditionedSet, condition
 from distill_utils.method.matching import MATCHING, minibatch_schedule
 from distill_utils.files.subset_file import DistilledSubset
-from tests.conftest import run_cli
-from tests.test_distill import _args, _tensors, distill, expert_dir  # noqa: F401 (fixture)
-from tests.test_matching import _grads, _rel, _setup
+from tests.helpers import distill, distill_args, grads_of, rel_err, run_cli, saved_tensors, tiny_matching
 
 FROZEN = (3, 4)  # sizes of the frozen earlier subsets D_1, D_2; the learnable D_3 has 6 pairs
 
@@ -35,7 +33,7 @@ def _joined(frozen, image, text, sim):
 
 @pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
 def test_batch_is_the_joined_set_in_index_order(sim_kind):
-    *_, syn, _, _, _ = _setup(sim_kind)
+    *_, syn, _, _, _ = tiny_matching(sim_kind)
     frozen = _frozen()
     view = ConditionedSet(syn, frozen)
     assert len(view) == 13 and view.image is syn.image and view.tensors() == syn.tensors()
@@ -72,36 +70,36 @@ def _reference(student, frozen, syn, start, target, schedule, exact):
 @pytest.mark.parametrize("mode", sorted(MATCHING))
 @pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
 def test_conditioned_gradient_equals_autograd_on_the_joined_set(mode, sim_kind):
-    net, student, syn, start, target, _ = _setup(sim_kind, loss_type="InfoNCE")
+    net, student, syn, start, target, _ = tiny_matching(sim_kind, loss_type="InfoNCE")
     net.eval()  # no dropout: the reference draws no random numbers
     frozen = _frozen()
     view = ConditionedSet(syn, frozen)
     schedule = minibatch_schedule(len(view), 5, 4, torch.Generator().manual_seed(3))
     result = MATCHING[mode](student, view, start, target, schedule)
-    ours = _grads(syn)
+    ours = grads_of(syn)
     loss, want = _reference(student, frozen, syn, start, target, schedule, exact=mode != "constant")
     assert abs(loss - result.loss) < 1e-10
     for k, (a, b) in enumerate(zip(ours, want)):
-        assert _rel(a, b) < 1e-6, (mode, k, _rel(a, b))
+        assert rel_err(a, b) < 1e-6, (mode, k, rel_err(a, b))
     assert all(not t.requires_grad for f in frozen for t in (f.image, f.text, f.similarity))
     # the frozen pairs matter: without them the same schedule cannot even be indexed, and D_3 alone differs
     syn.zero_grad()
     alone = minibatch_schedule(len(syn), 5, 4, torch.Generator().manual_seed(3))
     MATCHING[mode](student, syn, start, target, alone)
-    assert _rel(_grads(syn)[0], ours[0]) > 1e-3
+    assert rel_err(grads_of(syn)[0], ours[0]) > 1e-3
 
 
 def test_conditioning_changes_only_the_later_phases(tiny_args, expert_dir, tmp_path, capsys):
     runs = {}
     for mode in ("none", "cumulative"):
-        code, err = run_cli(distill.main, _args(tiny_args, expert_dir, tmp_path, mode, "--phase_conditioning", mode,
+        code, err = run_cli(distill.main, distill_args(tiny_args, expert_dir, tmp_path, mode, "--phase_conditioning", mode,
                                                 "--eval_mode", "cumulative"), capsys)
         assert code == 0, err
         runs[mode] = tmp_path / "synthetic" / mode
-    first = [torch.equal(a, b) for a, b in zip(_tensors(runs["none"], "distilled_0_final.pt"),
-                                               _tensors(runs["cumulative"], "distilled_0_final.pt"))]
-    second = [torch.equal(a, b) for a, b in zip(_tensors(runs["none"], "distilled_1_final.pt"),
-                                                _tensors(runs["cumulative"], "distilled_1_final.pt"))]
+    first = [torch.equal(a, b) for a, b in zip(saved_tensors(runs["none"], "distilled_0_final.pt"),
+                                               saved_tensors(runs["cumulative"], "distilled_0_final.pt"))]
+    second = [torch.equal(a, b) for a, b in zip(saved_tensors(runs["none"], "distilled_1_final.pt"),
+                                                saved_tensors(runs["cumulative"], "distilled_1_final.pt"))]
     assert all(first) and not all(second)
     saved = torch.load(runs["cumulative"] / "distilled_1_final.pt", weights_only=True)
     assert saved["config"]["phase_conditioning"] == "cumulative" and saved["image"].shape[0] == 8
@@ -132,7 +130,7 @@ class _SavedBytes:
 
 
 def _peak_saved(mode, steps):
-    net, student, syn, start, target, _ = _setup("full", loss_type="InfoNCE")
+    net, student, syn, start, target, _ = tiny_matching("full", loss_type="InfoNCE")
     net.eval()
     view = ConditionedSet(syn, _frozen())
     schedule = minibatch_schedule(len(view), 5, steps, torch.Generator().manual_seed(3))

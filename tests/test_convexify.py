@@ -10,33 +10,9 @@ import torch
 from convexify import main
 from distill_utils.method.shortcut import shortcut_trajectory
 from distill_utils.files.buffers import ExpertStream
+from tests.helpers import IMG_SHAPES, TXT_SHAPES, trajectory, write_buffer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-IMG_SHAPES, TXT_SHAPES = [(3, 2), (4,)], [(2, 5), (5,), (1,)]
-
-
-def trajectory(shapes, timestamps, seed):
-    g = torch.Generator().manual_seed(seed)
-    stamp, traj = [torch.randn(s, generator=g) for s in shapes], []
-    for _ in range(timestamps):
-        traj.append(stamp)
-        stamp = [p + torch.rand(1, generator=g) * torch.randn(p.shape, generator=g) for p in stamp]
-    return traj
-
-
-def write_buffer(directory, pairs=2, experts=2, timestamps=6, manifest=None):
-    """A normal/ directory of `pairs` img/txt files, each holding `experts` trajectories."""
-    os.makedirs(directory, exist_ok=True)
-    for n in range(pairs):
-        for side, shapes in (("img", IMG_SHAPES), ("txt", TXT_SHAPES)):
-            trajs = [trajectory(shapes, timestamps, seed=100 * n + 10 * e + len(side) + len(shapes)) for e in range(experts)]
-            torch.save(trajs, os.path.join(directory, f"{side}_replay_buffer_{n}.pt"))
-    if manifest is not None:
-        with open(os.path.join(directory, "manifest.json"), "w") as f:
-            json.dump(manifest, f)
-    return str(directory)
-
-
 def load(path):
     return torch.load(path, map_location="cpu", weights_only=True)
 

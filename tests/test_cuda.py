@@ -11,8 +11,7 @@ from distill_utils.method.similarity import make_similarity
 from distill_utils.method.student import Student
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
-from tests.conftest import run_cli
-from tests.test_distill import _args, assert_same_saves, distill, expert_dir, whole_killed_resumed  # noqa: F401
+from tests.helpers import assert_same_saves, distill, distill_args, run_cli, whole_killed_resumed
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (bench/gpu_check.sh)")
 CUDA = torch.device("cuda")
@@ -59,7 +58,7 @@ def test_resume_on_cuda_ends_like_an_uninterrupted_run_and_logs_peak_memory(tiny
 
 
 def test_amp_run_on_cuda_checks_against_float32(tiny_args, expert_dir, tmp_path, capsys):
-    args = _args(tiny_args, expert_dir, tmp_path, "amp", "--device", "cuda", "--amp", "bf16", "--amp_check_it", "2", "--amp_tolerance", "1e6",
+    args = distill_args(tiny_args, expert_dir, tmp_path, "amp", "--device", "cuda", "--amp", "bf16", "--amp_check_it", "2", "--amp_tolerance", "1e6",
                  "--num_eval", "0")
     assert run_cli(distill.main, args, capsys)[0] == 0
     records = [json.loads(line) for line in open(tmp_path / "synthetic" / "amp" / "metrics.jsonl")]

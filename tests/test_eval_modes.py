@@ -8,8 +8,7 @@ import evaluate
 from distill_utils.evaluation import protocol as evaluation
 from distill_utils.evaluation.protocol import (EvalProtocol, PlannedEpoch, SubsetSource, arrange, evaluate_sequence,
                                       training_plan)
-from tests.conftest import run_cli
-from tests.test_evaluation import FAST, factory, fake_test, random_subset  # noqa: F401 (fixtures)
+from tests.helpers import FAST, random_subset, run_cli
 
 
 def _source(n, seed, lr, name):

@@ -6,16 +6,10 @@ import torch
 
 import buffer
 import evaluate
-from tests.conftest import run_cli
 from distill_utils.evaluation.coresets import nearest_distinct
 from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, eval_epochs, evaluate_sequence, format_table
 from distill_utils.files.run_log import RunLog
-from distill_utils.method.student import RetrievalData
-from distill_utils.files.subset_file import DistilledSubset
-from networks.dual_encoder import NetConfig, NetworkFactory
-
-TEXT_DIM = 32  # the tiny BERT of conftest
-FAST = ["--image_trainable", "--num_eval", "2", "--epoch_eval_train", "3", "--eval_points", "2"]
+from tests.helpers import FAST, TEXT_DIM, our_file, random_subset, run_cli, with_flag, write_published
 
 
 @pytest.fixture(autouse=True)
@@ -25,26 +19,6 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
-
-
-class TensorImages:
-    """An in-memory stand-in for ImageStore (what embed_split needs)."""
-
-    def __init__(self, images):
-        self.images = images
-
-    def __len__(self):
-        return len(self.images)
-
-    def batches(self, order, batch_size):
-        for idx in torch.split(order, batch_size):
-            yield self.images[idx], idx
-
-
-def random_subset(n, seed, size=16, dim=TEXT_DIM):
-    g = torch.Generator().manual_seed(seed)
-    return DistilledSubset(torch.randn(n, 3, size, size, generator=g), torch.randn(n, dim, generator=g),
-                           torch.eye(n) + 0.05 * torch.rand(n, n, generator=g), 0.05, 0.05)
 
 
 class RecordingSource(SubsetSource):
@@ -57,18 +31,6 @@ class RecordingSource(SubsetSource):
     def batches(self, batch_size, generator, device):
         self.journal.append(self.name)
         yield from super().batches(batch_size, generator, device)
-
-
-@pytest.fixture
-def factory():
-    return NetworkFactory(NetConfig("convnet_w8_d2_e32", 16, TEXT_DIM, True))
-
-
-@pytest.fixture
-def fake_test():
-    g = torch.Generator().manual_seed(1)
-    return RetrievalData(TensorImages(torch.randn(6, 3, 16, 16, generator=g)), torch.randn(12, TEXT_DIM, generator=g),
-                         torch.arange(6).repeat_interleave(2))
 
 
 def test_phased_loop_trains_subsets_in_the_given_order(factory, fake_test, tmp_path):
@@ -132,20 +94,6 @@ def test_random_baseline_is_reproducible_per_seed(tiny_args, tmp_path, capsys):
     assert first["config"]["seed"] == 0 and first["config"]["num_pairs"] == 10
 
 
-def write_published(path, n, seed, lowrank=False, **overrides):
-    """A distilled file as the authors publish it, built from plain lists and tensors (no config)."""
-    s = random_subset(n, seed)
-    obj = {"image": s.image.tolist(), "text": s.text, "syn_lr_img": 0.05, "syn_lr_txt": torch.tensor(0.05)}
-    if lowrank:
-        obj["similarity_params"] = [torch.ones(n), torch.randn(n, 2), torch.zeros(n, 2)]
-    else:
-        obj["similarity_params"] = [s.similarity.tolist()]
-        obj["similarity_mat"] = s.similarity.tolist()
-    obj.update(overrides)
-    torch.save(obj, path)
-    return str(path)
-
-
 def test_published_files_load_and_evaluate_beside_a_same_size_baseline(tiny_args, tmp_path, capsys):
     a, b = write_published(tmp_path / "d0.pt", 5, 0), write_published(tmp_path / "d1.pt", 7, 1, lowrank=True)
     out = tmp_path / "r.json"
@@ -167,15 +115,6 @@ def test_full_baseline_trains_on_every_pair(tiny_args, tmp_path, capsys):
     assert code == 0, err
     phases = json.loads(out.read_text())["results"]["full"]["phases"]
     assert [(p["name"], p["pairs"], p["epochs"]) for p in phases] == [("full", 80, 1)]  # 40 images x 2 captions
-
-
-def our_file(path, tiny_args, **config):
-    s = random_subset(4, 3)
-    full = {"dataset": "synthetic", "image_encoder": "convnet_w8_d2_e32", "image_size": 16, "image_trainable": True,
-            "text_encoder": tiny_args[tiny_args.index("--text_encoder") + 1], "text_dim": TEXT_DIM, "phase": 0} | config
-    torch.save({"image": s.image, "text": s.text, "similarity_params": [s.similarity], "similarity_mat": s.similarity,
-                "syn_lr_img": torch.tensor(0.05), "syn_lr_txt": torch.tensor(0.05), "config": full}, path)
-    return str(path)
 
 
 def test_cross_architecture_is_allowed_and_said(tiny_args, tmp_path, capsys):
@@ -243,8 +182,7 @@ def test_prototype_baseline_from_an_expert_buffer(tiny_args, tmp_path, capsys):
     chosen = json.loads(out.read_text())["selections"]["prototype"]
     assert len(chosen) == len(set(chosen)) == 6 and all(0 <= i < 80 for i in chosen)
     # the same buffer cannot embed for another image encoder: refused, naming the buffer
-    other = [*tiny_args[:tiny_args.index("--image_encoder") + 1], "convnet_w8_d2_e16",
-             *tiny_args[tiny_args.index("--image_encoder") + 2:]]
+    other = with_flag(tiny_args, "--image_encoder", "convnet_w8_d2_e16")
     code, err = run_cli(evaluate.main, other + FAST + ["--baseline", "prototype", "--num_pairs", "6",
                                                        "--buffer_path", str(directory)], capsys)
     assert_one_line_error(code, err, "--buffer_path")

@@ -20,8 +20,7 @@ from common import io
 from common.errors import UserError
 from common.procs import host_id
 from distill_utils.files.buffers import buffer_dir, list_pairs
-from tests.conftest import run_cli
-from tests.test_distill import distill
+from tests.helpers import FAST, TEXT_DIM, distill, distill_args, flag_value, our_file, run_cli, with_flag, write_buffer, write_published
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -201,7 +200,7 @@ def _buffer(tiny_args, root, *extra):
 
 
 def _buffer_dir(root, tiny_args):
-    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", tiny_args[tiny_args.index("--text_encoder") + 1],
+    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", flag_value(tiny_args, "--text_encoder"),
                       "InfoNCE")
 
 
@@ -246,7 +245,6 @@ def test_a_corrupt_expert_file_is_not_reported_complete(tiny_args, tmp_path, cap
 
 # --- distill_ptm-st.py: finite saves, every buffer file checked, a failed start blocks nothing, resume -------
 
-from tests.test_distill import _args as _distill_args, expert_dir  # noqa: E402,F401 (the module's expert fixture)
 
 
 def _run_files(run_dir):
@@ -264,7 +262,7 @@ def _copy_buffer(src, dst, edit=None):
 
 
 def test_divergence_after_the_update_saves_nothing_non_finite(tiny_args, expert_dir, tmp_path, capsys):
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "big", "--Iteration", "1", "1", "--lr_sim", "1e38",
+    args = distill_args(tiny_args, expert_dir, tmp_path, "big", "--Iteration", "1", "1", "--lr_sim", "1e38",
                          "--num_eval", "0")
     code, err = run_cli(distill.main, args, capsys)
     _one_line(code, err, "non-finite after its update", "optimisation")
@@ -290,7 +288,7 @@ def test_the_error_names_a_save_that_really_is_good(tiny_args, expert_dir, tmp_p
                 self.image[0, 0, 0, 0] = float("nan")
 
     monkeypatch.setattr(SyntheticSet, "step", poisoning_step)
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "nan2", "--eval_it", "1", "--num_eval", "0")
+    args = distill_args(tiny_args, expert_dir, tmp_path, "nan2", "--eval_it", "1", "--num_eval", "0")
     code, err = run_cli(distill.main, args, capsys)
     _one_line(code, err, "iteration 2", "distilled_0_1.pt")
     run_dir = tmp_path / "synthetic" / "nan2"
@@ -312,21 +310,21 @@ def test_every_buffer_file_is_checked_before_the_run_starts(case, tiny_args, exp
         return [[[p.fill_(float("nan")) for p in stamp] for stamp in e] for e in experts]
 
     bad = _copy_buffer(expert_dir, tmp_path / "bad", edit)
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0")
-    args[args.index("--buffer_path") + 2] = bad  # phase 1
+    args = distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0")
+    args = with_flag(args, "--buffer_path", expert_dir, bad)  # phase 1 reads the damaged copy
     code, err = run_cli(distill.main, args, capsys)
     needle = {"short": "needs timestamp 2", "shapes": "do not match the network", "nan": "buffer is damaged"}[case]
     _one_line(code, err, needle, "replay_buffer_1.pt")
     if case != "nan":  # refused before anything is written: the corrected command starts cleanly
         assert _run_files(tmp_path / "synthetic" / "x") == []
-        assert run_cli(distill.main, _distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0"),
+        assert run_cli(distill.main, distill_args(tiny_args, expert_dir, tmp_path, "x", "--num_eval", "0"),
                        capsys)[0] == 0
 
 
 def test_half_precision_buffers_are_accepted(tiny_args, expert_dir, tmp_path, capsys):
     half = _copy_buffer(expert_dir, tmp_path / "half", lambda name, ex: [[[p.half() for p in s] for s in e] for e in ex])
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "half", "--num_eval", "0", "--Iteration", "1", "1")
-    args[args.index("--buffer_path") + 1: args.index("--buffer_path") + 3] = [half, half]
+    args = distill_args(tiny_args, expert_dir, tmp_path, "half", "--num_eval", "0", "--Iteration", "1", "1")
+    args = with_flag(args, "--buffer_path", half, half)
     code, err = run_cli(distill.main, args, capsys)
     assert code == 0, err
 
@@ -337,9 +335,8 @@ def test_half_precision_buffers_are_accepted(tiny_args, expert_dir, tmp_path, ca
 ])
 def test_a_failed_start_leaves_nothing_that_blocks_the_corrected_command(flags, needle, tiny_args, expert_dir,
                                                                          tmp_path, capsys):
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "typo", "--num_eval", "0")
-    i = args.index(flags[0])
-    _one_line(*run_cli(distill.main, args[:i] + flags + args[i + len(flags):], capsys), needle)
+    args = distill_args(tiny_args, expert_dir, tmp_path, "typo", "--num_eval", "0")
+    _one_line(*run_cli(distill.main, with_flag(args, *flags), capsys), needle)
     assert _run_files(tmp_path / "synthetic" / "typo") == []
     resume = ["--resume"] if "nope" in flags else []  # a start that never began is no run to continue: it starts
     assert run_cli(distill.main, args + resume, capsys)[0] == 0
@@ -356,7 +353,7 @@ def _killed_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, at_step, n
         real_step(self)
 
     monkeypatch.setattr(SyntheticSet, "step", dying_step)
-    args = _distill_args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--checkpoint_it", "2",
+    args = distill_args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--checkpoint_it", "2",
                          "--eval_it", "3")
     assert run_cli(distill.main, args, capsys)[0] == 130
     monkeypatch.setattr(SyntheticSet, "step", real_step)
@@ -386,7 +383,6 @@ def test_a_foreign_checkpoint_is_one_line(content, tiny_args, expert_dir, tmp_pa
 
 # --- evaluate.py, data and files: one line for every malformed input ----------------------------------------
 
-from tests.test_evaluation import FAST, TEXT_DIM, our_file, write_published  # noqa: E402
 
 
 def _lowrank_bad(path):
@@ -455,8 +451,8 @@ def test_a_text_encoder_of_the_same_name_with_other_weights_is_refused(tiny_args
         for p in model.parameters():
             p.add_(0.01)
     model.save_pretrained(other)
-    args = _distill_args(tiny_args, expert_dir, tmp_path, "enc", "--num_eval", "0")
-    args[args.index("--text_encoder") + 1] = str(other)
+    args = distill_args(tiny_args, expert_dir, tmp_path, "enc", "--num_eval", "0")
+    args = with_flag(args, "--text_encoder", str(other))
     _one_line(*run_cli(distill.main, args, capsys), "text_encoder_weights")
 
 
@@ -526,7 +522,6 @@ def test_claims_work_without_hard_links(tmp_path, monkeypatch):
 
 
 def test_a_non_finite_buffer_is_neither_convexified_nor_embedded(tiny_args, tmp_path, capsys):
-    from tests.test_convexify import write_buffer
     normal = tmp_path / "normal"
     write_buffer(str(normal), pairs=1, experts=1, timestamps=4)
     path = normal / "img_replay_buffer_0.pt"

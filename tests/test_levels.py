@@ -5,10 +5,11 @@ import json
 import os
 
 from distill_utils import cli_args
+from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
 from distill_utils.datasets.builtin import generate
-from tests.test_synthetic import _read_all
+from tests.helpers import read_all
 
 
 def _args(dataset, root):
@@ -23,12 +24,12 @@ def test_levels_generate_one_and_two_shapes(tmp_path):
     easy, hard = _args("synthetic", str(tmp_path / "easy")), _args("synthetic_hard", str(tmp_path / "hard"))
     assert (easy.image_size, easy.text_encoder, hard.image_size, hard.text_encoder) == (32, "minilm", 32, "minilm")
     for a in (easy, hard):
-        prepare(a)
+        prepare(from_flags(DataConfig, a))
     # `synthetic` is byte for byte what the generator gave before the levels existed (one shape per image)
     generate(str(tmp_path / "direct"), seed=0, train_images=12, test_images=10, val_images=10,
              captions_per_train_image=2, image_px=64, max_objects=1)
-    assert {k: v for k, v in _read_all(tmp_path / "easy").items() if k != "synthetic_meta.json"} == \
-        _read_all(tmp_path / "direct")
+    assert {k: v for k, v in read_all(tmp_path / "easy").items() if k != "synthetic_meta.json"} == \
+        read_all(tmp_path / "direct")
     meta = json.load(open(tmp_path / "hard" / "synthetic_meta.json"))
     assert meta["max_objects"] == 2
     easy_pairs = load_train_pairs("synthetic", easy.ann_root, easy.image_root)

@@ -8,51 +8,16 @@ from distill_utils import speed
 from distill_utils.method.losses import contrastive_loss
 from distill_utils.method.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
 from distill_utils.method.similarity import make_similarity
-from distill_utils.method.student import Student
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
-from networks.dual_encoder import DualEncoder
-from networks.image_encoders import build_image_encoder
-
-N, STEPS, BATCH, TEXT_DIM = 6, 4, 4, 5
-
-
-def _setup(sim_kind="full", trainable=True, loss_type="WBCE", seed=0):
-    torch.manual_seed(seed)
-    encoder, dim = build_image_encoder("convnet_w4_d1_e6", 4)
-    net = DualEncoder(encoder, dim, TEXT_DIM, trainable, out_embedding=6).double()
-    student = Student(net, loss_type)
-    g = torch.Generator().manual_seed(seed)
-    sim = make_similarity(sim_kind, N, rank=2, alpha=1.0, generator=g)
-    sim.params = [p.double() for p in sim.params]
-    if sim_kind == "lowrank":
-        sim.params[2] = torch.randn(N, 2, generator=g).double() * 0.3  # R = 0 would hide the L gradient
-    else:
-        sim.params[0] = sim.params[0] + 0.1 * torch.rand(N, N, generator=g).double()
-    syn = SyntheticSet(torch.randn(N, 3, 4, 4, generator=g).double(), torch.randn(N, TEXT_DIM, generator=g).double(),
-                       sim, 0.05, 0.08, SynOptim(1.0, 1.0, 1.0, 1.0))
-    img0, txt0 = (p.double() for p in net.initial_params())
-    start = (img0, txt0)
-    target = (img0 + 0.05 * torch.randn(img0.shape, generator=g).double(),
-              txt0 + 0.05 * torch.randn(txt0.shape, generator=g).double())
-    schedule = minibatch_schedule(N, BATCH, STEPS, g)
-    return net, student, syn, start, target, schedule
-
-
-def _grads(syn):
-    return [t.grad.clone() for t in syn.tensors()]
-
-
-def _rel(a, b):
-    return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
-
+from tests.helpers import MATCH_BATCH, MATCH_PAIRS, grads_of, rel_err, tiny_matching
 
 @pytest.mark.parametrize("sim_kind, trainable, loss_type", [("full", True, "WBCE"), ("lowrank", True, "InfoNCE"),
                                                             ("full", False, "CWCL")])
 def test_constant_gradient_equals_autograd_with_student_params_held_constant(sim_kind, trainable, loss_type):
-    net, student, syn, start, target, schedule = _setup(sim_kind, trainable, loss_type)
+    net, student, syn, start, target, schedule = tiny_matching(sim_kind, trainable, loss_type)
     net.eval()  # no dropout: the reference below draws no random numbers
     result = match_constant(student, syn, start, target, schedule)
-    ours = _grads(syn)
+    ours = grads_of(syn)
 
     # independent: rebuild theta_i from pass 1 as constants, then autograd of the same objective
     lr_img, lr_txt = (t.detach().clone().requires_grad_(True) for t in (syn.lr_img, syn.lr_txt))
@@ -78,7 +43,7 @@ def test_constant_gradient_equals_autograd_with_student_params_held_constant(sim
     want = torch.autograd.grad(objective, data + [lr_img, lr_txt])
     assert abs(objective.item() - result.loss) < 1e-10
     for k, (a, b) in enumerate(zip(ours, want)):
-        assert _rel(a, b) < 1e-5, (k, _rel(a, b))
+        assert rel_err(a, b) < 1e-5, (k, rel_err(a, b))
 
 
 def _func_reference(net, syn, start, target, schedule, loss_type="WBCE"):
@@ -111,19 +76,19 @@ def _func_reference(net, syn, start, target, schedule, loss_type="WBCE"):
 
 @pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
 def test_unrolled_gradient_equals_full_autograd(sim_kind):
-    net, student, syn, start, target, schedule = _setup(sim_kind)
+    net, student, syn, start, target, schedule = tiny_matching(sim_kind)
     net.eval()
     match_unrolled(student, syn, start, target, schedule)
-    ours = _grads(syn)
+    ours = grads_of(syn)
     want = _func_reference(net, syn, start, target, schedule)
     for k, (a, b) in enumerate(zip(ours, want)):
-        assert _rel(a, b) < 1e-8, (k, _rel(a, b))
+        assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
 
 
 def test_pass_two_replays_pass_one_bit_for_bit_with_dropout():
-    net, student, syn, start, target, schedule = _setup()
+    net, student, syn, start, target, schedule = tiny_matching()
     net.float().train()  # dropout active, float32 as in real runs
-    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", N), 0.05, 0.08,
+    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", MATCH_PAIRS), 0.05, 0.08,
                          SynOptim(1.0, 1.0, 1.0, 1.0))
     result = match_constant(student, syn32, (start[0].float(), start[1].float()),
                             (target[0].float(), target[1].float()), schedule)
@@ -137,54 +102,54 @@ def test_pass_two_replays_pass_one_bit_for_bit_with_dropout():
 
 def test_all_modes_agree_for_a_single_step():
     """With one step theta_0 is the only student point: holding it constant is exact."""
-    net, student, syn, start, target, _ = _setup()
+    net, student, syn, start, target, _ = tiny_matching()
     net.eval()
-    schedule = [torch.arange(BATCH)]
+    schedule = [torch.arange(MATCH_BATCH)]
     grads = []
     for match in (match_constant, match_unrolled, match_adjoint):
         syn.zero_grad()
         match(student, syn, start, target, schedule)
-        grads.append(_grads(syn))
+        grads.append(grads_of(syn))
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
-            assert _rel(a, b) < 1e-10
+            assert rel_err(a, b) < 1e-10
 
 
 @pytest.mark.parametrize("sim_kind, trainable, loss_type", [("full", True, "WBCE"), ("lowrank", True, "InfoNCE"),
                                                             ("full", False, "CWCL")])
 def test_adjoint_equals_unrolled_and_torch_func(sim_kind, trainable, loss_type):
-    net, student, syn, start, target, schedule = _setup(sim_kind, trainable, loss_type)
+    net, student, syn, start, target, schedule = tiny_matching(sim_kind, trainable, loss_type)
     net.eval()
     result = match_adjoint(student, syn, start, target, schedule)
-    ours = _grads(syn)
+    ours = grads_of(syn)
     syn.zero_grad()
     reference = match_unrolled(student, syn, start, target, schedule)
     assert abs(result.loss - reference.loss) < 1e-12
-    for want in (_grads(syn), _func_reference(net, syn, start, target, schedule, loss_type)):
+    for want in (grads_of(syn), _func_reference(net, syn, start, target, schedule, loss_type)):
         for k, (a, b) in enumerate(zip(ours, want)):
-            assert _rel(a, b) < 1e-8, (k, _rel(a, b))
+            assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
 
 
 def test_adjoint_equals_unrolled_with_dropout():
-    net, student, syn, start, target, schedule = _setup()
+    net, student, syn, start, target, schedule = tiny_matching()
     net.train()
     grads = []
     for match in (match_adjoint, match_unrolled):
         syn.zero_grad()
         torch.manual_seed(7)
         match(student, syn, start, target, schedule)
-        grads.append(_grads(syn))
+        grads.append(grads_of(syn))
     for k, (a, b) in enumerate(zip(*grads)):
-        assert _rel(a, b) < 1e-8, (k, _rel(a, b))
+        assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
 
 
 @pytest.mark.parametrize("store", STORES)
 def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch, store):
     """Every reverse (and recomputed) step sees the forward's theta_i, minibatch and dropout mask: same g_i."""
-    net, student, syn, start, target, _ = _setup()
+    net, student, syn, start, target, _ = tiny_matching()
     net.float().train()  # float32 as in real runs
-    schedule = minibatch_schedule(N, BATCH, 6, torch.Generator().manual_seed(0))
-    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", N), 0.05, 0.08,
+    schedule = minibatch_schedule(MATCH_PAIRS, MATCH_BATCH, 6, torch.Generator().manual_seed(0))
+    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", MATCH_PAIRS), 0.05, 0.08,
                          SynOptim(1.0, 1.0, 1.0, 1.0))
     calls, grads = [], student.grads
 
@@ -215,21 +180,21 @@ def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch, store):
 
 @pytest.mark.parametrize("steps", [2, 3, 5, 10])
 def test_adjoint_stores_give_identical_gradients(steps):
-    net, student, syn, start, target, _ = _setup()
+    net, student, syn, start, target, _ = tiny_matching()
     net.train()
-    schedule = minibatch_schedule(N, BATCH, steps, torch.Generator().manual_seed(0))
+    schedule = minibatch_schedule(MATCH_PAIRS, MATCH_BATCH, steps, torch.Generator().manual_seed(0))
     grads = []
     for store in STORES:
         syn.zero_grad()
         torch.manual_seed(5)
         match_adjoint(student, syn, start, target, schedule, store=store)
-        grads.append(_grads(syn))
+        grads.append(grads_of(syn))
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
 
 
 def test_adjoint_leaves_the_rng_where_constant_does():
-    net, student, syn, start, target, schedule = _setup()
+    net, student, syn, start, target, schedule = tiny_matching()
     net.train()
     states = []
     for match in (match_constant, match_adjoint):
@@ -264,16 +229,16 @@ def _directional_fd(student, syn, start, target, schedule, tensor, v, h=1e-5):
 
 @pytest.mark.parametrize("sim_kind", ["full", "lowrank"])
 def test_adjoint_matches_finite_differences_of_the_matching_loss(sim_kind):
-    net, student, syn, start, target, schedule = _setup(sim_kind)
+    net, student, syn, start, target, schedule = tiny_matching(sim_kind)
     net.eval()
     with torch.no_grad():
         syn.lr_img.fill_(0.5)
         syn.lr_txt.fill_(0.5)  # large steps: the dependence of theta_i on the data matters
     match_adjoint(student, syn, start, target, schedule)
-    adjoint = _grads(syn)
+    adjoint = grads_of(syn)
     syn.zero_grad()
     match_constant(student, syn, start, target, schedule)
-    constant = _grads(syn)
+    constant = grads_of(syn)
     g = torch.Generator().manual_seed(1)
     worst_constant = 0.0
     for tensor, a, c in zip(syn.tensors(), adjoint, constant):
@@ -287,21 +252,32 @@ def test_adjoint_matches_finite_differences_of_the_matching_loss(sim_kind):
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_adjoint_host_store_equals_device_store_on_cuda():
     speed.deterministic("cuda")  # the scatter-add backward of x[idx] is otherwise free to sum in any order
-    net, student, syn, start, target, schedule = _setup()
+    net, student, syn, start, target, schedule = tiny_matching()
     net.cuda().eval()
-    syn = SyntheticSet(syn.image.cuda(), syn.text.cuda(), make_similarity("full", N, device="cuda"), 0.05, 0.08,
+    syn = SyntheticSet(syn.image.cuda(), syn.text.cuda(), make_similarity("full", MATCH_PAIRS, device="cuda"), 0.05, 0.08,
                        SynOptim(1.0, 1.0, 1.0, 1.0))
     start, target = tuple(t.cuda() for t in start), tuple(t.cuda() for t in target)
     grads = []
     for store in ("cpu", "device"):
         syn.zero_grad()
         match_adjoint(student, syn, start, target, schedule, store=store)
-        grads.append(_grads(syn))
+        grads.append(grads_of(syn))
     for a, b in zip(*grads):
         assert torch.equal(a, b)
 
 
 def test_minibatch_schedule_reshuffles_when_exhausted():
-    sched = minibatch_schedule(10, 4, 5, torch.Generator().manual_seed(0))
-    assert [len(s) for s in sched] == [4] * 5
-    assert len(set(torch.cat(sched[:2]).tolist())) == 8  # one permutation for the first two
+    """10 pairs in batches of 4: two batches per pass (the 2 left over wait for no one), then a new permutation
+    drawn from the same generator; 12 pairs: three full batches per pass."""
+    for n, passes in ((10, [[0, 4], [0, 4], [0]]), (12, [[0, 4, 8], [0, 4]])):
+        sched = minibatch_schedule(n, 4, sum(map(len, passes)), torch.Generator().manual_seed(0))
+        g = torch.Generator().manual_seed(0)
+        perms = [torch.randperm(n, generator=g) for _ in passes]
+        want = [perm[start:start + 4] for perm, starts in zip(perms, passes) for start in starts]
+        assert len(sched) == len(want) and all(torch.equal(a, b) for a, b in zip(sched, want))
+        first = 0
+        for starts in passes:  # within a pass no pair repeats
+            seen = torch.cat(sched[first:first + len(starts)]).tolist()
+            assert len(set(seen)) == len(seen)
+            first += len(starts)
+        assert not torch.equal(perms[0], perms[1])  # the next pass is a new order

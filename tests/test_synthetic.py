@@ -6,24 +6,16 @@ import pytest
 from distill_utils.datasets.annotations import load_retrieval_split, load_train_pairs
 from common.errors import UserError
 from distill_utils.datasets.builtin import ensure_synthetic, generate
+from tests.helpers import read_all
 
 SMALL = dict(train_images=30, test_images=40, val_images=10, image_px=24)
-
-
-def _read_all(root):
-    out = {}
-    for dirpath, _, files in os.walk(root):
-        for name in files:
-            with open(os.path.join(dirpath, name), "rb") as f:
-                out[os.path.relpath(os.path.join(dirpath, name), root)] = f.read()
-    return out
 
 
 def test_generator_is_deterministic_and_seed_dependent(tmp_path):
     generate(str(tmp_path / "a"), seed=3, **SMALL)
     generate(str(tmp_path / "b"), seed=3, **SMALL)
     generate(str(tmp_path / "c"), seed=4, **SMALL)
-    a, b, c = (_read_all(tmp_path / x) for x in "abc")
+    a, b, c = (read_all(tmp_path / x) for x in "abc")
     assert a == b
     assert a.keys() == c.keys() and a != c
 

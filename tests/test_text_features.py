@@ -1,4 +1,3 @@
-import os
 import shutil
 import time
 
@@ -108,3 +107,38 @@ def test_a_cache_serves_a_machine_without_the_encoder_only_for_the_same_captions
         tf.text_features(["a red circle", "a big green square"], tiny_text_encoder, str(tmp_path), "demo_train")
     with pytest.raises(UserError, match="not installed"):  # no cache at all
         tf.text_features(texts, tiny_text_encoder, str(tmp_path / "empty"), "demo_train")
+
+
+def test_the_weights_are_hashed_once_and_config_files_still_count(tiny_text_encoder, tmp_path, monkeypatch, capsys):
+    from networks import text_encoders
+    model = tmp_path / "model"
+    shutil.copytree(tiny_text_encoder, model)
+    hashed = []
+    real = text_encoders._file_digest
+    monkeypatch.setattr(text_encoders, "_file_digest", lambda path, *a, **k: hashed.append(path) or real(path, *a, **k))
+    text_encoders._weights_digest.cache_clear()
+    texts = ["a red circle", "a big blue square"]
+    first = tf.text_features(texts, str(model), str(tmp_path), "demo_train")
+    weights = [p for p in hashed if p.endswith((".safetensors", ".bin"))]
+    assert len(weights) == len(set(weights)) >= 1
+    with open(model / "config.json") as f:  # the weights stay, a config file changes: recomputed
+        config = f.read()
+    with open(model / "config.json", "w") as f:
+        f.write(config.replace("{", '{"note": 1,', 1))
+    capsys.readouterr()
+    assert torch.equal(tf.text_features(texts, str(model), str(tmp_path), "demo_train"), first)
+    assert "stale" in capsys.readouterr().out
+
+
+def test_a_cache_written_with_the_older_key_is_read_when_the_weights_agree(tiny_text_encoder, tmp_path, monkeypatch):
+    texts = ["a red circle", "a big blue square"]
+    first = tf.text_features(texts, tiny_text_encoder, str(tmp_path), "demo_train")
+    path = tf.cache_path(str(tmp_path), "demo_train", tiny_text_encoder)
+    cached = torch.load(path, weights_only=True)
+    older = {k: v for k, v in cached["key"].items() if k != "files"}
+    torch.save({"key": {**older, "fingerprint": "0123456789abcdef"}, "features": first}, path)
+    monkeypatch.setattr(tf, "build_text_encoder", lambda *a, **k: pytest.fail("encoder loaded on a cache hit"))
+    assert torch.equal(tf.text_features(texts, tiny_text_encoder, str(tmp_path), "demo_train"), first)
+    torch.save({"key": {**older, "fingerprint": "0123456789abcdef", "weights": "other"}, "features": first}, path)
+    with pytest.raises(pytest.fail.Exception, match="encoder loaded"):  # other weights: recomputed
+        tf.text_features(texts, tiny_text_encoder, str(tmp_path), "demo_train")

@@ -13,12 +13,11 @@ import json
 import os
 import random
 import re
-import shutil
 
 from PIL import Image, ImageDraw
 
 from common.errors import UserError, cli_main
-from common.io import ensure_writable_dir, load_json, save_json, temporary_path
+from common.io import atomic_path, ensure_writable_dir, load_json, save_json
 
 COLOURS = {"red": (214, 39, 40), "green": (44, 160, 44), "blue": (31, 90, 220), "yellow": (240, 210, 30),
            "purple": (148, 60, 189), "orange": (255, 127, 14), "white": (245, 245, 245), "black": (15, 15, 15)}
@@ -162,19 +161,13 @@ def ensure_synthetic(root, **params):
         raise UserError(f"{root} exists and is not a synthetic dataset directory (no synthetic_meta.json)")
     parent = os.path.dirname(os.path.abspath(root))
     ensure_writable_dir(parent, "--ann_root")
-    tmp = temporary_path(root)
-    shutil.rmtree(tmp, ignore_errors=True)
     try:
-        generate(tmp, **params)
-        save_json(meta, os.path.join(tmp, "synthetic_meta.json"))
-        if os.path.isdir(root):
-            os.rmdir(root)
-        os.rename(tmp, root)
-    except OSError as err:
+        with atomic_path(root) as tmp:  # an empty `root` is replaced, a non-empty one refused
+            generate(tmp, **params)
+            save_json(meta, os.path.join(tmp, "synthetic_meta.json"))
+    except UserError:
         if not os.path.isfile(meta_path):  # not a concurrent writer that finished first
-            raise UserError(f"--ann_root {root}: cannot write the synthetic dataset ({err.strerror})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            raise
     return root
 
 

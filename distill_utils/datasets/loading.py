@@ -1,4 +1,5 @@
-"""Everything a run needs from a dataset: train pairs, val/test splits, images and cached text features."""
+"""Everything a run needs from a dataset: train pairs, val/test splits, images and cached text features.
+The functions take a config.DataConfig (where the dataset lies, image size, text encoder, feature cache)."""
 from dataclasses import dataclass
 
 import torch
@@ -20,27 +21,27 @@ class TrainData:
         return len(self.pairs)
 
 
-def prepare(args):
+def prepare(data):
     """Make sure the dataset is on disk (the synthetic one is generated on first use)."""
-    if args.dataset in SYNTHETIC_LEVELS:
-        ensure_synthetic(args.ann_root, seed=args.data_seed, train_images=args.synthetic_train_images,
-                         test_images=args.synthetic_test_images, val_images=args.synthetic_test_images,
-                         captions_per_train_image=2, image_px=64, **SYNTHETIC_LEVELS[args.dataset])
+    if data.dataset in SYNTHETIC_LEVELS:
+        ensure_synthetic(data.ann_root, seed=data.data_seed, train_images=data.synthetic_train_images,
+                         test_images=data.synthetic_test_images, val_images=data.synthetic_test_images,
+                         captions_per_train_image=2, image_px=64, **SYNTHETIC_LEVELS[data.dataset])
 
 
-def _device_for_text(args):
-    return args.device if args.device.type == "cuda" else torch.device("cpu")
+def _device_for_text(data):
+    return data.device if data.device.type == "cuda" else torch.device("cpu")
 
 
-def load_train(args):
-    pairs = load_train_pairs(args.dataset, args.ann_root, args.image_root)
+def load_train(data):
+    pairs = load_train_pairs(data.dataset, data.ann_root, data.image_root)
     check_images_exist(pairs.image_paths)
-    feats = text_features(pairs.captions, args.text_encoder, args.feature_cache, pairs.name, _device_for_text(args))
-    return TrainData(pairs, ImageStore(pairs.image_paths, args.image_size, workers=args.workers), feats)
+    feats = text_features(pairs.captions, data.text_encoder, data.feature_cache, pairs.name, _device_for_text(data))
+    return TrainData(pairs, ImageStore(pairs.image_paths, data.image_size, workers=data.workers), feats)
 
 
-def load_split(args, split):
-    data = load_retrieval_split(args.dataset, split, args.ann_root, args.image_root)
-    check_images_exist(data.image_paths)
-    feats = text_features(data.texts, args.text_encoder, args.feature_cache, data.name, _device_for_text(args))
-    return RetrievalData(ImageStore(data.image_paths, args.image_size, workers=args.workers), feats, data.txt2img)
+def load_split(data, split):
+    ann = load_retrieval_split(data.dataset, split, data.ann_root, data.image_root)
+    check_images_exist(ann.image_paths)
+    feats = text_features(ann.texts, data.text_encoder, data.feature_cache, ann.name, _device_for_text(data))
+    return RetrievalData(ImageStore(ann.image_paths, data.image_size, workers=data.workers), feats, ann.txt2img)

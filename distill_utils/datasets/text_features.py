@@ -1,15 +1,17 @@
 """Frozen text features, computed once per (caption list, encoder) and cached on disk.
 
-The cache key holds a hash of the normalised captions and a fingerprint of the encoder's
-files, so an edited caption file or a different checkpoint is recomputed, never reused.
+The cache key holds a hash of the normalised captions, a fingerprint of the encoder's config and
+tokenizer files and the digest of its weights, so an edited caption file or a different checkpoint
+is recomputed, never reused. Caches written before the key named the weights once (a `fingerprint`
+of weights and files together) are read when captions, encoder name and weights agree.
 """
 import hashlib
 import os
-import re
 
 import torch
 from tqdm import tqdm
 
+from networks.names import slug
 from networks.text_encoders import build_text_encoder, fingerprint, remember_weights_digest, weights_digest
 from common.errors import UserError
 from common.io import ensure_writable_dir, load_torch, save_torch
@@ -20,8 +22,8 @@ def captions_digest(texts):
 
 
 def cache_path(cache_dir, tag, encoder_spec):
-    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(encoder_spec.rstrip("/")))[:40]
-    return os.path.join(cache_dir, "text_features", f"{tag}__{slug}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt")
+    name = f"{tag}__{slug(encoder_spec)[:40]}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt"
+    return os.path.join(cache_dir, "text_features", name)
 
 
 def encode_texts(encoder, texts, batch_size=256):
@@ -30,8 +32,14 @@ def encode_texts(encoder, texts, batch_size=256):
     return torch.cat(chunks)
 
 
+def _same_key(found, key):
+    if isinstance(found, dict) and "files" not in found and "fingerprint" in found:  # an older cache
+        found, key = {k: v for k, v in found.items() if k != "fingerprint"}, {k: v for k, v in key.items() if k != "files"}
+    return found == key
+
+
 def _valid(cached, key, n):
-    features = cached.get("features") if isinstance(cached, dict) and cached.get("key") == key else None
+    features = cached.get("features") if isinstance(cached, dict) and _same_key(cached.get("key"), key) else None
     return (torch.is_tensor(features) and features.dim() == 2 and len(features) == n and features.is_floating_point()
             and bool(torch.isfinite(features).all()))
 
@@ -43,7 +51,7 @@ def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=Non
     same captions and encoder name is used as it is: its files cannot be checked, and it says so.
     """
     try:
-        key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint(encoder_spec),
+        key = {"captions": captions_digest(texts), "encoder": encoder_spec, "files": fingerprint(encoder_spec),
                "weights": weights_digest(encoder_spec)}
     except UserError as missing:
         return _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing)
@@ -67,12 +75,11 @@ def _cached_without_encoder(texts, encoder_spec, cache_dir, tag, missing):
     path = cache_path(cache_dir, tag, encoder_spec)
     cached = load_torch(path, what="text feature cache") if os.path.isfile(path) else None
     then = cached.get("key", {}) if isinstance(cached, dict) and isinstance(cached.get("key"), dict) else {}
-    fingerprint_then, weights_then = then.get("fingerprint"), then.get("weights")
-    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "fingerprint": fingerprint_then,
-           "weights": weights_then}
+    files_then, weights_then = then.get("files", then.get("fingerprint")), then.get("weights")
+    key = {"captions": captions_digest(texts), "encoder": encoder_spec, "files": files_then, "weights": weights_then}
     if weights_then is None or not _valid(cached, key, len(texts)):
         raise missing
     remember_weights_digest(encoder_spec, weights_then)  # manifests and subset configs name the same weights
     print(f"note: {missing}; using the cached features {path} (same captions and encoder name, encoder files "
-          f"{fingerprint_then} not checkable here)")
+          f"{files_then} not checkable here)")
     return cached["features"]

@@ -1,14 +1,10 @@
 """Coreset baselines on the distilled data's budget (SPEC section 6): N random real pairs, or the N pairs
 nearest the k-means prototypes of an expert's embedding space. Both train with identity targets and
-the teacher lrs; the full training set is the third baseline (no selection needed)."""
+the teacher lrs; the full training set is the third baseline (no selection needed). The expert that embeds
+the pairs comes from files/buffer_dir.BufferDir.final_expert."""
 import torch
-from tqdm import tqdm
 
-from common.errors import UserError
-from distill_utils.files.buffers import check_manifest, check_shapes, list_pairs, load_experts, shapes_of
-
-# Manifest fields that must agree with the evaluation network for the expert to embed anything meaningful.
-EXPERT_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "image_trainable", "out_embedding")
+from distill_utils.method.student import embed_split
 
 
 def random_indices(num_pairs, total, seed):
@@ -16,36 +12,10 @@ def random_indices(num_pairs, total, seed):
     return torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:num_pairs].sort().values
 
 
-def load_final_expert(directory, net, expected):
-    """(img_flat, txt_flat): the last timestamp of the first expert in a buffer directory, checked against `net`.
-
-    `expected` holds the run's values of EXPERT_FIELDS; a buffer with a manifest must agree on them,
-    one without (published) is checked by parameter shapes only.
-    """
-    check_manifest(directory, {key: expected[key] for key in EXPERT_FIELDS}, f"--buffer_path {directory}")
-    _, img_path, txt_path = list_pairs(directory)[0]
-    img, txt = load_experts(img_path)[0][-1], load_experts(txt_path)[0][-1]
-    check_shapes(shapes_of(img), net.img_layout, "img", f"--buffer_path {img_path}")
-    check_shapes(shapes_of(txt), net.txt_layout, "txt", f"--buffer_path {txt_path}")
-    img, txt = net.img_layout.flatten(img).float(), net.txt_layout.flatten(txt).float()
-    if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
-        raise UserError(f"--buffer_path {img_path} (or its txt twin): the final expert parameters hold NaN or inf")
-    return img, txt
-
-
-@torch.no_grad()
 def pair_embeddings(net, img_flat, txt_flat, train, device, batch_size=256):
     """[num_pairs, D]: the mean of each pair's L2-normalised image and text embeddings (one joint space)."""
-    net.eval()
-    img_flat, txt_flat = img_flat.to(device), txt_flat.to(device)
-    order = torch.arange(len(train))
-    chunks = []
-    for images, idx in tqdm(train.images.batches(order, batch_size), total=-(-len(train) // batch_size),
-                            desc="embedding train pairs", leave=False):
-        img = net.embed_images(images.to(device), img_flat)
-        txt = net.embed_texts(train.text_features[idx].to(device), txt_flat)
-        chunks.append(((img + txt) / 2).cpu())
-    return torch.cat(chunks)
+    img, txt = embed_split(net, img_flat.to(device), txt_flat.to(device), train, device, batch_size, batch_size)
+    return ((img + txt) / 2).cpu()
 
 
 def nearest_distinct(points, centroids):

@@ -35,7 +35,8 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from distill_utils import parallel
-from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
+from distill_utils.rng import eval_run_seed
+from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
 from distill_utils.files.subset_file import DistilledSubset
 from networks.names import same_model
 
@@ -131,9 +132,7 @@ class RealPairSource:
 
     def batches(self, batch_size, generator, device):
         order = self.indices[torch.randperm(len(self), generator=generator)]
-        for images, idx in self.train.images.batches(order, batch_size):
-            yield (images.to(device), self.train.text_features[idx].to(device),
-                   torch.eye(len(idx), device=device))
+        yield from identity_batches(self.train, order, batch_size, device)
 
     authors_batches = batches  # the authors evaluate real pairs with a shuffled DataLoader
 
@@ -197,11 +196,6 @@ class EvalProtocol:
 
     def epochs_of(self, source):
         return source.epochs if source.epochs is not None else self.epoch_eval_train
-
-
-def run_seed(seed, k):
-    """The seed of evaluation run k: network init, batch order and dropout."""
-    return (seed * 1_000_003 + k) % (2**63)
 
 
 def eval_epochs(total, points):
@@ -322,7 +316,7 @@ def _run_record(seed, points, trained, with_val):
 def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, log=None, desc="eval"):
     """Train `protocol.num_eval` fresh students (factory.build) on `sources` in order; a report dict.
 
-    Run k uses run_seed(seed, k) for its network, batch order and dropout; the caller's RNG state is
+    Run k uses eval_run_seed(seed, k) for its network, batch order and dropout; the caller's RNG state is
     left untouched, so a periodic evaluation does not perturb the run that calls it.
     """
     if not sources:
@@ -332,7 +326,7 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
     if protocol.eval_mode not in EVAL_MODES or protocol.protocol not in PROTOCOLS:
         raise ValueError(f"evaluate_sequence: unknown eval mode {protocol.eval_mode!r} or protocol {protocol.protocol!r}")
     sources = arrange(sources, protocol.eval_mode)
-    seeds = [run_seed(seed, k) for k in range(protocol.num_eval)]
+    seeds = [eval_run_seed(seed, k) for k in range(protocol.num_eval)]
     runs = []
     for k in parallel.share(len(seeds)):  # under torchrun each rank trains its share of the students
         s = seeds[k]

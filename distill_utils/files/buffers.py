@@ -11,8 +11,9 @@ import re
 import torch
 
 from common.errors import UserError
-from common.io import dump_json, load_json_object, load_torch, save_json, save_torch, temporary_path
-from networks.names import same_setting
+from common.io import create_exclusive, json_text, load_json_object, load_torch, save_json, save_torch
+from distill_utils.rng import pass_order_seed
+from networks.names import same_setting, slug
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -23,10 +24,6 @@ IDENTITY_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "im
 # Fields that change the experts; compared where the manifest records them (older manifests do not).
 TRAINING_FIELDS = ("lr_teacher_img", "lr_teacher_txt", "mom", "l2", "batch_train", "image_pretrained",
                    "image_checkpoint", "text_encoder_weights", "data_seed", "synthetic_train_images")
-
-
-def slug(name):
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", os.path.basename(str(name).rstrip("/")))
 
 
 def buffer_dir(buffer_path, dataset, image_encoder, text_encoder, loss_type):
@@ -153,14 +150,7 @@ def write_manifest(directory, manifest, live_others=False):
     if os.path.exists(path) and not has_experts(directory) and not live_others:
         save_json(manifest, path)
     elif not os.path.exists(path):
-        tmp = temporary_path(path)
-        try:
-            dump_json(manifest, tmp)
-            os.link(tmp, path)  # complete or absent; fails if another writer got there first
-        except FileExistsError:
-            pass
-        finally:
-            os.remove(tmp)
+        create_exclusive(path, json_text(manifest))  # the first writer's manifest stands
     found = load_json_object(path, what="buffer manifest")
     diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
     diff += [k for k in TRAINING_FIELDS if k in found and found[k] != manifest.get(k)]
@@ -191,7 +181,7 @@ class ExpertStream:
         self._loaded, self._counts = None, {}
 
     def _order(self):
-        g = torch.Generator().manual_seed(self.seed * 7919 + self.pass_idx)
+        g = torch.Generator().manual_seed(pass_order_seed(self.seed, self.pass_idx))
         return torch.randperm(len(self.pairs), generator=g).tolist()
 
     def _file(self):

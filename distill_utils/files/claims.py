@@ -9,14 +9,14 @@ stale: it is taken over by creating generation g + 1, which only one process can
 finds a higher generation than its own after creating it backs off, so an item never has two owners.
 """
 import contextlib
-import errno
 import json
 import os
 import re
 import threading
 import time
 
-from common.io import temporary_path
+from common.errors import UserError
+from common.io import atomic_path, create_exclusive
 from common.procs import alive, host_id, me
 
 LEASE_S = 600.0      # another host's claim is taken over once its owner has not renewed it for this long
@@ -82,37 +82,15 @@ class Claim:
 
     def create(self):
         """Create the claim file exclusively and complete; False if this generation exists already."""
-        tmp = temporary_path(self.path)
-        try:
-            with open(tmp, "w") as f:
-                f.write(self._record())
-            os.link(tmp, self.path)
-            return True
-        except FileExistsError:
-            return False
-        except OSError as err:  # a filesystem without hard links: exclusive create, then write
-            if err.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EXDEV):
-                raise
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                return False
-            with os.fdopen(fd, "w") as f:
-                f.write(self._record())
-            return True
-        finally:
-            with contextlib.suppress(OSError):
-                os.remove(tmp)
+        return create_exclusive(self.path, self._record())
 
     def _renew(self):
         while not self._stop.wait(self.renew_s):
             if not os.path.exists(self.path):
                 return  # released, or taken over after our lease ran out
-            tmp = temporary_path(self.path)
-            with contextlib.suppress(OSError):
+            with contextlib.suppress(UserError), atomic_path(self.path) as tmp:
                 with open(tmp, "w") as f:
                     f.write(self._record())
-                os.replace(tmp, self.path)
 
     def start(self):
         self._thread = threading.Thread(target=self._renew, name=f"claim-{self.n}", daemon=True)

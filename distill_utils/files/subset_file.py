@@ -7,6 +7,7 @@ import torch
 
 from common.errors import UserError
 from common.io import load_torch, save_torch
+from distill_utils.method.similarity import lowrank_matrix
 
 REQUIRED = ("image", "text", "syn_lr_img", "syn_lr_txt")
 
@@ -51,7 +52,7 @@ def _matrix_from_params(params, path, n):
     if len(params) == 3:  # low rank, LoRS default alpha = 1
         a, left, right = params
         if a.shape == (n,) and left.dim() == 2 and left.shape[0] == n and right.shape == left.shape and left.shape[1]:
-            return torch.diag(a) + left @ right.t() / left.shape[1]
+            return lowrank_matrix(a, left, right)
     raise UserError(f"distilled file {path}: 'similarity_params' must hold one [N, N] tensor (full) or a [N], L [N, r] "
                     f"and R [N, r] (lowrank), N = {n}; found shapes {[tuple(p.shape) for p in params]}")
 

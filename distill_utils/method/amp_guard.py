@@ -5,19 +5,9 @@ error of the synthetic-data gradient exceeds the tolerance, the rest of the run 
 The float32 run happens first and the global RNG is rewound before the mixed-precision one, so a check
 leaves the run exactly where a run without checks would be; on failure the float32 gradient is kept.
 """
-import torch
+from distill_utils.rng import rng_state, set_rng_state
 
 DATA = "image", "text", "similarity"
-
-
-def _rng_state():
-    return torch.get_rng_state(), (torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None)
-
-
-def _set_rng_state(state):
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state_all(state[1])
 
 
 def relative_error(value, reference):
@@ -50,12 +40,12 @@ class AmpGuard:
         self.student.amp = self.amp if self.active else "off"
         if not self.active or iteration % self.check_every:
             return match(self.student, syn, start, target, schedule), None
-        rng = _rng_state()
+        rng = rng_state(syn.image.device)
         self.student.amp = "off"
         reference_result = match(self.student, syn, start, target, schedule)
         reference = [t.grad.clone() for t in syn.tensors()]
         syn.zero_grad()
-        _set_rng_state(rng)
+        set_rng_state(rng, syn.image.device)
         self.student.amp = self.amp
         result = match(self.student, syn, start, target, schedule)
         errors = gradient_errors([t.grad for t in syn.tensors()], reference)

@@ -5,7 +5,7 @@ from tqdm import trange
 
 from common.errors import UserError
 from distill_utils.evaluation.retrieval import format_metrics
-from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
+from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
 
 
 def real_batches(train, order, batch_size, device):
@@ -13,29 +13,27 @@ def real_batches(train, order, batch_size, device):
     chunks = list(torch.split(order, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) < batch_size:
         order = order[: (len(chunks) - 1) * batch_size]
-    for images, idx in train.images.batches(order, batch_size):
-        yield (images.to(device), train.text_features[idx].to(device),
-               torch.eye(len(idx), device=device))
+    return identity_batches(train, order, batch_size, device)
 
 
-def train_expert(net, train, test, args, seed, log, expert_id, eval_untrained=False):
-    """Train one expert from `net`'s initial parameters; returns (img_timestamps, txt_timestamps)."""
-    device = args.device
+def train_expert(net, train, test, cfg, device, seed, log, expert_id, eval_untrained=False):
+    """Train one expert from `net`'s initial parameters as `cfg` (config.ExpertConfig) says; returns
+    (img_timestamps, txt_timestamps)."""
     torch.manual_seed(seed)  # dropout masks
     order_gen = torch.Generator().manual_seed(seed)
-    student = Student(net, args.loss_type)
+    student = Student(net, cfg.loss_type)
     img, txt = (p.to(device).requires_grad_(True) for p in net.initial_params())
-    opt = make_sgd(img, txt, args.lr_teacher_img, args.lr_teacher_txt, args.mom, args.l2)
+    opt = make_sgd(img, txt, cfg.lr_teacher_img, cfg.lr_teacher_txt, cfg.mom, cfg.l2)
     snapshot = lambda: ([t.detach().cpu().clone() for t in net.img_layout.split(img)],
                         [t.detach().cpu().clone() for t in net.txt_layout.split(txt)])
     img_stamps, txt_stamps = map(lambda s: [s], snapshot())
     if eval_untrained:
         m = evaluate_retrieval(net, img, txt, test, device)
         log.log({"expert": expert_id, "epoch": 0, **m}, echo=f"expert {expert_id} untrained | {format_metrics(m)}")
-    bar = trange(args.train_epochs, desc=f"expert {expert_id}", leave=False)
+    bar = trange(cfg.train_epochs, desc=f"expert {expert_id}", leave=False)
     for epoch in bar:
         order = torch.randperm(len(train), generator=order_gen)
-        loss = train_epoch(student, img, txt, opt, real_batches(train, order, args.batch_train, device))
+        loss = train_epoch(student, img, txt, opt, real_batches(train, order, cfg.batch_train, device))
         bar.set_postfix(loss=f"{loss:.4f}")
         if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
             raise UserError(f"expert {expert_id} diverged in epoch {epoch + 1} (non-finite parameters); nothing is saved "
@@ -45,7 +43,7 @@ def train_expert(net, train, test, args, seed, log, expert_id, eval_untrained=Fa
         txt_stamps.append(txt_now)
         record = {"expert": expert_id, "epoch": epoch + 1, "train_loss": loss}
         echo = None
-        if (epoch + 1) % args.eval_freq == 0 or epoch + 1 == args.train_epochs:
+        if (epoch + 1) % cfg.eval_freq == 0 or epoch + 1 == cfg.train_epochs:
             m = evaluate_retrieval(net, img, txt, test, device)
             record.update(m)
             echo = f"expert {expert_id} epoch {epoch + 1} loss {loss:.4f} | {format_metrics(m)}"

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import torch
 
+from distill_utils.rng import rng_state, set_rng_state
+
 
 @dataclass
 class MatchResult:
@@ -59,16 +61,6 @@ def minibatch_schedule(n, batch_size, steps, generator):
     return schedule
 
 
-def _rng_state(device):
-    return torch.get_rng_state(), (torch.cuda.get_rng_state(device) if device.type == "cuda" else None)
-
-
-def _set_rng_state(state, device):
-    torch.set_rng_state(state[0])
-    if state[1] is not None:
-        torch.cuda.set_rng_state(state[1], device)
-
-
 def _sq(v):
     return torch.dot(v, v)
 
@@ -80,7 +72,7 @@ def match_constant(student, syn, start, target, schedule):
     """
     device = syn.image.device
     lr_img, lr_txt = syn.lr_img.item(), syn.lr_txt.item()
-    rng = _rng_state(device)
+    rng = rng_state(device)
 
     # pass 1: the student's steps, no graph kept
     img, txt = start[0].clone(), start[1].clone()
@@ -100,7 +92,7 @@ def match_constant(student, syn, start, target, schedule):
     c_img, c_txt = -2 * lr_img * gap_img / dist_img, -2 * lr_txt * gap_txt / dist_txt
 
     # pass 2: replay each step with a graph through it and back-propagate c . g_i into X, Y, S
-    _set_rng_state(rng, device)
+    set_rng_state(rng, device)
     inputs = [syn.image, syn.text, *syn.sim_params]
     r_img, r_txt = start[0].clone(), start[1].clone()
     for idx in schedule:
@@ -197,10 +189,10 @@ def match_adjoint(student, syn, start, target, schedule, store="cpu"):
     for i, idx in enumerate(schedule[:-1]):
         if i % points.every == 0:
             checkpoints.append(start if i == 0 else points.put(img, txt))
-        rngs.append(_rng_state(device))
+        rngs.append(rng_state(device))
         img, txt = _plain_step(student, syn, img, txt, idx, lrs)
     graph = _step_graph(student, syn, img, txt, schedule[-1])
-    rng_end = _rng_state(device)
+    rng_end = rng_state(device)
     img, txt = (graph[0] - lrs[0] * graph[2]).detach(), (graph[1] - lrs[1] * graph[3]).detach()
 
     dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
@@ -217,12 +209,12 @@ def match_adjoint(student, syn, start, target, schedule, store="cpu"):
     for first in reversed(range(0, last, points.every)):
         segment = [points.get(checkpoints.pop())]
         for i in range(first, min(first + points.every, last) - 1):
-            _set_rng_state(rngs[i], device)
+            set_rng_state(rngs[i], device)
             segment.append(_plain_step(student, syn, *segment[-1], schedule[i], lrs))
         for i in reversed(range(first, first + len(segment))):
-            _set_rng_state(rngs[i], device)
+            set_rng_state(rngs[i], device)
             lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
-    _set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
+    set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
 
     syn.lr_img.grad, syn.lr_txt.grad = dlr
     return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)

@@ -31,12 +31,15 @@ class LowRankSimilarity:
                        torch.zeros(n, rank, device=device)]
 
     def batch(self, params, idx):
-        a, left, right = (p[idx] for p in params)
-        return torch.diag(a) + left @ right.t() * (self.alpha / self.rank)
+        return lowrank_matrix(*(p[idx] for p in params), self.alpha)
 
     def matrix(self, params):
-        a, left, right = params
-        return torch.diag(a) + left @ right.t() * (self.alpha / self.rank)
+        return lowrank_matrix(*params, self.alpha)
+
+
+def lowrank_matrix(a, left, right, alpha=1.0):
+    """diag(a) + alpha / r * L R^T, r = the rank (columns of L)."""
+    return torch.diag(a) + left @ right.t() * (alpha / left.shape[1])
 
 
 def make_similarity(kind, n, rank=None, alpha=1.0, device="cpu", generator=None):

@@ -53,6 +53,12 @@ def make_sgd(img_flat, txt_flat, lr_img, lr_txt, momentum, weight_decay):
                            lr=lr_img, momentum=momentum, weight_decay=weight_decay)
 
 
+def identity_batches(train, order, batch_size, device):
+    """(images, text features, identity targets) of the real pairs `order` of a TrainData, in chunks of batch_size."""
+    for images, idx in train.images.batches(order, batch_size):
+        yield images.to(device), train.text_features[idx].to(device), torch.eye(len(idx), device=device)
+
+
 def train_epoch(student, img_flat, txt_flat, optimizer, batches):
     """One pass of SGD over `batches` of (images, text features, target matrix); returns the mean loss."""
     student.net.train()
@@ -74,12 +80,14 @@ class RetrievalData:
 
 
 @torch.no_grad()
-def embed_split(net, img_flat, txt_flat, data, device, batch_size=256):
+def embed_split(net, img_flat, txt_flat, data, device, batch_size=256, text_batch_size=4096):
+    """(image embeddings, text embeddings) of every image in `data.images` and every row of `data.text_features`,
+    in eval mode."""
     was_training = net.training
     net.eval()
     order = torch.arange(len(data.images))
     img = torch.cat([net.embed_images(x.to(device), img_flat) for x, _ in data.images.batches(order, batch_size)])
-    txt = torch.cat([net.embed_texts(t.to(device), txt_flat) for t in torch.split(data.text_features, 4096)])
+    txt = torch.cat([net.embed_texts(t.to(device), txt_flat) for t in torch.split(data.text_features, text_batch_size)])
     net.train(was_training)
     return img, txt
 

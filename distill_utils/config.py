@@ -1,0 +1,108 @@
+"""Typed settings, built once from the parsed flags by the entry scripts; the library takes these, never the
+argparse namespace. Field names are the flag names (the paper's scripts)."""
+from dataclasses import asdict, dataclass, fields
+from typing import Optional
+
+import torch
+
+from networks.dual_encoder import NetConfig
+from networks.text_encoders import weights_digest
+
+
+def from_flags(cls, args):
+    """An instance of dataclass `cls` from the namesake flags in `args`; a field without a flag keeps its default."""
+    return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where a dataset lies and how its images and text features are read."""
+    dataset: str
+    ann_root: str
+    image_root: str
+    image_size: int
+    text_encoder: str
+    feature_cache: str
+    workers: int
+    data_seed: int
+    synthetic_train_images: int
+    synthetic_test_images: int
+    device: torch.device
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """The dual encoder a script trains, with the data it is trained on."""
+    dataset: str
+    image_encoder: str
+    text_encoder: str
+    image_size: int
+    image_trainable: bool
+    out_embedding: int
+    image_pretrained: Optional[bool] = None
+    image_checkpoint: Optional[str] = None
+    amp: str = "off"
+    channels_last: bool = False
+
+    def identity(self):
+        """The settings that identify the network and its data: recorded in buffer manifests and distilled files,
+        and compared when a buffer or a distilled file is used. Call it once the text features are loaded (a
+        text encoder that is not installed is named by the digest its feature cache recorded)."""
+        return {"dataset": self.dataset, "image_encoder": self.image_encoder, "text_encoder": self.text_encoder,
+                "text_encoder_weights": weights_digest(self.text_encoder), "image_size": self.image_size,
+                "image_trainable": self.image_trainable, "out_embedding": self.out_embedding}
+
+    def net_config(self, text_dim):
+        return NetConfig(self.image_encoder, self.image_size, text_dim, self.image_trainable, self.out_embedding,
+                         self.image_pretrained, self.image_checkpoint, amp=self.amp, channels_last=self.channels_last)
+
+
+@dataclass(frozen=True)
+class ExpertConfig:
+    """How buffer.py trains an expert (SPEC section 3)."""
+    train_epochs: int
+    lr_teacher_img: float
+    lr_teacher_txt: float
+    mom: float
+    l2: float
+    batch_train: int
+    eval_freq: int
+    loss_type: str
+
+    def recorded(self):
+        """The fields a buffer manifest records (eval_freq only changes what is reported)."""
+        return {k: v for k, v in asdict(self).items() if k != "eval_freq"}
+
+
+@dataclass(frozen=True)
+class DistillConfig:
+    """The distillation settings of distill_ptm-st.py that are the same in every phase (SPEC section 5)."""
+    seed: int
+    syn_steps: int
+    expert_epochs: int
+    mini_batch_size: int
+    lr_img: float
+    lr_txt: float
+    lr_sim: float
+    lr_lr: float
+    lr_teacher_img: float
+    lr_teacher_txt: float
+    clamp_lr: float
+    sim_type: str
+    alpha: float
+    ema_decay: float
+    matching: str
+    adjoint_store: str
+    phase_conditioning: str
+    loss_type: str
+    amp: str
+    amp_tolerance: float
+    amp_check_it: int
+    eval_it: int        # save (and evaluate) every eval_it iterations and at each phase end
+    checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
+    experts_per_it: int = 1  # expert segments matched per iteration (split over torchrun ranks)
+
+    def recorded(self):
+        """The fields every distilled file records about how it was distilled."""
+        return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
+                                              "phase_conditioning", "ema_decay", "experts_per_it")}

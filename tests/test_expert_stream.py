@@ -1,0 +1,69 @@
+"""ExpertStream: the order in which a distillation visits the experts of a buffer, and its resumable position."""
+import pytest
+import torch
+
+from common.errors import UserError
+from distill_utils.files.buffers import ExpertStream, save_pair
+
+EXPERTS_PER_FILE = {0: 2, 1: 1, 2: 3}  # file n holds this many experts
+
+
+def tag(n, e, side):
+    """An expert whose only parameter names its file, its index in the file and its side (img 0, txt 1)."""
+    return [[torch.tensor([float(n), float(e), float(side)])]]
+
+
+@pytest.fixture
+def buffer(tmp_path):
+    for n, count in EXPERTS_PER_FILE.items():
+        save_pair(str(tmp_path), n, [tag(n, e, 0) for e in range(count)], [tag(n, e, 1) for e in range(count)])
+    return str(tmp_path)
+
+
+def visited(stream, k):
+    out = []
+    for _ in range(k):
+        img, txt, path = stream.next()
+        n, e, side = img[0][0].tolist()
+        assert txt[0][0].tolist() == [n, e, 1.0] and side == 0.0 and path.endswith(f"img_replay_buffer_{int(n)}.pt")
+        out.append((int(n), int(e)))
+    return out
+
+
+def expected(seed, passes):
+    """Pass p visits the files in the order randperm(files) of a generator seeded seed * 7919 + p, every expert
+    of a file in turn."""
+    out = []
+    for p in range(passes):
+        order = torch.randperm(len(EXPERTS_PER_FILE), generator=torch.Generator().manual_seed(seed * 7919 + p))
+        out += [(n, e) for n in order.tolist() for e in range(EXPERTS_PER_FILE[n])]
+    return out
+
+
+def test_each_pass_visits_every_expert_once_in_a_new_file_order(buffer):
+    want = expected(3, passes=4)
+    assert visited(ExpertStream(buffer, seed=3), len(want)) == want
+    per_pass = len(want) // 4
+    assert all(sorted(want[p * per_pass:(p + 1) * per_pass]) == sorted(want[:per_pass]) for p in range(4))
+    assert len({tuple(want[p * per_pass:(p + 1) * per_pass]) for p in range(4)}) > 1  # the order changes
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 5, 6, 7, 13])
+def test_state_dict_round_trip_continues_with_the_same_experts(buffer, k):
+    stream = ExpertStream(buffer, seed=3)
+    visited(stream, k)
+    state = stream.state_dict()
+    assert state["files"] == [0, 1, 2] and all(isinstance(state[key], int) for key in ("pass_idx", "file_pos",
+                                                                                       "expert_pos"))
+    resumed = ExpertStream(buffer, seed=3)
+    resumed.load_state_dict(state)
+    assert visited(resumed, 10) == visited(stream, 10) == expected(3, passes=4)[k:k + 10]
+
+
+def test_a_checkpoint_of_another_set_of_files_is_refused(buffer, tmp_path):
+    state = ExpertStream(buffer, seed=3).state_dict()
+    fewer = tmp_path / "fewer"
+    fewer.mkdir()
+    save_pair(str(fewer), 0, [tag(0, 0, 0)], [tag(0, 0, 1)])
+    with pytest.raises(UserError, match=r"holds experts \[0\].*made with \[0, 1, 2\]"):
+        ExpertStream(str(fewer), seed=3).load_state_dict(state)
