@@ -101,14 +101,19 @@ def sum_to_all(tensors):
     return tensors
 
 
+def digest(tensors):
+    """SHA-256 of the tensors' bytes."""
+    h = hashlib.sha256()
+    for t in tensors:
+        h.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
 def check_same(tensors, what):
     """Stop when the ranks' copies of `tensors` are not equal bit for bit (they apply the same updates)."""
     if world_size() == 1:
         return
-    digest = hashlib.sha256()
-    for t in tensors:
-        digest.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
-    if len(set(gather([digest.hexdigest()]))) > 1:
+    if len(set(gather([digest(tensors)]))) > 1:
         raise UserError(f"torchrun ranks hold different copies of {what}: their kernels are not deterministic "
                         "(mixed GPU types or library versions?); stopped before the checkpoint")
 

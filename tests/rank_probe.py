@@ -5,7 +5,6 @@ wrote. With PROBE_KILL_AT=n, update n raises KeyboardInterrupt, as Ctrl-C would.
     torchrun --nproc_per_node 2 tests/rank_probe.py PROBE_DIR RUNS_DIR [distill_ptm-st.py flags]
 """
 import builtins
-import hashlib
 import importlib.util
 import json
 import os
@@ -14,20 +13,12 @@ import sys
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-import torch  # noqa: E402
-
 from distill_utils.method.learnable_set import SyntheticSet  # noqa: E402
+from distill_utils.parallel import digest  # noqa: E402
 
 probe_dir, runs_dir, argv = sys.argv[1], os.path.abspath(sys.argv[2]), sys.argv[3:]
 rank, kill_at = int(os.environ["RANK"]), int(os.environ.get("PROBE_KILL_AT", "0"))
 record = {"digests": [], "writes": []}
-
-
-def digest(syn):
-    h = hashlib.sha256()
-    for t in syn.tensors() + syn.ema.shadow:
-        h.update(t.detach().reshape(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 real_step = SyntheticSet.step
@@ -37,7 +28,7 @@ def probed_step(self):
     if len(record["digests"]) + 1 == kill_at:
         raise KeyboardInterrupt
     real_step(self)
-    record["digests"].append(digest(self))
+    record["digests"].append(digest(self.tensors() + self.ema.shadow))
 
 
 def watch(path):

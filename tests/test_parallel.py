@@ -11,6 +11,7 @@ import sys
 import pytest
 import torch
 
+from common.errors import UserError
 from distill_utils import parallel, segments
 from distill_utils.method.amp_guard import AmpGuard
 from distill_utils.method.matching import match_constant, minibatch_schedule
@@ -133,6 +134,17 @@ def test_under_amp_every_segment_starts_from_the_iterations_precision():
     assert [(c["segment"], c["amp_fallback"]) for c in checks] == [(0, True), (1, True)] and not guard.active
     _, checks = segments.match_segments(segs, guard, match_constant, syn, 7, 5)
     assert checks == [] and not guard.active
+
+
+def test_ranks_holding_different_sets_are_stopped(monkeypatch):
+    """check_same compares the digests of the ranks' copies: equal copies pass, one flipped bit stops the run."""
+    mine, other = [torch.arange(6.0), torch.tensor(0.5)], [torch.arange(6.0), torch.tensor(0.5)]
+    monkeypatch.setattr(parallel, "world_size", lambda: 2)
+    monkeypatch.setattr(parallel, "gather", lambda items: items + [parallel.digest(other)])
+    parallel.check_same(mine, "the synthetic set")
+    other[1] = torch.nextafter(torch.tensor(0.5), torch.tensor(1.0))
+    with pytest.raises(UserError, match="torchrun ranks hold different copies of the synthetic set"):
+        parallel.check_same(mine, "the synthetic set")
 
 
 def test_bad_experts_per_it_is_refused_in_one_line(tiny_args, expert_dir, tmp_path, capsys):
