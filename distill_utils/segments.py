@@ -4,7 +4,8 @@ under torchrun the K segments are split over the ranks.
 A segment is (expert, start epoch T, the student's minibatches). Every rank draws all K segments, in
 order, from the phase's expert stream and generator, so what is drawn depends on the seed and K only,
 never on the number of ranks; a rank loads and matches only its share (parallel.share), one segment
-after the other, so its memory is that of one matching step whatever K and --syn_steps. The gradients
+after the other, so its memory is that of one matching step whatever K (with --matching constant or
+adjoint, it does not grow with --syn_steps either). The gradients
 are summed over the rank's segments, over the ranks (parallel.sum_to_all: every rank gets the same sum),
 and divided by K; every rank then applies the same update. With K > 1, segment k of an iteration draws
 its student's dropout masks from its own seed, wherever it runs; with K = 1 an iteration is exactly the
@@ -57,16 +58,17 @@ def expert_segment(stream, phase, generator, expert_epochs, device):
     return start, target, t
 
 
-def draw(k_total, stream, phase, generator, args, n_pairs, device):
-    """The iteration's K segments in the order one process draws them; only this rank's share is loaded."""
+def draw(k_total, stream, phase, generator, cfg, n_pairs, device):
+    """The iteration's K segments in the order one process draws them; only this rank's share is loaded.
+    cfg: the DistillConfig (expert_epochs, mini_batch_size, syn_steps)."""
     mine, segments = parallel.share(k_total), []
     for k in range(k_total):
         if k in mine:
-            start, target, t = expert_segment(stream, phase, generator, args.expert_epochs, device)
+            start, target, t = expert_segment(stream, phase, generator, cfg.expert_epochs, device)
         else:
             stream.skip()
             start, target, t = None, None, _start_epoch(phase, generator)
-        schedule = minibatch_schedule(n_pairs, args.mini_batch_size, args.syn_steps, generator)
+        schedule = minibatch_schedule(n_pairs, cfg.mini_batch_size, cfg.syn_steps, generator)
         segments.append(Segment(k, t, schedule, start, target))
     return segments
 
