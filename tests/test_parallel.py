@@ -4,6 +4,7 @@ The two-rank runs start `torchrun --nproc_per_node 2` (gloo, CPU) on tests/rank_
 rank's synthetic set after every update and the files it wrote."""
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def test_two_ranks_equal_one_process_and_only_rank_0_writes(one_process_k2, expe
     assert _evals(run_dir) == _evals(reference) and len(_evals(run_dir)) == 4  # 2 students, one per rank
 
 
-def test_killed_two_rank_run_resumes_in_one_process(one_process_k2, expert_dir, tmp_path, capsys):
+def test_killed_two_rank_run_resumes_on_one_or_two_ranks(one_process_k2, expert_dir, tmp_path, capsys):
     reference, tiny = one_process_k2
     args = _run(tiny, expert_dir, tmp_path, "killed", 2, "--num_eval", "0")
     code, (rank0, rank1), _ = torchrun(tmp_path / "probe", tmp_path, args, kill_at=5)
@@ -80,6 +81,12 @@ def test_killed_two_rank_run_resumes_in_one_process(one_process_k2, expert_dir, 
     killed = tmp_path / "synthetic" / "killed"
     ckpt = torch.load(killed / "checkpoint.pt", weights_only=True)
     assert (ckpt["phase"], ckpt["iteration"]) == (1, 1)
+    shutil.copytree(killed, tmp_path / "as_killed")
+    code, (rank0, rank1), err = torchrun(tmp_path / "probe2", tmp_path, args + ["--resume"])  # two ranks again
+    assert code == 0 and rank0["digests"] == rank1["digests"] and len(rank0["digests"]) == 2, err[-2000:]
+    assert_same_saves(reference, killed)
+    shutil.rmtree(killed)
+    shutil.copytree(tmp_path / "as_killed", killed)
     assert run_cli(distill.main, args + ["--resume"], capsys)[0] == 0  # one rank now
     assert_same_saves(reference, killed)
 
