@@ -75,10 +75,12 @@ def draw(k_total, stream, phase, generator, cfg, n_pairs, device):
 
 @contextlib.contextmanager
 def _segment_rng(seed, iteration, k, device):
+    s = segment_seed(seed, iteration, k)
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.default_generator.manual_seed(segment_seed(seed, iteration, k))
+        torch.default_generator.manual_seed(s)
         if device.type == "cuda":
-            torch.cuda.manual_seed(segment_seed(seed, iteration, k))  # this rank's device only
+            with torch.cuda.device(device):  # this device only, whichever is current
+                torch.cuda.manual_seed(s)
         yield
 
 
