@@ -13,6 +13,8 @@
     python distill_ptm-st.py --dataset flickr --image_trainable --buffer_path \
         buffer/flickr/nfnet_bert/InfoNCE/convexified_0_6 buffer/flickr/nfnet_bert/InfoNCE/convexified_0_8 \
         --min_start_epoch 0 1 --max_start_epoch 2 3 --num_queries 200 299 --Iteration 2000 2000 --subset_num 2
+    torchrun --nproc_per_node 4 distill_ptm-st.py --experts_per_it 4 ...   # 4 expert segments per iteration,
+                                                    # one per GPU, gradients averaged (distill_utils/segments.py)
 
 Writes runs/<dataset>/<name>/: config.json, metrics.jsonl, distilled_<p>_<it>.pt (the EMA subset in the
 published format plus the phase config), images_<p>_<it>.png, captions_<p>_<it>.txt,
@@ -22,7 +24,7 @@ and a checkpoint; --resume continues a killed run and ends exactly where an unin
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import datetime
 
-from distill_utils import cli_args, speed
+from distill_utils import cli_args, parallel, segments, speed
 from distill_utils.config import DataConfig, DistillConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight
@@ -50,6 +52,9 @@ def make_parser():
     g = p.add_argument_group("distillation")
     g.add_argument("--syn_steps", type=int, default=8, help="student SGD steps per iteration (default: 8)")
     g.add_argument("--expert_epochs", type=int, default=1, help="target = expert epoch T + this (default: 1)")
+    g.add_argument("--experts_per_it", type=int, default=1,
+                   help="expert segments (expert, start epoch) matched per iteration, their gradients averaged; "
+                        "under torchrun split over the ranks, at least one each (default: 1)")
     g.add_argument("--mini_batch_size", type=int, default=40, help="synthetic pairs per student step (default: 40)")
     g.add_argument("--lr_img", type=float, default=1000, help="lr of the synthetic pixels (default: 1000)")
     g.add_argument("--lr_txt", type=float, default=1000, help="lr of the synthetic text features (default: 1000)")
@@ -93,9 +98,11 @@ def make_parser():
 
 
 def check_args(args):
-    cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "mini_batch_size", "lr_img", "lr_txt",
-                      "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train", "batch_train", "checkpoint_it")
+    cli_args.positive(args, "subset_num", "syn_steps", "expert_epochs", "experts_per_it", "mini_batch_size",
+                      "lr_img", "lr_txt", "lr_teacher_img", "lr_teacher_txt", "eval_it", "epoch_eval_train",
+                      "batch_train", "checkpoint_it")
     cli_args.non_negative(args, "lr_sim", "lr_lr", "num_eval", "clamp_lr", "alpha")
+    segments.check_experts_per_it(args.experts_per_it, parallel.launched_ranks())
     if not 0 <= args.ema_decay < 1:
         raise UserError(f"--ema_decay {args.ema_decay}: expected 0 <= decay < 1")
     if args.sim_type == "full" and args.sim_rank is not None:
@@ -113,13 +120,15 @@ def check_args(args):
 @cli_main
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
+    args.device = parallel.init(args.device)
     phases = check_args(args)
     speed.check_speed_args(args)
     runtime = speed.deterministic(args.device)
     data, spec, cfg = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(DistillConfig, args)
     run_dir = RunDir.open(args.runs_dir, args.dataset, args.name, cli_args.config_of(args), args.resume,
                           defaults=vars(make_parser().parse_args([])))
-    prepare(data)
+    with parallel.main_first():  # the dataset and feature cache, made once
+        prepare(data)
     train, test = load_train(data), load_split(data, "test")
     text_dim = train.text_features.shape[1]
     ctx = RunContext(cfg, run_dir, train, test, NetworkFactory(spec.net_config(text_dim)), from_flags(EvalProtocol, args),
@@ -127,7 +136,8 @@ def main(argv=None):
     ckpt = run_dir.read_checkpoint(len(phases))
     preflight(ctx, phases)
     run_dir.start(ckpt, args.wandb)
-    run_dir.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last})
+    run_dir.log({"event": "runtime", **runtime, "amp": args.amp, "channels_last": args.channels_last,
+                 "ranks": parallel.world_size()})
     frozen = []  # D_1 .. D_{p-1}: the finished phases' EMA subsets
     for phase in phases:
         if ckpt and phase.index < ckpt["phase"]:

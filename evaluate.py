@@ -15,14 +15,15 @@ With both --ckpt_path and --baseline, both are evaluated with the same seeds; th
 prototype baselines then default to the files' total number of pairs. Baselines train with
 identity targets: random/prototype at the teacher lrs (as the spec says), the full set at
 0.01 by default, since 0.1 with the protocol's momentum 0.9 makes WBCE collapse on the full
-synthetic set for 2 runs out of 3 (see --full_lr).
+synthetic set for 2 runs out of 3 (see --full_lr). Under torchrun (`torchrun --nproc_per_node R
+evaluate.py ...`) the --num_eval students are divided over the ranks, with the same mean and std.
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import argparse
 import os
 import sys
 
-from distill_utils import cli_args, speed
+from distill_utils import cli_args, parallel, speed
 from distill_utils.config import DataConfig, NetworkSpec, from_flags
 from distill_utils.evaluation.coresets import pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
@@ -94,7 +95,7 @@ def check_args(args):
         raise UserError("--full_lr applies to --baseline full only")
     if args.buffer_path and args.baseline != "prototype":
         raise UserError("--buffer_path applies to --baseline prototype only")
-    if args.out:  # checked before the work, so the results are never lost at the end
+    if args.out and parallel.is_main():  # checked before the work, so the results are never lost at the end
         if os.path.isdir(args.out):
             raise UserError(f"--out {args.out}: is a directory, expected the path of a JSON file to write")
         ensure_writable_dir(os.path.dirname(os.path.abspath(args.out)), "--out", clean=False)  # maybe not ours
@@ -138,11 +139,13 @@ def methods_to_run(args, subsets, data, factory, expected):
 @cli_main
 def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
+    args.device = parallel.init(args.device)
     check_args(args)
     speed.deterministic(args.device)
     data, spec, protocol = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(EvalProtocol, args)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
-    prepare(data)
+    with parallel.main_first():  # the dataset and feature cache, made once
+        prepare(data)
     test = load_split(data, "test")
     val = load_split(data, "val") if args.select_on == "val" else None
     text_dim = test.text_features.shape[1]
@@ -162,7 +165,7 @@ def main(argv=None):
         phases = " -> ".join(f"{p['name']} ({p['pairs']} pairs, {p['epochs']} ep)" for p in results[name]["phases"])
         print(format_table(results[name], title=f"\n{name}: {phases}"), flush=True)
     log.close()
-    if args.out:
+    if args.out and parallel.is_main():
         command = " ".join(["python", "evaluate.py", *(sys.argv[1:] if argv is None else argv)])
         save_json({"command": command, "config": config, "notes": notes, "selections": selections,
                    "results": results}, args.out)

@@ -100,8 +100,9 @@ class DistillConfig:
     amp_check_it: int
     eval_it: int        # save (and evaluate) every eval_it iterations and at each phase end
     checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
+    experts_per_it: int = 1  # expert segments matched per iteration (split over torchrun ranks)
 
     def recorded(self):
         """The fields every distilled file records about how it was distilled."""
         return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
-                                              "phase_conditioning", "ema_decay")}
+                                              "phase_conditioning", "ema_decay", "experts_per_it")}

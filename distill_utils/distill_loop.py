@@ -15,6 +15,7 @@ import torch
 from tqdm import trange
 
 from common.errors import UserError
+from distill_utils import parallel, segments
 from distill_utils.config import DistillConfig
 from distill_utils.datasets.loading import TrainData
 from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, evaluate_sequence, headline
@@ -24,7 +25,7 @@ from distill_utils.files.run_dir import RunDir
 from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
 from distill_utils.method.conditioning import condition
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
-from distill_utils.method.matching import MATCHING, minibatch_schedule
+from distill_utils.method.matching import MATCHING
 from distill_utils.method.student import RetrievalData, Student
 from distill_utils.phases import Phase
 from distill_utils.rng import phase_seed
@@ -68,20 +69,6 @@ def preflight(ctx, phases):
         check_buffer(phase, net, ctx.identity, ctx.cfg.expert_epochs)
 
 
-def expert_segment(stream, phase, generator, expert_epochs, device):
-    """Next expert: theta at a start epoch T drawn from [min, max) and at T + expert_epochs (flat, img and txt;
-    half-precision buffers are cast to float32)."""
-    img_traj, txt_traj, path = stream.next()
-    t = int(torch.randint(phase.min_start_epoch, phase.max_start_epoch, (1,), generator=generator))
-    flat = lambda stamp: torch.cat([p.reshape(-1) for p in stamp]).to(device=device, dtype=torch.float32)
-    start = (flat(img_traj[t]), flat(txt_traj[t]))
-    target = (flat(img_traj[t + expert_epochs]), flat(txt_traj[t + expert_epochs]))
-    if not all(torch.isfinite(v).all() for v in (*start, *target)):
-        raise UserError(f"buffer file {path} (or its txt twin): an expert holds NaN or inf at timestamp {t} or "
-                        f"{t + expert_epochs}; the buffer is damaged, not the optimisation")
-    return start, target, t
-
-
 def matching_step(cfg):
     """The matching step of --matching (looked up at call time, so tests can wrap it)."""
     match = MATCHING[cfg.matching]
@@ -111,9 +98,9 @@ class PhaseRun:
         return {**ctx.identity, "phase": phase.index, "iteration": iteration, **phase.as_dict(),
                 **ctx.cfg.recorded(), "name": ctx.run_dir.name, "seed": ctx.cfg.seed}
 
-    def before_step(self, result, check, it):
-        """Log an --amp check; stop before a non-finite loss or gradient reaches the subset."""
-        if check:
+    def before_step(self, result, checks, it):
+        """Log the --amp checks; stop before a non-finite loss or gradient reaches the subset."""
+        for check in checks:
             self.ctx.run_dir.log({"phase": self.phase.index, **check},
                              echo=f"phase {self.phase.index}: {describe_amp_check(check)}")
         self._check_finite(result, it)
@@ -133,6 +120,8 @@ class PhaseRun:
             subset = syn.subset(self.subset_config(done))
             self.evaluate(subset, ctx.run_dir.save_subset(subset, f"{phase.index}_{done}", ctx.train), done)
         if saved or done % ctx.cfg.checkpoint_it == 0:
+            parallel.check_same(syn.tensors() + syn.ema.shadow,
+                                f"the synthetic set (phase {phase.index}, iteration {done})")
             ctx.run_dir.write_checkpoint(phase.index, done, {
                 "syn": syn.state_dict(), "experts": self.stream.state_dict(), "amp_guard": self.guard.state_dict(),
                 "generator": self.generator.get_state()}, device)
@@ -213,11 +202,11 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
     bar = trange(begin, phase.iterations, initial=begin, total=phase.iterations, desc=f"phase {phase.index}")
     for it in bar:
         tick = time.perf_counter()
-        start, target, t = expert_segment(stream, phase, generator, c.expert_epochs, device)
-        schedule = minibatch_schedule(len(view), c.mini_batch_size, c.syn_steps, generator)
-        result, check = guard.match(match, view, start, target, schedule, it)  # sets the subset's .grad
-        run.before_step(result, check, it)
+        drawn = segments.draw(c.experts_per_it, stream, phase, generator, c, len(view), device)
+        result, checks = segments.match_segments(drawn, guard, match, view, seed, it)  # sets the subset's .grad
+        run.before_step(result, checks, it)
         syn.step()  # SGD on X, Y, S and the lrs, then the EMA copy
-        run.after_iteration(it + 1, result, t, tick)
+        t = [seg.start_epoch for seg in drawn]
+        run.after_iteration(it + 1, result, t[0] if len(t) == 1 else t, tick)
         bar.set_postfix(loss=f"{result.loss:.4f}", lr_img=f"{syn.lr_img.item():.3g}")
     return run.finish()

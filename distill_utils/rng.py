@@ -18,6 +18,12 @@ def phase_seed(seed, phase_index):
     return seed * 1009 + phase_index
 
 
+def segment_seed(seed, iteration, k):
+    """Expert segment k of distillation iteration `iteration` (--experts_per_it > 1): its student's dropout,
+    wherever it is matched."""
+    return ((seed * 1_000_003 + iteration) * 65_537 + k) % 2**63
+
+
 def eval_run_seed(seed, k):
     """Evaluation run k: its network init, batch order and dropout."""
     return (seed * 1_000_003 + k) % (2**63)

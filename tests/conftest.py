@@ -7,7 +7,7 @@ import buffer
 from distill_utils.method.student import RetrievalData
 from distill_utils.files.buffers import buffer_dir
 from networks.dual_encoder import NetConfig, NetworkFactory
-from tests.helpers import TEXT_DIM, TINY_SYNTHETIC, WORDS, TensorImages
+from tests.helpers import TEXT_DIM, WORDS, TensorImages, tiny_flags
 
 
 @pytest.fixture(scope="session")
@@ -35,10 +35,7 @@ def tiny_data(tmp_path_factory):
 @pytest.fixture
 def tiny_args(tiny_data, tiny_text_encoder, tmp_path_factory):
     """Flags shared by the entry scripts for a fast CPU run on the tiny dataset."""
-    cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
-    return ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache,
-            "--text_encoder", tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32",
-            "--device", "cpu", *TINY_SYNTHETIC]
+    return tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory)
 
 
 @pytest.fixture(autouse=True)

@@ -31,6 +31,14 @@ distill = importlib.util.module_from_spec(_spec)  # the entry script (its file n
 _spec.loader.exec_module(distill)
 
 
+def tiny_flags(tiny_data, tiny_text_encoder, tmp_path_factory):
+    """The tiny_args fixture's flags (also for module-scoped fixtures, which cannot take it)."""
+    cache = str(tmp_path_factory.getbasetemp() / "feature_cache")
+    return ["--dataset", "synthetic", "--ann_root", tiny_data, "--feature_cache", cache,
+            "--text_encoder", tiny_text_encoder, "--image_size", "16", "--image_encoder", "convnet_w8_d2_e32",
+            "--device", "cpu", *TINY_SYNTHETIC]
+
+
 def run_cli(main, argv, capsys):
     """Run an entry point in-process; returns (exit status, its `error:` lines, or all of stderr if none)."""
     try:

@@ -34,6 +34,7 @@ import torch
 from tqdm import tqdm
 
 from common.errors import UserError
+from distill_utils import parallel
 from distill_utils.rng import eval_run_seed
 from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
 from distill_utils.files.subset_file import DistilledSubset
@@ -327,12 +328,14 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
     sources = arrange(sources, protocol.eval_mode)
     seeds = [eval_run_seed(seed, k) for k in range(protocol.num_eval)]
     runs = []
-    for k, s in enumerate(seeds):
+    for k in parallel.share(len(seeds)):  # under torchrun each rank trains its share of the students
+        s = seeds[k]
         with _fork_rng(device):
             torch.manual_seed(s)  # dropout masks
             net = factory.build(seed=s, device=device)
             points, trained = train_run(sources, net, test, protocol, s, device, val, log, run=k, desc=desc)
         runs.append(_run_record(s, points, trained, val is not None))
+    runs = parallel.gather(runs)
     report = {"protocol": asdict(protocol), "seeds": seeds, "phase_sequence": [p["name"] for p in runs[0]["phases"]],
               "phases": runs[0]["phases"], "eval_epochs": [p["epoch"] for p in runs[0]["points"]],
               "final": summarize([r["final"] for r in runs]),

@@ -178,7 +178,7 @@ class ExpertStream:
         self.directory, self.seed = directory, seed
         self.pairs = list_pairs(directory, flag)
         self.pass_idx = self.file_pos = self.expert_pos = 0
-        self._loaded = None
+        self._loaded, self._counts = None, {}
 
     def _order(self):
         g = torch.Generator().manual_seed(pass_order_seed(self.seed, self.pass_idx))
@@ -197,12 +197,22 @@ class ExpertStream:
         """(img_trajectory, txt_trajectory, source path) of the next expert."""
         _, img, txt, path = self._file()
         out = (img[self.expert_pos], txt[self.expert_pos], path)
+        self._advance(len(img))
+        return out
+
+    def skip(self):
+        """Move past the next expert without loading it (another torchrun rank matches it)."""
+        n, img_path, _ = self.pairs[self._order()[self.file_pos]]
+        if n not in self._counts:  # read memory-mapped, without the tensors
+            self._counts[n] = describe_file(img_path)[0]
+        self._advance(self._counts[n])
+
+    def _advance(self, experts_in_file):
         self.expert_pos += 1
-        if self.expert_pos == len(img):
+        if self.expert_pos == experts_in_file:
             self.expert_pos, self.file_pos = 0, self.file_pos + 1
             if self.file_pos == len(self.pairs):
                 self.file_pos, self.pass_idx = 0, self.pass_idx + 1
-        return out
 
     def state_dict(self):
         return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos,

@@ -8,6 +8,7 @@ import torch
 
 from common.errors import UserError, one_line
 from common.io import atomic_path, ensure_writable_dir, load_json_object, load_torch, save_json, save_torch
+from distill_utils import parallel
 from distill_utils.files.pictures import save_captions, save_image_grid
 from distill_utils.files.run_log import RunLog, read_records
 from distill_utils.files.subset_file import load_subset, save_subset
@@ -22,12 +23,13 @@ CHECKPOINT_KEYS = {"phase": int, "iteration": int, "syn": dict, "experts": dict,
 
 class RunDir:
     """Owns one run directory; `open` checks it, `start` claims it, then the run saves, logs and checkpoints
-    through it."""
+    through it. Under torchrun every rank opens it and reads from it, rank 0 alone writes (`writer`)."""
 
     def __init__(self, path, name, config, resume):
         self.path, self.name, self.config, self.resume = path, name, config, resume
         self.last_save = None  # the newest saved subset: named when the run stops on a non-finite value
         self._log = None
+        self.writer = parallel.is_main()
 
     def file(self, name):
         return os.path.join(self.path, name)
@@ -54,15 +56,16 @@ class RunDir:
                                 "resume with the same settings")
         elif os.path.exists(config_path):
             raise UserError(f"--name {name}: {run.path} exists; pass --resume to continue it or choose another --name")
-        ensure_writable_dir(run.path, "--runs_dir")
+        if run.writer:
+            ensure_writable_dir(run.path, "--runs_dir")
         return run
 
     def start(self, checkpoint, wandb="disabled"):
         """The run can start: from here on the directory is this run's. A new run writes config.json; a resumed
         one drops the log records written after its checkpoint (all of them without one)."""
-        if self.resume:
+        if self.writer and self.resume:
             self.truncate_log(*((checkpoint["phase"], checkpoint["iteration"]) if checkpoint else (-1, -1)))
-        else:
+        elif self.writer:
             save_json(self.config, self.file(CONFIG))
         self._log = RunLog(self.path, self.config, wandb, name=self.name)
 
@@ -88,14 +91,17 @@ class RunDir:
         """distilled_<stem>.pt with images_<stem>.png and captions_<stem>.txt (the nearest real caption of each
         synthetic text); returns the .pt path."""
         path = self.file(f"distilled_{stem}.pt")
-        save_subset(subset, path)
-        save_image_grid(subset.image, self.file(f"images_{stem}.png"))
-        save_captions(subset.text, train.text_features, train.pairs.captions, self.file(f"captions_{stem}.txt"))
+        if self.writer:
+            save_subset(subset, path)
+            save_image_grid(subset.image, self.file(f"images_{stem}.png"))
+            save_captions(subset.text, train.text_features, train.pairs.captions, self.file(f"captions_{stem}.txt"))
         self.last_save = path
         return path
 
     def save_final(self, phase_index, final, raw=None):
         """distilled_<p>_final.pt (the EMA subset) and, when given, distilled_<p>_final_raw.pt (without EMA)."""
+        if not self.writer:
+            return
         save_subset(final, self.file(f"distilled_{phase_index}_final.pt"))
         if raw is not None:
             save_subset(raw, self.file(f"distilled_{phase_index}_final_raw.pt"))
@@ -108,6 +114,8 @@ class RunDir:
     def write_checkpoint(self, phase_index, iteration, states, device):
         """`states`: the state dicts of what the phase continues from (syn, experts, amp_guard, generator); the
         global RNG states are added here."""
+        if not self.writer:
+            return
         rng, cuda_rng = rng_state(device)
         save_torch({"phase": phase_index, "iteration": iteration, **states, "rng": rng, "cuda_rng": cuda_rng,
                     "last_save": self.last_save}, self.file(CHECKPOINT))

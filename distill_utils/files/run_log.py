@@ -4,6 +4,8 @@ import json
 import os
 import time
 
+from distill_utils import parallel
+
 
 def end_torn_line(path):
     """A writer killed mid-line leaves a record without its newline: end it, so the next record starts a line."""
@@ -32,6 +34,8 @@ def read_records(path):
 
 class RunLog:
     def __init__(self, run_dir, config=None, wandb_mode="disabled", name=None, project="ptm-st"):
+        if not parallel.is_main():  # under torchrun, rank 0 alone logs
+            run_dir, wandb_mode = None, "disabled"
         self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
         self.wandb = None
         if self.path:
