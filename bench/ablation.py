@@ -492,17 +492,26 @@ def subsets_note(bench, level, n):
     return [text, ""]
 
 
-def teacher_note(bench, level, row):
-    """Where the expert learning curve stands at the start windows of a row's phases."""
+def teacher_note(bench, level, row, n):
+    """Where the expert learning curve stands at the start windows of a row's phases, and where D_1 leaves a student."""
     try:
         curve, _ = expert_curve(bench, level)
     except FileNotFoundError:
         return []
-    last = max(curve)
+    last, phases = max(curve), RUNS[_row(row)[1]].phases
     at = [f"[{lo},{hi}) targets epochs {lo + 1}-{hi} of its shortcut line ({', '.join(f'{curve[e]:.1f}' for e in range(lo + 1, hi + 1) if e in curve)})"
-          for _, lo, hi in RUNS[_row(row)[1]].phases]
-    return [f"Teacher side (`{level}`): the experts' test mean recall goes from {curve[1]:.1f} after epoch 1 to "
-            f"{curve[last]:.1f} after epoch {last}; the phases of {row}: " + "; ".join(at) + ".", ""]
+          for _, lo, hi in phases]
+    text = (f"Teacher side (`{level}`): the experts' test mean recall goes from {curve[1]:.1f} after epoch 1 to "
+            f"{curve[last]:.1f} after epoch {last}; the phases of {row}: " + "; ".join(at) + ".")
+    d1 = _load_or_none(bench, level, f"{row}_D1_alone_N{n}")
+    if d1 and len(phases) > 1:
+        reached = _test(d1)[0]["r_mean"]
+        passed = [e for e in curve if curve[e] <= reached]
+        text += (f" A student trained on D_1 alone reaches {reached:.1f}, " +
+                 (f"about the experts' level after epoch {max(passed)} ({curve[max(passed)]:.1f})" if passed
+                  else "below the experts' level after epoch 1") +
+                 f", while phase 2 was distilled from expert states at start epochs [{phases[1][1]},{phases[1][2]}).")
+    return [text, ""]
 
 
 def _step_minutes(bench, level=None):
@@ -609,7 +618,7 @@ def write_report(bench):
         else:
             for n in bench.rows[level]:
                 best = best_phased(bench, level, n)
-                lines += subsets_note(bench, level, n) + (teacher_note(bench, level, best) if best else [])
+                lines += subsets_note(bench, level, n) + (teacher_note(bench, level, best, n) if best else [])
     lines += ["## The paper's ablation order", "", "- paper (Table 4, Flickr30k): BASE < EMA < PTM < ST < PTM+ST < "
               "PTM+ST+EMA"]
     for level in levels:
