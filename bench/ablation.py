@@ -487,9 +487,27 @@ def subsets_note(bench, level, n):
                if not phased(r) and RUNS[_row(r)[1]].phases[0][1:] in same and RUNS[_row(r)[1]].phases[0][0] ==
                RUNS[_row(row)[1]].phases[0][0]}
     if singles:
+        best = max(singles, key=singles.get)
         text += (" One phase on the same windows at the full budget: " +
-                 ", ".join(f"{r} {v:.1f}" for r, v in singles.items()) + ".")
-    return [text, ""]
+                 ", ".join(f"{r} {v:.1f}" for r, v in singles.items()) + f". Halving the pairs for phase 1 costs "
+                 f"{singles[best] - alone[0]:.1f} ({best} against D_1 alone); D_2 gives back "
+                 f"{max(uses.values()) - alone[0]:.1f} of it.")
+    return [text, ""] + levers_note(bench, level, n)
+
+
+def levers_note(bench, level, n):
+    """The *late* rows beside the best single-phase and phased rows of the standard windows."""
+    picked = picked_rows(bench, level, n)
+    late = {r: p for r, p in picked.items() if _row(r)[1].startswith("late_")}
+    rest = {r: p for r, p in picked.items() if r not in late}
+    if not late or not rest:
+        return []
+    cell = lambda r, p: f"{r}{f' [{p[0]}]' if p[0] != '-' else ''} {_test(p[1])[0]['r_mean']:.1f} (val {_val(p[1]):.1f})"
+    groups = [[r for r in rest if phased(r) == ph] for ph in (False, True)]
+    best = [cell(r, rest[r]) for r in (_best_on_val(rest, g) for g in groups if g)]
+    return [f"Levers (`{level}`, N = {n}, start windows on `{LATE}`, test mean recall and val): " +
+            "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the standard windows, on val: " +
+            "; ".join(best) + ".", ""]
 
 
 def teacher_note(bench, level, row, n):
