@@ -505,9 +505,10 @@ def levers_note(bench, level, n):
     cell = lambda r, p: f"{r}{f' [{p[0]}]' if p[0] != '-' else ''} {_test(p[1])[0]['r_mean']:.1f} (val {_val(p[1]):.1f})"
     groups = [[r for r in rest if phased(r) == ph] for ph in (False, True)]
     best = [cell(r, rest[r]) for r in (_best_on_val(rest, g) for g in groups if g)]
+    skipped = [r for r in LEVELS[level]["sizes"][n] if r not in bench.rows[level][n]]
     return [f"Levers (`{level}`, N = {n}, start windows on `{LATE}`, test mean recall and val): " +
             "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the standard windows, on val: " +
-            "; ".join(best) + ".", ""]
+            "; ".join(best) + "." + (f" Not run this time (`--rows`): {'; '.join(skipped)}." if skipped else ""), ""]
 
 
 def teacher_note(bench, level, row, n):
