@@ -90,8 +90,13 @@ for starts, split in LEVERS:
     name, label = _lever(starts, split)
     kind = "PTM+ST{}, conditioned" if len(starts) > 1 else "ST{}"
     ROWS += [(f"{kind.format('')}, {label}", name, "final_raw"), (f"{kind.format('+EMA')}, {label}", name, "final")]
-LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_")]
-STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and not r[1].startswith("late_")]
+for split in (0.6, 0.4):  # the budget split between the standard windows' conditioned phases
+    tag = f"{round(100 * split)}/{round(100 * (1 - split))}"
+    RUNS[f"conditioned_{tag.replace('/', '+')}"] = RUNS["conditioned"]._replace(split=split)
+    ROWS += [(f"PTM+ST, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final_raw"),
+             (f"PTM+ST+EMA, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final")]
+LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
+STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS]
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
 LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD, 20: STANDARD}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
@@ -496,9 +501,9 @@ def subsets_note(bench, level, n):
 
 
 def levers_note(bench, level, n):
-    """The *late* rows beside the best single-phase and phased rows of the standard windows."""
+    """The lever rows (late windows, budget splits) beside the best single-phase and phased rows of the others."""
     picked = picked_rows(bench, level, n)
-    late = {r: p for r, p in picked.items() if _row(r)[1].startswith("late_")}
+    late = {r: p for r, p in picked.items() if r in LEVER_ROWS}
     rest = {r: p for r, p in picked.items() if r not in late}
     if not late or not rest:
         return []
@@ -506,8 +511,8 @@ def levers_note(bench, level, n):
     groups = [[r for r in rest if phased(r) == ph] for ph in (False, True)]
     best = [cell(r, rest[r]) for r in (_best_on_val(rest, g) for g in groups if g)]
     skipped = [r for r in LEVELS[level]["sizes"][n] if r not in bench.rows[level][n]]
-    return [f"Levers (`{level}`, N = {n}, start windows on `{LATE}`, test mean recall and val): " +
-            "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the standard windows, on val: " +
+    return [f"Levers (`{level}`, N = {n}, test mean recall and val; *late*: start windows on `{LATE}`): " +
+            "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the other rows, on val: " +
             "; ".join(best) + "." + (f" Not run this time (`--rows`): {'; '.join(skipped)}." if skipped else ""), ""]
 
 
@@ -675,8 +680,8 @@ def settings(bench):
             "- hyper-parameters, all chosen on the val split only, never on test: in earlier runs of this benchmark "
             "lr_img {10, 30, 100, 300}, lr_txt {1, 3, 10, 30}, lr_sim {0.01, 0.03, 0.1}, lr_lr {1e-4, 3e-4, 1e-3} "
             "on ST at N = 50 (`synthetic`) and, for the two-phase rows, the iterations per phase (60 vs 120) and "
-            "the phase split (8+12 vs 10+10) on PTM+ST+EMA at N = 20; on `synthetic_hard` the *late* rows are the "
-            "levers tried (start windows, one or two phases, the budget split), each with its val score in the "
+            "the phase split (8+12 vs 10+10) on PTM+ST+EMA at N = 20; on `synthetic_hard` the *late* and *split* rows "
+            "are the levers tried (start windows, one or two phases, the budget split), each with its val score in the "
             "table; in every run the eval mode of each phased row and the best single-phase and best phased rows "
             "of the verdicts. The other settings are not tuned per level",
             "- s/iter and peak MB: one distillation iteration on one CPU thread while other jobs share the "

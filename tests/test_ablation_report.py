@@ -128,3 +128,6 @@ def test_lever_runs_and_rows():
     assert rows["PTM+ST+EMA, conditioned, late [0,3) then [3,6), split 40/60"] == ("late_0-3_3-6_40+60", "final")
     assert rows["ST, late [3,6)"] == ("late_3-6", "final_raw") and not ablation.phased("ST+EMA, late [0,6)")
     assert ablation.modes("PTM+ST, conditioned, late [0,3) then [6,9)") == ("cumulative", "union")
+    split = ablation.RUNS["conditioned_60+40"]  # the standard windows, 30 + 20 pairs at N = 50
+    assert split._replace(split=0.5) == ablation.RUNS["conditioned"] and split.split == 0.6
+    assert "PTM+ST, conditioned, split 60/40" in ablation.LEVER_ROWS
