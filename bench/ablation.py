@@ -494,8 +494,8 @@ def subsets_note(bench, level, n):
     if singles:
         best = max(singles, key=singles.get)
         text += (" One phase on the same windows at the full budget: " +
-                 ", ".join(f"{r} {v:.1f}" for r, v in singles.items()) + f". Halving the pairs for phase 1 costs "
-                 f"{singles[best] - alone[0]:.1f} ({best} against D_1 alone); D_2 gives back "
+                 ", ".join(f"{r} {v:.1f}" for r, v in singles.items()) + f". Distilling {round(n * RUNS[_row(row)[1]].split)} of the {n} pairs for "
+                 f"phase 1 costs {singles[best] - alone[0]:.1f} ({best} against D_1 alone); D_2 gives back "
                  f"{max(uses.values()) - alone[0]:.1f} of it.")
     return [text, ""] + levers_note(bench, level, n)
 
