@@ -6,21 +6,24 @@ the built-in dataset and its harder level.
 For each dataset level and budget N: builds the experts (recall logged every epoch: the learning
 curves) and shortcut trajectories, distills the ablation rows (BASE, EMA, PTM, ST, PTM+ST,
 PTM+ST+EMA), the rows distilled with --phase_conditioning cumulative, and, where the matching mode
-is there, rows with the exact (adjoint) gradient; then evaluates every row, the random and prototype
+is there, rows with the exact (adjoint) gradient; on `synthetic_hard`, the levers of the phased method (start windows
+where its experts still improve, the budget split) and one phase on the same windows (the *late* rows); then evaluates every row, the random and prototype
 coresets and the full training set under one protocol (fresh students, --num_eval seeds, final-epoch
 scores). A phased row is evaluated under the two --eval_modes it is meant for (see `modes`) and
 reported under the one with the better final-epoch mean recall on the val split. The distillation hyper-parameters were
-chosen on the val split too, never on test. A rerun skips the steps whose outputs are there.
+chosen on the val split too, never on test. A rerun skips the steps whose outputs are there; a level not rerun keeps
+its section of the earlier report (--out).
 """
 import argparse
 import concurrent.futures as cf
-import datetime
 import json
 import os
+import re
 import statistics
 import subprocess
 import sys
 import time
+from typing import NamedTuple
 
 from distill_utils.evaluation.protocol import COLUMNS as METRICS, EVAL_MODES
 from common.io import atomic_path
@@ -36,16 +39,46 @@ DISTILL = ["--syn_steps", "8", "--expert_epochs", "1", "--lr_teacher_img", "0.03
            "--loss_type", "InfoNCE", "--num_eval", "0", "--checkpoint_it", "25"]
 EMA = "0.97"
 PROTOCOL = ["--loss_type", "InfoNCE", "--epoch_eval_train", "100", "--batch_train", "128", "--select_on", "val"]
-WINDOWS = [(0, 6), (0, 8)]
 SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
-# distillation runs: name -> (phases as (trajectory, min start, max start), EMA?, conditioning, matching)
-RUNS = {"normal": ([("normal", 0, 2)], True, "none", "constant"),
-        "phased": ([("normal", 0, 2), ("normal", 1, 3)], False, "none", "constant"),
-        "shortcut": (SHORTCUT_PHASES[:1], False, "none", "constant"),
-        "phased_shortcut": (SHORTCUT_PHASES, True, "none", "constant"),
-        "conditioned": (SHORTCUT_PHASES, True, "cumulative", "constant"),
-        "shortcut_exact": (SHORTCUT_PHASES[:1], False, "none", "adjoint"),
-        "conditioned_exact": (SHORTCUT_PHASES, True, "cumulative", "adjoint")}
+LATE = "convexified_0_11"  # `synthetic_hard`'s whole expert run (11 timestamps) as one shortcut window
+
+
+class Run(NamedTuple):
+    """A distillation run: phases as (trajectory, min start, max start); split: the first phase's share of N."""
+    phases: list
+    ema: bool = False
+    conditioning: str = "none"
+    matching: str = "constant"
+    split: float = 0.5
+
+
+RUNS = {"normal": Run([("normal", 0, 2)], ema=True),
+        "phased": Run([("normal", 0, 2), ("normal", 1, 3)]),
+        "shortcut": Run(SHORTCUT_PHASES[:1]),
+        "phased_shortcut": Run(SHORTCUT_PHASES, ema=True),
+        "conditioned": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative"),
+        "shortcut_exact": Run(SHORTCUT_PHASES[:1], matching="adjoint"),
+        "conditioned_exact": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative", matching="adjoint")}
+# the levers of `synthetic_hard`: start windows on LATE where its experts still improve, the same windows as
+# one phase (at the full budget), and the budget split between two conditioned phases: (starts, first share)
+LEVERS = [([(0, 3)], 1), ([(3, 6)], 1), ([(0, 6)], 1), ([(0, 3), (3, 6)], 0.5), ([(0, 3), (6, 9)], 0.5),
+          ([(0, 3), (3, 6)], 0.4), ([(0, 3), (3, 6)], 0.6)]
+
+
+def _lever(starts, split):
+    """(run name, row label) of a lever: e.g. late_0-3_3-6_20+30, 'late [0,3) then [3,6), 20+30 of 50'."""
+    name = "late_" + "_".join(f"{lo}-{hi}" for lo, hi in starts)
+    label = "late " + " then ".join(f"[{lo},{hi})" for lo, hi in starts)
+    if split != 0.5 and len(starts) > 1:
+        name += f"_{round(100 * split)}+{round(100 * (1 - split))}"
+        label += f", split {round(100 * split)}/{round(100 * (1 - split))}"
+    return name, label
+
+
+for starts, split in LEVERS:
+    name, _ = _lever(starts, split)
+    RUNS[name] = Run([(LATE, lo, hi) for lo, hi in starts], ema=True, split=split,
+                     conditioning="cumulative" if len(starts) > 1 else "none")
 # ablation rows: (name, run, files). The EMA never feeds back into the optimisation, so a run with EMA
 # also yields the row without it: its distilled_<p>_final_raw.pt files.
 ROWS = [("BASE", "normal", "final_raw"), ("EMA", "normal", "final"), ("PTM", "phased", "final"),
@@ -53,11 +86,22 @@ ROWS = [("BASE", "normal", "final_raw"), ("EMA", "normal", "final"), ("PTM", "ph
         ("PTM+ST+EMA", "phased_shortcut", "final"), ("PTM+ST, conditioned", "conditioned", "final_raw"),
         ("PTM+ST+EMA, conditioned", "conditioned", "final"), ("ST, exact gradient", "shortcut_exact", "final"),
         ("PTM+ST+EMA, conditioned, exact gradient", "conditioned_exact", "final")]
-# dataset levels: expert epochs, budgets, the rows run at each budget
-LEVELS = {"synthetic": {"epochs": 8, "sizes": {50: [r[0] for r in ROWS if r[0] != "PTM"],
-                                                20: [r[0] for r in ROWS if r[0] != "PTM"]}},
-          "synthetic_hard": {"epochs": 10, "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA",
-                                                           "PTM+ST, conditioned", "PTM+ST+EMA, conditioned"]}}}
+for starts, split in LEVERS:
+    name, label = _lever(starts, split)
+    kind = "PTM+ST{}, conditioned" if len(starts) > 1 else "ST{}"
+    ROWS += [(f"{kind.format('')}, {label}", name, "final_raw"), (f"{kind.format('+EMA')}, {label}", name, "final")]
+for split in (0.6, 0.4):  # the budget split between the standard windows' conditioned phases
+    tag = f"{round(100 * split)}/{round(100 * (1 - split))}"
+    RUNS[f"conditioned_{tag.replace('/', '+')}"] = RUNS["conditioned"]._replace(split=split)
+    ROWS += [(f"PTM+ST, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final_raw"),
+             (f"PTM+ST+EMA, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final")]
+LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
+STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS]
+# dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
+LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD, 20: STANDARD}},
+          "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
+                             "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
+                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS]}}}
 AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under --protocol authors (`synthetic`)
 CROSS_SIZE = 50  # the cross-architecture check runs at this budget
 
@@ -65,11 +109,11 @@ CROSS_SIZE = 50  # the cross-architecture check runs at this budget
 def modes(row):
     """The eval modes a phased row is meant for, one picked on val: the paper's sequential or the union for
     subsets distilled alone; the cumulative training they were distilled for or the union for conditioned ones."""
-    return ("cumulative", "union") if RUNS[_row(row)[1]][2] == "cumulative" else ("sequential", "union")
+    return ("cumulative", "union") if RUNS[_row(row)[1]].conditioning == "cumulative" else ("sequential", "union")
 
 
 def phased(row):
-    return len(RUNS[_row(row)[1]][0]) > 1
+    return len(RUNS[_row(row)[1]].phases) > 1
 
 
 def _row(name):
@@ -83,7 +127,7 @@ class Bench:
         self.late = []  # evaluations queued after the others
         self.rows = {}  # level -> {N: row names run}, adjoint rows only where MATCHING has the mode
         for level in a.levels:
-            self.rows[level] = {n: [r for r in rows if RUNS[_row(r)[1]][3] in MATCHING and (not a.rows or r in a.rows)]
+            self.rows[level] = {n: [r for r in rows if RUNS[_row(r)[1]].matching in MATCHING and (not a.rows or r in a.rows)]
                                 for n, rows in LEVELS[level]["sizes"].items() if not a.sizes or n in a.sizes}
         os.makedirs(os.path.join(self.work, "logs"), exist_ok=True)
 
@@ -101,7 +145,7 @@ class Bench:
         if done and os.path.exists(done):
             return
         cmd = [sys.executable, script, *[x for a in args for x in (a() if callable(a) else [a])]]
-        tick = time.time()
+        tick, load = time.time(), os.getloadavg()[0]
         with open(log, "w") as f:
             f.write(" ".join(cmd) + "\n")
             f.flush()
@@ -110,6 +154,8 @@ class Bench:
             raise SystemExit(f"bench: step {name} failed (exit {code}); see {log}")
         with open(os.path.join(self.work, "logs", f"{name}.seconds"), "w") as f:
             f.write(f"{time.time() - tick:.1f}\n")
+        with open(os.path.join(self.work, "logs", f"{name}.load"), "w") as f:  # the machine's load, start and end
+            f.write(f"{load:.2f} {os.getloadavg()[0]:.2f}\n")
         print(f"  done: {name}", flush=True)
 
     def parallel(self, jobs):
@@ -126,7 +172,7 @@ class Bench:
                             str(LEVELS[level]["epochs"]), *EXPERT_ARGS, None) for k in range(self.a.jobs)])
         while not all(map(os.path.isfile, wanted)):  # experts another process claimed are still training
             time.sleep(30)
-        for start, end in WINDOWS:
+        for start, end in LEVELS[level]["windows"]:
             out = os.path.join(self.traj(level), f"convexified_{start}_{end}")
             self.run(f"{level}_convexify_{start}_{end}", "convexify.py", "--start", str(start), "--end", str(end),
                      "--normal_dir", normal, done=out)
@@ -135,8 +181,8 @@ class Bench:
         return os.path.join(self.work, "runs", level, f"{run}_N{n}")
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching = RUNS[run]
-        sizes = [n] if len(phases) == 1 else [n // 2, n - n // 2]
+        phases, ema, conditioning, matching, split = RUNS[run]
+        sizes = [n] if len(phases) == 1 else [round(n * split), n - round(n * split)]
         run_dir = self.run_dir(level, run, n)
         args = [*self.data(level), "--image_encoder", ENCODER, *DISTILL, "--subset_num", str(len(phases)),
                 "--buffer_path", *[os.path.join(self.traj(level), t) for t, _, _ in phases],
@@ -152,12 +198,12 @@ class Bench:
 
     def files(self, level, row, n):
         _, run, kind = _row(row)
-        return [os.path.join(self.run_dir(level, run, n), f"distilled_{p}_{kind}.pt") for p in range(len(RUNS[run][0]))]
+        return [os.path.join(self.run_dir(level, run, n), f"distilled_{p}_{kind}.pt") for p in range(len(RUNS[run].phases))]
 
     def eval_job(self, level, name, *args, encoder=ENCODER):
         out = self.eval_path(level, name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
-        return (f"{level}_eval_{name}", "evaluate.py", *self.data(level), "--image_encoder", encoder, *PROTOCOL,
+        return (f"{level}_eval_{_slug(name)}", "evaluate.py", *self.data(level), "--image_encoder", encoder, *PROTOCOL,
                 "--num_eval", str(self.a.num_eval), "--seed", "0", "--out", out, *args, out)
 
     def eval_path(self, level, name):
@@ -191,6 +237,17 @@ class Bench:
         self.parallel(jobs + self.late + [self.eval_job(level, "full", "--baseline", "full")])  # the longest, last
         self.late = []
 
+    def analysis(self, level, n):
+        """How the val-best phased row's subsets add up: each D_p alone, and in sequence where its modes lack it."""
+        row = best_phased(self, level, n)
+        if row is None:
+            return
+        files = self.files(level, row, n)
+        jobs = [self.eval_job(level, f"{row}_D{p + 1}_alone_N{n}", "--ckpt_path", f) for p, f in enumerate(files)]
+        if "sequential" not in modes(row):
+            jobs.append(self.eval_job(level, f"{row}_sequential_N{n}", "--ckpt_path", *files))
+        self.parallel(jobs)
+
     def distillations(self, level, n):
         runs = dict.fromkeys(_row(r)[1] for r in self.rows[level][n])
         self.parallel([self.distill_job(level, run, n) for run in runs])
@@ -206,12 +263,13 @@ class Bench:
             print(f"{level}, N = {-n}: distillation and evaluation", flush=True)
             self.distillations(level, -n)
             self.evaluations(level, -n)
+            self.analysis(level, -n)
         write_report(self)
         print(f"bench: results -> {self.a.out}")
 
 
 def _slug(name):
-    return name.replace(", ", "_").replace(" ", "_")
+    return re.sub(r"[^A-Za-z0-9+.=@-]+", "_", name).strip("_")
 
 
 def _load(bench, level, name):
@@ -328,13 +386,33 @@ def size_section(bench, level, n, verdicts):
     return lines
 
 
+def _best_on_val(picked, rows):
+    """The row of `rows` whose chosen report ({row: (mode, report)}) has the best final val mean recall."""
+    return max(rows, key=lambda r: _val(picked[r][1]))
+
+
+def picked_rows(bench, level, n, rows=None):
+    """{row: (eval mode, report)} of the finished rows, each under its val-best mode."""
+    picked = {}
+    for row in bench.rows[level][n] if rows is None else rows:
+        try:
+            picked[row] = chosen(bench, level, row, n)[:2]
+        except FileNotFoundError:
+            pass
+    return picked
+
+
+def best_phased(bench, level, n):
+    picked = picked_rows(bench, level, n, [r for r in bench.rows[level][n] if phased(r)])
+    return _best_on_val(picked, picked) if picked else None
+
+
 def verdict(level, n, picked, full):
     """Best single-phase vs best phased (each selected on val), tested at the same budget; 70% of full."""
     singles, multis = [r for r in picked if not phased(r)], [r for r in picked if phased(r)]
     if not singles or not multis:
         return f"`{level}`, N = {n}: not judged, the single-phase or the phased rows did not finish in this run"
-    pick = lambda rows: max(rows, key=lambda r: _val(picked[r][1]))
-    single, multi = pick(singles), pick(multis)
+    single, multi = _best_on_val(picked, singles), _best_on_val(picked, multis)
     (sm, ss), (pm, ps) = _test(picked[single][1]), _test(picked[multi][1])
     gap, bar = pm["r_mean"] - sm["r_mean"], 2 * max(ss["r_mean"], ps["r_mean"])
     best = max(sm["r_mean"], pm["r_mean"])
@@ -395,17 +473,136 @@ def _curve_at(bench, level="synthetic_hard"):
     return f"{curve[3]:.1f} of {curve[max(curve)]:.1f}"
 
 
-def _step_minutes(bench):
-    logs = os.path.join(bench.work, "logs")
-    seconds = [float(open(os.path.join(logs, f)).read()) for f in os.listdir(logs) if f.endswith(".seconds")]
-    return sum(seconds) / 60
+def subsets_note(bench, level, n):
+    """How the val-best phased row's subsets add up, beside the single phases on the same start windows."""
+    row, m = best_phased(bench, level, n), lambda name: _test(_load(bench, level, name))[0]["r_mean"]
+    if row is None:
+        return []
+    try:
+        alone = [m(f"{row}_D{p + 1}_alone_N{n}") for p in range(len(RUNS[_row(row)[1]].phases))]
+        uses = {mode: m(f"{row}_{mode}_N{n}") for mode in ("sequential", *modes(row))}
+    except FileNotFoundError:
+        return []
+    sizes = [f"D_{p + 1} alone {v:.1f}" for p, v in enumerate(alone)]
+    text = (f"How the subsets of the best phased row add up (`{level}`, N = {n}, {row}, test mean recall): "
+            f"{', '.join(sizes)}; " + ", ".join(f"{mode} {v:.1f}" for mode, v in uses.items()) +
+            f". Training on D_2 too moves a student {max(uses.values()) - alone[0]:+.1f} over D_1 alone.")
+    same = [(lo, hi) for _, lo, hi in RUNS[_row(row)[1]].phases]
+    singles = {r: _test(rep)[0]["r_mean"] for r, (_, rep) in picked_rows(bench, level, n).items()
+               if not phased(r) and RUNS[_row(r)[1]].phases[0][1:] in same and RUNS[_row(r)[1]].phases[0][0] ==
+               RUNS[_row(row)[1]].phases[0][0]}
+    if singles:
+        best = max(singles, key=singles.get)
+        text += (" One phase on the same windows at the full budget: " +
+                 ", ".join(f"{r} {v:.1f}" for r, v in singles.items()) + f". Distilling {round(n * RUNS[_row(row)[1]].split)} of the {n} pairs for "
+                 f"phase 1 costs {singles[best] - alone[0]:.1f} ({best} against D_1 alone); D_2 gives back "
+                 f"{max(uses.values()) - alone[0]:.1f} of it.")
+    return [text, ""] + levers_note(bench, level, n)
+
+
+def levers_note(bench, level, n):
+    """The lever rows (late windows, budget splits) beside the best single-phase and phased rows of the others."""
+    picked = picked_rows(bench, level, n)
+    late = {r: p for r, p in picked.items() if r in LEVER_ROWS}
+    rest = {r: p for r, p in picked.items() if r not in late}
+    if not late or not rest:
+        return []
+    cell = lambda r, p: f"{r}{f' [{p[0]}]' if p[0] != '-' else ''} {_test(p[1])[0]['r_mean']:.1f} (val {_val(p[1]):.1f})"
+    groups = [[r for r in rest if phased(r) == ph] for ph in (False, True)]
+    best = [cell(r, rest[r]) for r in (_best_on_val(rest, g) for g in groups if g)]
+    skipped = [r for r in LEVELS[level]["sizes"][n] if r not in bench.rows[level][n]]
+    return [f"Levers (`{level}`, N = {n}, test mean recall and val; *late*: start windows on `{LATE}`): " +
+            "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the other rows, on val: " +
+            "; ".join(best) + "." + (f" Not run this time (`--rows`): {'; '.join(skipped)}." if skipped else ""), ""]
+
+
+def teacher_note(bench, level, row, n):
+    """Where the expert learning curve stands at the start windows of a row's phases, and where D_1 leaves a student."""
+    try:
+        curve, _ = expert_curve(bench, level)
+    except FileNotFoundError:
+        return []
+    last, phases = max(curve), RUNS[_row(row)[1]].phases
+    at = [f"[{lo},{hi}) targets epochs {lo + 1}-{hi} of its shortcut line ({', '.join(f'{curve[e]:.1f}' for e in range(lo + 1, hi + 1) if e in curve)})"
+          for _, lo, hi in phases]
+    text = (f"Teacher side (`{level}`): the experts' test mean recall goes from {curve[1]:.1f} after epoch 1 to "
+            f"{curve[last]:.1f} after epoch {last}; the phases of {row}: " + "; ".join(at) + ".")
+    d1 = _load_or_none(bench, level, f"{row}_D1_alone_N{n}")
+    if d1 and len(phases) > 1:
+        reached = _test(d1)[0]["r_mean"]
+        passed = [e for e in curve if curve[e] <= reached]
+        text += (f" A student trained on D_1 alone reaches {reached:.1f}, " +
+                 (f"about the experts' level after epoch {max(passed)} ({curve[max(passed)]:.1f})" if passed
+                  else "below the experts' level after epoch 1") +
+                 f", while phase 2 was distilled from expert states at start epochs [{phases[1][1]},{phases[1][2]}).")
+    return [text, ""]
+
+
+def _step_minutes(bench, level=None):
+    steps = _steps(bench, level)
+    return sum(seconds for seconds, _, _ in steps) / 60
+
+
+def _steps(bench, level=None):
+    """(seconds, end time, loads) of the finished steps (of one level's, where given)."""
+    logs, steps = os.path.join(bench.work, "logs"), []
+    for f in os.listdir(logs):
+        if not f.endswith(".seconds") or (level and _level_of(f) != level):
+            continue
+        path = os.path.join(logs, f)
+        load = path[:-len(".seconds")] + ".load"
+        loads = [float(x) for x in open(load).read().split()] if os.path.isfile(load) else []
+        steps.append((float(open(path).read()), os.path.getmtime(path), loads))
+    return steps
+
+
+def _level_of(step):
+    return max((lv for lv in LEVELS if step.startswith(lv + "_")), key=len, default=None)
+
+
+def provenance(bench, level):
+    """The run a level's section comes from: when, how long, how loaded the machine was."""
+    steps = _steps(bench, level)
+    start, end = min(t - s for s, t, _ in steps), max(t for _, t, _ in steps)
+    loads = [x for _, _, ls in steps for x in ls]
+    when = f"{time.strftime('%Y-%m-%d %H:%M', time.gmtime(start))}-{time.strftime('%H:%M', time.gmtime(end))} UTC"
+    load = f", 1-min load average {statistics.mean(loads):.1f} (min {min(loads):.1f}, max {max(loads):.1f}) at the " \
+           "steps' starts and ends" if loads else ""
+    return (f"*Run:* {when}, {_step_minutes(bench, level):.0f} min of single-thread steps, {bench.a.jobs} at a time, on "
+            f"a 2-core machine shared with other work{load}; step logs: `<workdir>/logs/{level}_*`.")
+
+
+def carried(text, level):
+    """From an earlier report: the level's section and its lines under the verdicts and the ablation order."""
+    section, other, current = [], [], None
+    for line in text.splitlines():
+        current = line if line.startswith("## ") else current
+        if current == f"## `{level}`":
+            section.append(line)
+        elif current in ("## Does phasing pay off?", "## The paper's ablation order") and _first_tick(line) == level:
+            other.append(line)
+    if section and not any(line.startswith("*Run:*") for line in section):
+        run = re.search(r"\(these figures: ([^)]*)\)", text)
+        section[1:1] = ["", "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the "
+                        f"earlier report ({run.group(1) if run else 'its run is not recorded'})."]
+    return section, other
+
+
+def _first_tick(line):
+    found = re.search(r"`([^`]*)`", line)
+    return found.group(1) if found else None
 
 
 def write_report(bench):
+    old = open(bench.a.out).read() if os.path.isfile(bench.a.out) else ""
+    fresh = [lv for lv in LEVELS if lv in bench.a.levels and os.path.isfile(
+        os.path.join(bench.traj(lv), "normal", "metrics.jsonl"))]
+    kept = {lv: carried(old, lv) for lv in LEVELS if lv not in fresh}
+    kept = {lv: c for lv, c in kept.items() if c[0]}
+    levels = [lv for lv in LEVELS if lv in fresh or lv in kept]
     lines = ["# Results on the built-in synthetic dataset and its harder level", "",
-             f"Regenerate with `python -m bench.ablation` (these figures: {_step_minutes(bench):.0f} min of "
-             "single-thread steps in all, run several at a time on a 2-core machine shared with other work, "
-             f"{datetime.date.today()}). "
+             "Regenerate with `python -m bench.ablation` (a level not rerun keeps its section of the earlier report; "
+             "each level's section says which run it comes from). "
              f"Every row: {bench.a.num_eval} fresh students (seeds fixed), score after the final epoch, mean ± std "
              "over the students, on the test split unless marked val. Image encoder "
              f"`{ENCODER}` (trainable), text features `{TEXT}` (all-MiniLM-L6-v2 [CLS], 384-d). `synthetic_hard` draws "
@@ -415,60 +612,80 @@ def write_report(bench):
              "in the column 'sequential / cumulative / union') and reported under the one with the better val mean "
              "recall. "
              "Rows marked *conditioned* were distilled with `--phase_conditioning cumulative`; *exact gradient*: "
-             "`--matching adjoint` (the other rows: `constant`), same settings.", ""]
-    verdicts = []
-    for level in bench.a.levels:
-        lines += level_section(bench, level, verdicts)
+             "`--matching adjoint` (the other rows: `constant`); *late*: the shortcut window "
+             f"`{LATE}` (the hard level's whole expert run), start epochs as given, EMA rows with EMA; *split a/b*: "
+             "the phases' shares of N (other two-phase rows: halves). Same settings otherwise.", ""]
+    verdicts = {}
+    for level in levels:
+        if level in kept:
+            lines += kept[level][0] + ([""] if kept[level][0][-1] else [])
+            continue
+        section = level_section(bench, level, verdicts.setdefault(level, []))
+        lines += section[:1] + ["", provenance(bench, level)] + section[1:]
     lines += ["## Does phasing pay off?", "", "The bar: the best phased method (selected on val) beats the best "
               "single-phase method at the same budget by more than two standard deviations on test, and distilled "
-              "data reach 70% of the full-data mean recall.", ""] + [f"- {v}" for v in verdicts]
-    missing = [f"`{lv}` N = {n}" for lv in bench.a.levels for n in bench.rows[lv]
-               if not any(v.startswith(f"`{lv}`, N = {n}:") for v in verdicts)]
+              "data reach 70% of the full-data mean recall.", ""]
+    for level in levels:
+        lines += [f"- {v}" for v in verdicts.get(level, [])]
+        lines += [x for x in kept.get(level, ([], []))[1] if x.startswith("- `")]
+    missing = [f"`{lv}` N = {n}" for lv in fresh for n in bench.rows[lv]
+               if not any(v.startswith(f"`{lv}`, N = {n}:") for v in verdicts.get(lv, []))]
     if missing:
         lines.append(f"- not judged: {', '.join(missing)}: not finished in this run (a machine shared with "
                      "other work: see the s/iter column); `python -m bench.ablation` runs them")
-    lines += [""] + phasing_note(bench) + why_note(bench)
+    lines.append("")
+    for level in levels:
+        if level in kept:
+            lines += [x for p in kept[level][1] if not p.startswith("- ") for x in (p, "")]
+        elif level == "synthetic":
+            lines += phasing_note(bench) + why_note(bench)
+        else:
+            for n in bench.rows[level]:
+                best = best_phased(bench, level, n)
+                lines += subsets_note(bench, level, n) + (teacher_note(bench, level, best, n) if best else [])
     lines += ["## The paper's ablation order", "", "- paper (Table 4, Flickr30k): BASE < EMA < PTM < ST < PTM+ST < "
               "PTM+ST+EMA"]
-    for level in bench.a.levels:
-        for n, rows in bench.rows[level].items():
-            means = {}
-            for r in rows:
-                try:
-                    means[r] = _test(chosen(bench, level, r, n)[1])[0]["r_mean"]
-                except FileNotFoundError:
-                    pass
-            if not means:
-                continue
-            lines.append(f"- measured, `{level}`, N = {n}: " +
-                         " < ".join(f"{r} ({means[r]:.1f})" for r in sorted(means, key=means.get)))
-    lines += ["", "## Settings", "",
-              f"- experts: `buffer.py {' '.join(EXPERT_ARGS)}`, `--train_epochs` "
-              + ", ".join(f"{LEVELS[lv]['epochs']} (`{lv}`)" for lv in bench.a.levels) + f"; shortcut windows {WINDOWS}",
-              f"- distillation: `{' '.join(DISTILL)}`, {ITERATIONS} iterations per phase, two-phase rows split N "
-              f"in halves, minibatches of {MINI_BATCH} pairs, EMA decay {EMA} where the row has EMA, else 0",
-              "- runs: " + "; ".join(f"{name}: " + " then ".join(f"{t} start [{lo},{hi})" for t, lo, hi in phases)
-                                      + f", conditioning {cond}, matching {matching}"
-                                      for name, (phases, _, cond, matching) in RUNS.items()),
-              "- rows -> runs: " + "; ".join(f"{r}: {run} ({kind})" for r, run, kind in ROWS),
-              "- a conditioned run's first phase is exactly the unconditioned run's (conditioning changes the "
-              "phases after the first only; tested bit for bit), so it continues that run's first-phase checkpoint "
-              "instead of recomputing it; PTM (normal trajectories, two phases) is left out of this version for time",
-              "- a run with EMA gives two rows: its EMA subsets (`distilled_<p>_final.pt`) and its raw subsets "
-              "(`distilled_<p>_final_raw.pt`, exactly what the same run without EMA ends with)",
-              f"- evaluation: `evaluate.py {' '.join(PROTOCOL)} --num_eval {bench.a.num_eval}` (`--eval_mode` per "
-              "phased row as above); baselines use the teacher lrs (full set: 10 epochs at 0.1 x (1 - momentum))",
-              "- hyper-parameters, all chosen on the val split only, never on test: in earlier runs of this benchmark "
-              "lr_img {10, 30, 100, 300}, lr_txt {1, 3, 10, 30}, lr_sim {0.01, 0.03, 0.1}, lr_lr {1e-4, 3e-4, 1e-3} "
-              "on ST at N = 50 (`synthetic`) and, for the two-phase rows, the iterations per phase (60 vs 120) and "
-              "the phase split (8+12 vs 10+10) on PTM+ST+EMA at N = 20; in this run the eval mode of each phased "
-              "row (table above) and the best single-phase and best phased rows of the verdicts. The conditioned, "
-              "exact-gradient and `synthetic_hard` rows reuse the settings above, not tuned separately",
-              "- s/iter and peak MB: one distillation iteration on one CPU thread while other jobs share the "
-              "machine; peak memory is the process's peak resident set", ""]
+    for level in levels:
+        if level in kept:
+            lines += [x for x in kept[level][1] if x.startswith("- measured")]
+            continue
+        for n in bench.rows[level]:
+            means = {r: _test(rep)[0]["r_mean"] for r, (_, rep) in picked_rows(bench, level, n).items()}
+            if means:
+                lines.append(f"- measured, `{level}`, N = {n}: " +
+                             " < ".join(f"{r} ({means[r]:.1f})" for r in sorted(means, key=means.get)))
+    lines += ["", "## Settings", ""] + settings(bench)
     os.makedirs(os.path.dirname(os.path.abspath(bench.a.out)), exist_ok=True)
     with atomic_path(bench.a.out) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
+
+
+def settings(bench):
+    runs = [f"{name}: " + " then ".join(f"{t} start [{lo},{hi})" for t, lo, hi in run.phases) +
+            f", conditioning {run.conditioning}, matching {run.matching}" + (", EMA" if run.ema else "") +
+            (f", split {run.split:g}" if len(run.phases) > 1 and run.split != 0.5 else "") for name, run in RUNS.items()]
+    return [f"- experts: `buffer.py {' '.join(EXPERT_ARGS)}`, `--train_epochs` " +
+            ", ".join(f"{LEVELS[lv]['epochs']} (`{lv}`)" for lv in LEVELS) + "; shortcut windows " +
+            ", ".join(f"{LEVELS[lv]['windows']} (`{lv}`)" for lv in LEVELS),
+            f"- distillation: `{' '.join(DISTILL)}`, {ITERATIONS} iterations per phase, two-phase rows split N "
+            f"in halves unless a split is given, minibatches of {MINI_BATCH} pairs, EMA decay {EMA} where the run "
+            "has EMA, else 0; every run distills all its phases itself",
+            "- runs: " + "; ".join(runs),
+            "- rows -> runs: " + "; ".join(f"{r}: {run} ({kind})" for r, run, kind in ROWS),
+            "- PTM (normal trajectories, two phases) is left out of this version for time",
+            "- a run with EMA gives two rows: its EMA subsets (`distilled_<p>_final.pt`) and its raw subsets "
+            "(`distilled_<p>_final_raw.pt`, exactly what the same run without EMA ends with)",
+            f"- evaluation: `evaluate.py {' '.join(PROTOCOL)} --num_eval {bench.a.num_eval}` (`--eval_mode` per "
+            "phased row as above); baselines use the teacher lrs (full set: 10 epochs at 0.1 x (1 - momentum))",
+            "- hyper-parameters, all chosen on the val split only, never on test: in earlier runs of this benchmark "
+            "lr_img {10, 30, 100, 300}, lr_txt {1, 3, 10, 30}, lr_sim {0.01, 0.03, 0.1}, lr_lr {1e-4, 3e-4, 1e-3} "
+            "on ST at N = 50 (`synthetic`) and, for the two-phase rows, the iterations per phase (60 vs 120) and "
+            "the phase split (8+12 vs 10+10) on PTM+ST+EMA at N = 20; on `synthetic_hard` the *late* and *split* rows "
+            "are the levers tried (start windows, one or two phases, the budget split), each with its val score in the "
+            "table; in every run the eval mode of each phased row and the best single-phase and best phased rows "
+            "of the verdicts. The other settings are not tuned per level",
+            "- s/iter and peak MB: one distillation iteration on one CPU thread while other jobs share the "
+            "machine; peak memory is the process's peak resident set", ""]
 
 
 def main():
@@ -478,7 +695,8 @@ def main():
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS),
                    help="dataset levels (default: synthetic synthetic_hard)")
     p.add_argument("--sizes", type=int, nargs="+", help="only these budgets N (default: each level's)")
-    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], help="only these rows (default: all)")
+    p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], metavar="ROW",
+                   help="only these rows (default: each budget's); one of: " + "; ".join(r[0] for r in ROWS))
     p.add_argument("--num_eval", type=int, default=3, help="evaluation seeds per row (default: 3)")
     p.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default: 2)")
     p.add_argument("--device", default="cpu", help="device of every step (default: cpu; the figures here are CPU)")
