@@ -462,7 +462,8 @@ def why_note(bench, level="synthetic", n=CROSS_SIZE):
             f"subsets. Teacher side: the experts reach {curve[3]:.1f} of their final {curve[last]:.1f} mean recall "
             f"by epoch 3, and the two phases match start epochs [0,2) and [1,3): both phases' targets lie where the "
             f"experts have already done most of their learning; `synthetic_hard`'s experts are still at {_curve_at(bench)} by "
-            "epoch 3, which is where phases would have more to teach.", ""]
+            "epoch 3, which is why that level was added; its notes below measure whether later phases then add "
+            "more (they did not).", ""]
 
 
 def _curve_at(bench, level="synthetic_hard"):

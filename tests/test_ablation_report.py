@@ -5,7 +5,7 @@ import json
 import os
 
 from bench import ablation
-from distill_utils.evaluation import COLUMNS
+from distill_utils.evaluation.protocol import COLUMNS
 
 OLD = """# Results
 
