@@ -175,7 +175,6 @@ class Bench:
     def epoch(self, kind, lever, compiled=False):
         """Seconds of one expert epoch (real-sized random images, identity targets) or evaluation epoch (the subset);
         compiled: (seconds of a first epoch, compilation included, and of a second one)."""
-        a, device = self.a, self.device
         student = self.student(lever, "InfoNCE" if kind == "expert" else "WBCE")
         if compiled:
             student.loss = torch.compile(student.loss)

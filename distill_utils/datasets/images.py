@@ -3,7 +3,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from torchvision.transforms import InterpolationMode
 from tqdm import tqdm
 
 from common.errors import UserError

@@ -1,6 +1,5 @@
 """What a save shows a person: a PNG grid of the synthetic images and the nearest real caption of each
 synthetic text."""
-import torch
 import torch.nn.functional as F
 import torchvision
 
