@@ -1,5 +1,7 @@
 """Randomness in one place: the seeds every part of a run derives from --seed, and the global RNG
 state saved and restored (so a step can be replayed, or a run resumed, with the same draws)."""
+import contextlib
+
 import torch
 
 
@@ -41,3 +43,16 @@ def set_rng_state(state, device):
     torch.set_rng_state(state[0])
     if state[1] is not None and device.type == "cuda":
         torch.cuda.set_rng_state(state[1], device)
+
+
+@contextlib.contextmanager
+def seeded(seed, device):
+    """Draws inside the block come from `seed`, on the CPU and on `device` (only that CUDA device, whichever is
+    current); afterwards the global RNG is as it was before the block."""
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            with torch.cuda.device(device):
+                torch.cuda.manual_seed(seed)
+        yield

@@ -22,7 +22,7 @@ import torch
 from common.errors import UserError
 from distill_utils import parallel
 from distill_utils.method.matching import MatchResult, minibatch_schedule
-from distill_utils.rng import segment_seed
+from distill_utils.rng import seeded, segment_seed
 
 
 @dataclass
@@ -73,17 +73,6 @@ def draw(k_total, stream, phase, generator, cfg, n_pairs, device):
     return segments
 
 
-@contextlib.contextmanager
-def _segment_rng(seed, iteration, k, device):
-    s = segment_seed(seed, iteration, k)
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.default_generator.manual_seed(s)
-        if device.type == "cuda":
-            with torch.cuda.device(device):  # this device only, whichever is current
-                torch.cuda.manual_seed(s)
-        yield
-
-
 def match_segments(segments, guard, match, syn, seed, iteration):
     """Match this rank's segments one after the other and set syn's .grad to the mean gradient over all K
     segments; returns (MatchResult of the mean losses, the amp check records of all segments)."""
@@ -91,7 +80,7 @@ def match_segments(segments, guard, match, syn, seed, iteration):
     total, losses, checks, kept = None, torch.zeros(3, dtype=torch.float64), [], []
     for seg in (s for s in segments if s.start is not None):
         guard.active = active
-        rng = _segment_rng(seed, iteration, seg.index, device) if k_total > 1 else contextlib.nullcontext()
+        rng = seeded(segment_seed(seed, iteration, seg.index), device) if k_total > 1 else contextlib.nullcontext()
         with rng:
             result, check = guard.match(match, syn, seg.start, seg.target, seg.schedule, iteration)
         kept.append(guard.active)

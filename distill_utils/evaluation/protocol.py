@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from common.errors import UserError
 from distill_utils import parallel
-from distill_utils.rng import eval_run_seed
+from distill_utils.rng import eval_run_seed, seeded
 from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
 from distill_utils.files.subset_file import DistilledSubset
 from networks.names import same_model
@@ -203,11 +203,6 @@ def eval_epochs(total, points):
     return sorted({max(1, math.ceil(total * j / points)) for j in range(1, points + 1)})
 
 
-def _fork_rng(device):
-    devices = [device] if torch.device(device).type == "cuda" else []
-    return torch.random.fork_rng(devices=devices)
-
-
 @dataclass(frozen=True)
 class PlannedEpoch:
     phase: int            # index of the source trained on
@@ -330,8 +325,7 @@ def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, 
     runs = []
     for k in parallel.share(len(seeds)):  # under torchrun each rank trains its share of the students
         s = seeds[k]
-        with _fork_rng(device):
-            torch.manual_seed(s)  # dropout masks
+        with seeded(s, device):  # dropout masks
             net = factory.build(seed=s, device=device)
             points, trained = train_run(sources, net, test, protocol, s, device, val, log, run=k, desc=desc)
         runs.append(_run_record(s, points, trained, val is not None))
