@@ -11,8 +11,8 @@ where its experts still improve, the budget split) and one phase on the same win
 coresets and the full training set under one protocol (fresh students, --num_eval seeds, final-epoch
 scores). A phased row is evaluated under the two --eval_modes it is meant for (see `modes`) and
 reported under the one with the better final-epoch mean recall on the val split. The distillation hyper-parameters were
-chosen on the val split too, never on test. A rerun skips the steps whose outputs are there; a level not rerun keeps
-its section of the earlier report (--out).
+chosen on the val split too, never on test. A rerun skips the steps whose outputs are there; a level or budget not rerun
+(`--levels`, `--sizes`) keeps its section of the earlier report (--out), with the provenance of the run it came from.
 """
 import argparse
 import concurrent.futures as cf
@@ -323,9 +323,13 @@ def expert_curve(bench, level):
         len({r["expert"] for r in records})
 
 
-def level_section(bench, level, verdicts):
+def level_section(bench, level, verdicts, old):
+    """The level's section: its budgets with results in the workdir regenerated, the others carried from `old`."""
     lines = _curve_lines(bench, level)
-    for n in bench.rows[level]:
+    for n in report_sizes(bench, level, old):
+        if (level, n) in old.sizes and not fresh_size(bench, level, n, old):
+            lines += carried_size(old, level, n)
+            continue
         try:
             lines += size_section(bench, level, n, verdicts)
         except FileNotFoundError as e:
@@ -526,7 +530,7 @@ def teacher_note(bench, level, row, n):
     last, phases = max(curve), RUNS[_row(row)[1]].phases
     at = [f"[{lo},{hi}) targets epochs {lo + 1}-{hi} of its shortcut line ({', '.join(f'{curve[e]:.1f}' for e in range(lo + 1, hi + 1) if e in curve)})"
           for _, lo, hi in phases]
-    text = (f"Teacher side (`{level}`): the experts' test mean recall goes from {curve[1]:.1f} after epoch 1 to "
+    text = (f"Teacher side (`{level}`, N = {n}): the experts' test mean recall goes from {curve[1]:.1f} after epoch 1 to "
             f"{curve[last]:.1f} after epoch {last}; the phases of {row}: " + "; ".join(at) + ".")
     d1 = _load_or_none(bench, level, f"{row}_D1_alone_N{n}")
     if d1 and len(phases) > 1:
@@ -573,37 +577,89 @@ def provenance(bench, level):
             f"a 2-core machine shared with other work{load}; step logs: `<workdir>/logs/{level}_*`.")
 
 
-def carried(text, level):
-    """From an earlier report: the level's section and its lines under the verdicts and the ablation order."""
-    section, other, current = [], [], None
+class Earlier(NamedTuple):
+    """An earlier report cut up by level and budget N, so that what a run does not redo is carried over verbatim."""
+    heads: dict  # level -> its section's lines before the first budget (title, *Run:*, expert curve)
+    sizes: dict  # (level, N) -> the budget's subsection
+    verdicts: dict  # (level, N) -> its bullets under "Does phasing pay off?" (N None: lines naming no budget)
+    notes: dict  # (level, N) -> its paragraphs there
+    order: dict  # (level, N) -> its "- measured" lines of the ablation order
+    run: str  # the whole report's provenance, in the format before levels had their own
+
+
+def earlier(text):
+    heads, sizes, verdicts, notes, order, chapter, key = {}, {}, {}, {}, {}, "", None
     for line in text.splitlines():
-        current = line if line.startswith("## ") else current
-        if current == f"## `{level}`":
-            section.append(line)
-        elif current in ("## Does phasing pay off?", "## The paper's ablation order") and _first_tick(line) == level:
-            other.append(line)
-    if section and not any(line.startswith("*Run:*") for line in section):
-        run = re.search(r"\(these figures: ([^)]*)\)", text)
-        section[1:1] = ["", "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the "
-                        f"earlier report ({run.group(1) if run else 'its run is not recorded'})."]
-    return section, other
+        if line.startswith("## "):
+            chapter, key = line, None
+        level, n = _first_tick(line), _budget(line)
+        if chapter.startswith("## `") and line.startswith("### N = "):
+            key = (_first_tick(chapter), n)
+        if chapter.startswith("## `"):
+            (sizes.setdefault(key, []) if key else heads.setdefault(_first_tick(chapter), [])).append(line)
+        elif chapter == "## Does phasing pay off?" and level in LEVELS and line:
+            (verdicts if line.startswith("- ") else notes).setdefault((level, n), []).append(line)
+        elif chapter == "## The paper's ablation order" and line.startswith("- measured") and level in LEVELS:
+            order.setdefault((level, n), []).append(line)
+    run = re.search(r"\(these figures: ([^)]*)\)", text)
+    return Earlier(heads, sizes, verdicts, notes, order, run.group(1) if run else "its run is not recorded")
 
 
 def _first_tick(line):
-    found = re.search(r"`([^`]*)`", line)
+    found = re.search(r"`([^`]*)`", line or "")
     return found.group(1) if found else None
 
 
+def _budget(line):
+    found = re.search(r"N = (\d+)", line)
+    return int(found.group(1)) if found else None
+
+
+def carried_head(old, level):
+    """A level not rerun: its old head, with the provenance line older reports lack."""
+    head = list(old.heads[level])
+    if not any(line.startswith("*Run:*") for line in head):
+        head[1:1] = ["", "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the "
+                     f"earlier report ({old.run})."]
+    return head
+
+
+def carried_size(old, level, n):
+    """A budget not rerun within a rerun level: its old subsection under the provenance of the run it came from."""
+    section = list(old.sizes[(level, n)])
+    if not any(line.startswith("*Run:*") for line in section):
+        run = next((x for x in carried_head(old, level) if x.startswith("*Run:*")))
+        if not run.startswith("*Run:* not rerun"):
+            run = "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from " + \
+                  "the earlier report (" + run[len("*Run:* "):].rstrip(".") + ")."
+        section[1:1] = ["", run]
+    return section + ([""] if section[-1] else [])
+
+
+def fresh_size(bench, level, n, old):
+    """Whether budget N of a rerun level is reported from the workdir: run this time, or not in the old report."""
+    return n in bench.rows[level] and (os.path.isfile(bench.eval_path(level, f"random_N{n}")) or
+                                       (level, n) not in old.sizes)
+
+
+def report_sizes(bench, level, old):
+    return [n for n in LEVELS[level]["sizes"] if n in bench.rows[level] or (level, n) in old.sizes]
+
+
 def write_report(bench):
-    old = open(bench.a.out).read() if os.path.isfile(bench.a.out) else ""
+    old = earlier(open(bench.a.out).read() if os.path.isfile(bench.a.out) else "")
     fresh = [lv for lv in LEVELS if lv in bench.a.levels and os.path.isfile(
         os.path.join(bench.traj(lv), "normal", "metrics.jsonl"))]
-    kept = {lv: carried(old, lv) for lv in LEVELS if lv not in fresh}
-    kept = {lv: c for lv, c in kept.items() if c[0]}
-    levels = [lv for lv in LEVELS if lv in fresh or lv in kept]
+    levels = [lv for lv in LEVELS if lv in fresh or lv in old.heads]
+    # (level, N) of every budget reported, and whether it is regenerated or carried
+    budgets = {lv: report_sizes(bench, lv, old) if lv in fresh else [n for v, n in old.sizes if v == lv]
+               for lv in levels}
+    regen = {(lv, n) for lv in fresh for n in budgets[lv] if fresh_size(bench, lv, n, old)}
+    kept = {(lv, n) for lv in fresh for n in budgets[lv] if (lv, n) not in regen} | \
+        {key for part in old[1:5] for key in part if key[0] not in fresh}
     lines = ["# Results on the built-in synthetic dataset and its harder level", "",
-             "Regenerate with `python -m bench.ablation` (a level not rerun keeps its section of the earlier report; "
-             "each level's section says which run it comes from). "
+             "Regenerate with `python -m bench.ablation` (a level or budget not rerun keeps its section of the earlier "
+             "report; each section says which run it comes from). "
              f"Every row: {bench.a.num_eval} fresh students (seeds fixed), score after the final epoch, mean ± std "
              "over the students, on the test split unless marked val. Image encoder "
              f"`{ENCODER}` (trainable), text features `{TEXT}` (all-MiniLM-L6-v2 [CLS], 384-d). `synthetic_hard` draws "
@@ -618,39 +674,33 @@ def write_report(bench):
              "the phases' shares of N (other two-phase rows: halves). Same settings otherwise.", ""]
     verdicts = {}
     for level in levels:
-        if level in kept:
-            lines += kept[level][0] + ([""] if kept[level][0][-1] else [])
+        if level not in fresh:
+            head = carried_head(old, level)
+            lines += head + ([""] if head[-1] else []) + [x for n in budgets[level] for x in carried_size(old, level, n)]
             continue
-        section = level_section(bench, level, verdicts.setdefault(level, []))
+        section = level_section(bench, level, verdicts.setdefault(level, []), old)
         lines += section[:1] + ["", provenance(bench, level)] + section[1:]
     lines += ["## Does phasing pay off?", "", "The bar: the best phased method (selected on val) beats the best "
               "single-phase method at the same budget by more than two standard deviations on test, and distilled "
               "data reach 70% of the full-data mean recall.", ""]
     for level in levels:
         lines += [f"- {v}" for v in verdicts.get(level, [])]
-        lines += [x for x in kept.get(level, ([], []))[1] if x.startswith("- `")]
-    missing = [f"`{lv}` N = {n}" for lv in fresh for n in bench.rows[lv]
+        lines += _carried(old.verdicts, kept, level)
+    missing = [f"`{lv}` N = {n}" for lv, n in sorted(regen)
                if not any(v.startswith(f"`{lv}`, N = {n}:") for v in verdicts.get(lv, []))]
     if missing:
         lines.append(f"- not judged: {', '.join(missing)}: not finished in this run (a machine shared with "
                      "other work: see the s/iter column); `python -m bench.ablation` runs them")
     lines.append("")
     for level in levels:
-        if level in kept:
-            lines += [x for p in kept[level][1] if not p.startswith("- ") for x in (p, "")]
-        elif level == "synthetic":
-            lines += phasing_note(bench) + why_note(bench)
-        else:
-            for n in bench.rows[level]:
-                best = best_phased(bench, level, n)
-                lines += subsets_note(bench, level, n) + (teacher_note(bench, level, best, n) if best else [])
+        for n in budgets[level]:
+            lines += notes(bench, level, n) if (level, n) in regen else []
+        lines += [x for p in _carried(old.notes, kept, level) for x in (p, "")]
     lines += ["## The paper's ablation order", "", "- paper (Table 4, Flickr30k): BASE < EMA < PTM < ST < PTM+ST < "
               "PTM+ST+EMA"]
     for level in levels:
-        if level in kept:
-            lines += [x for x in kept[level][1] if x.startswith("- measured")]
-            continue
-        for n in bench.rows[level]:
+        lines += _carried(old.order, kept, level)
+        for n in (n for n in budgets[level] if (level, n) in regen):
             means = {r: _test(rep)[0]["r_mean"] for r, (_, rep) in picked_rows(bench, level, n).items()}
             if means:
                 lines.append(f"- measured, `{level}`, N = {n}: " +
@@ -659,6 +709,18 @@ def write_report(bench):
     os.makedirs(os.path.dirname(os.path.abspath(bench.a.out)), exist_ok=True)
     with atomic_path(bench.a.out) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
+
+
+def _carried(part, kept, level):
+    """The lines of an earlier report's part (verdicts, notes, order) carried for a level, in their old order."""
+    return [x for key, lines in part.items() if key in kept and key[0] == level for x in lines]
+
+
+def notes(bench, level, n):
+    """The paragraphs under the verdicts for one level and budget."""
+    text = phasing_note(bench) + why_note(bench) if level == "synthetic" and n == CROSS_SIZE else []
+    best = best_phased(bench, level, n)
+    return text + subsets_note(bench, level, n) + (teacher_note(bench, level, best, n) if best else [])
 
 
 def settings(bench):

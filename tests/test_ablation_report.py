@@ -59,22 +59,23 @@ def _write(path, obj, lines=False):
         f.write("".join(json.dumps(r) + "\n" for r in obj) if lines else json.dumps(obj))
 
 
-def _bench(tmp_path):
-    """A finished `synthetic_hard` N = 50 with ST, PTM+ST (both modes) and the baselines, all made up."""
-    a = argparse.Namespace(workdir=str(tmp_path / "work"), out=str(tmp_path / "results.md"), levels=["synthetic_hard"],
-                           sizes=[50], rows=["ST", "PTM+ST", "PTM+ST, conditioned"], num_eval=3, jobs=2, device="cpu")
+def _bench(tmp_path, level="synthetic_hard", n=50):
+    """A finished level and budget (default `synthetic_hard`, N = 50) with ST, PTM+ST (both modes) and the
+    baselines, all made up."""
+    a = argparse.Namespace(workdir=str(tmp_path / "work"), out=str(tmp_path / "results.md"), levels=[level],
+                           sizes=[n], rows=["ST", "PTM+ST", "PTM+ST, conditioned"], num_eval=3, jobs=2, device="cpu")
     bench = ablation.Bench(a)
     curve = [{"expert": e, "epoch": ep, "r_mean": 10.0 * ep} for e in range(2) for ep in range(11)]
-    _write(os.path.join(bench.traj("synthetic_hard"), "normal", "metrics.jsonl"), curve, lines=True)
-    evals = {"random_N50": _report(10, 11), "prototype_N50": _report(15, 17), "full": _report(80, 79),
-             "ST_N50": _report(45, 40),  # the best test, the worst val
-             "PTM+ST_sequential_N50": _report(44, 41), "PTM+ST_union_N50": _report(30, 42)}
+    _write(os.path.join(bench.traj(level), "normal", "metrics.jsonl"), curve, lines=True)
+    evals = {f"random_N{n}": _report(10, 11), f"prototype_N{n}": _report(15, 17), "full": _report(80, 79),
+             f"ST_N{n}": _report(45, 40),  # the best test, the worst val
+             f"PTM+ST_sequential_N{n}": _report(44, 41), f"PTM+ST_union_N{n}": _report(30, 42)}
     for name, report in evals.items():
-        _write(bench.eval_path("synthetic_hard", name), {"results": {"x": report}})
+        _write(bench.eval_path(level, name), {"results": {"x": report}})
     for run in ("shortcut", "phased_shortcut"):
         done = {"event": "phase_done", "seconds_per_iteration": 2.0, "peak_memory_mb": 900}
-        _write(os.path.join(bench.run_dir("synthetic_hard", run, 50), "metrics.jsonl"), [done], lines=True)
-    for step, seconds in (("synthetic_hard_experts_0", 60), ("synthetic_hard_eval_ST_N50", 30)):
+        _write(os.path.join(bench.run_dir(level, run, n), "metrics.jsonl"), [done], lines=True)
+    for step, seconds in ((f"{level}_experts_0", 60), (f"{level}_eval_ST_N{n}", 30)):
         with open(os.path.join(bench.work, "logs", f"{step}.seconds"), "w") as f:
             f.write(f"{seconds}\n")
         with open(os.path.join(bench.work, "logs", f"{step}.load"), "w") as f:
@@ -131,3 +132,62 @@ def test_lever_runs_and_rows():
     split = ablation.RUNS["conditioned_60+40"]  # the standard windows, 30 + 20 pairs at N = 50
     assert split._replace(split=0.5) == ablation.RUNS["conditioned"] and split.split == 0.6
     assert "PTM+ST, conditioned, split 60/40" in ablation.LEVER_ROWS
+
+
+OLD_BUDGETS = """# Results
+
+## `synthetic`
+
+*Run:* 2026-11-20 10:00-14:00 UTC, 267 min of single-thread steps.
+
+Expert learning curve (old).
+
+### N = 50 pairs
+
+| method | mean |
+|---|---|
+| ST | 56.1 ± 3.9 |
+
+### N = 20 pairs
+
+| ST | not finished in this run |
+
+## Does phasing pay off?
+
+- `synthetic`, N = 50: best phased 51.9 vs ST 58.2
+- `synthetic`, N = 20: not judged, the single-phase or the phased rows did not finish in this run
+
+How the same phased subsets add up (`synthetic`, N = 50): D_1 alone 35.5.
+
+## The paper's ablation order
+
+- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)
+- measured, `synthetic`, N = 20: ST (30.5)
+"""
+
+
+def test_budget_not_rerun_is_carried_over_within_a_rerun_level(tmp_path):
+    """`--levels synthetic --sizes 20`: N = 20 regenerated from the workdir, N = 50 kept with its provenance."""
+    bench = _bench(tmp_path, "synthetic", 20)
+    with open(bench.a.out, "w") as f:
+        f.write(OLD_BUDGETS)
+    ablation.write_report(bench)
+    new = open(bench.a.out).read()
+    fifty = new[new.index("### N = 50 pairs"):new.index("### N = 20 pairs")]
+    assert "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the earlier report " \
+           "(2026-11-20 10:00-14:00 UTC, 267 min of single-thread steps)." in fifty
+    assert "| ST | 56.1 ± 3.9 |" in fifty and new.count("### N = 50 pairs") == 1
+    assert "Expert learning curve (old)" not in new  # the level's head is regenerated (new curve, new *Run:*)
+    assert "| ST | - | 45.0 ± 1.0 |" in new[new.index("### N = 20 pairs"):]
+    for line in ("- `synthetic`, N = 50: best phased 51.9 vs ST 58.2", "How the same phased subsets add up "
+                 "(`synthetic`, N = 50): D_1 alone 35.5.", "- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)"):
+        assert new.count(line) == 1
+    assert "not judged" not in new and "ST (30.5)" not in new  # N = 20's old lines are replaced
+    assert "- `synthetic`, N = 20: best phased (on val) PTM+ST [union] 30.0 ± 1.0 vs best single-phase ST" in new
+    assert new.index("measured, `synthetic`, N = 50") < new.index("measured, `synthetic`, N = 20")
+    ablation.write_report(bench)
+    assert open(bench.a.out).read() == new
+    # the report from the finished steps alone (--report_only, every budget) carries N = 50 the same way
+    bench.a.sizes = None
+    ablation.write_report(ablation.Bench(bench.a))
+    assert open(bench.a.out).read() == new

@@ -65,3 +65,23 @@ def test_amp_run_on_cuda_checks_against_float32(tiny_args, expert_dir, tmp_path,
     checks = [r for r in records if r.get("event") == "amp_check"]
     assert [(r["phase"], r["iteration"]) for r in checks] == [(0, 1), (0, 3), (1, 1), (1, 3)]
     assert all(0 <= r["amp_rel_err_max"] < float("inf") for r in checks)
+
+
+def test_segments_conditioning_and_adjoint_resume_on_cuda(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
+    """Two expert segments per iteration (each with its own dropout seed on the CUDA RNG), conditioned phases and the
+    exact gradient: a killed and resumed run still ends bit for bit where an uninterrupted one does."""
+    whole, killed = whole_killed_resumed(tiny_args, expert_dir, tmp_path, capsys, monkeypatch, "--device", "cuda",
+                                         "--experts_per_it", "2", "--phase_conditioning", "cumulative",
+                                         "--matching", "adjoint")
+    assert_same_saves(whole, killed)
+
+
+def test_seeded_draws_from_its_seed_and_restores_the_cuda_rng():
+    from distill_utils.rng import seeded
+    torch.cuda.manual_seed(7)
+    before = torch.cuda.get_rng_state()
+    with seeded(3, CUDA):
+        inside = torch.rand(4, device=CUDA)
+    assert torch.equal(torch.cuda.get_rng_state(), before)
+    torch.cuda.manual_seed(3)
+    assert torch.equal(inside, torch.rand(4, device=CUDA))
