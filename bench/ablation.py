@@ -422,7 +422,8 @@ def verdict(level, n, picked, full):
     best = max(sm["r_mean"], pm["r_mean"])
     text = (f"`{level}`, N = {n}: best phased (on val) {multi} [{picked[multi][0]}] {pm['r_mean']:.1f} ± "
             f"{ps['r_mean']:.1f} vs best single-phase {single} {sm['r_mean']:.1f} ± {ss['r_mean']:.1f}: gap "
-            f"{gap:+.1f}, {'more' if gap > bar else 'not more'} than 2 std ({bar:.1f})")
+            f"{gap:+.1f}, {'more than' if gap > bar else 'phased below by more than' if gap < -bar else 'not more than'} "
+            f"2 std ({bar:.1f})")
     if not full:
         return text + "; the full-set baseline did not finish in this run"
     target = 0.7 * full["final"]["mean"]["r_mean"]
@@ -582,7 +583,7 @@ class Earlier(NamedTuple):
     heads: dict  # level -> its section's lines before the first budget (title, *Run:*, expert curve)
     sizes: dict  # (level, N) -> the budget's subsection
     verdicts: dict  # (level, N) -> its bullets under "Does phasing pay off?" (N None: lines naming no budget)
-    notes: dict  # (level, N) -> its paragraphs there
+    notes: dict  # (level, N) -> its paragraphs there, each followed by a blank line
     order: dict  # (level, N) -> its "- measured" lines of the ablation order
     run: str  # the whole report's provenance, in the format before levels had their own
 
@@ -598,7 +599,10 @@ def earlier(text):
         if chapter.startswith("## `"):
             (sizes.setdefault(key, []) if key else heads.setdefault(_first_tick(chapter), [])).append(line)
         elif chapter == "## Does phasing pay off?" and level in LEVELS and line:
-            (verdicts if line.startswith("- ") else notes).setdefault((level, n), []).append(line)
+            if line.startswith("- "):
+                verdicts.setdefault((level, n), []).append(line)
+            else:
+                notes.setdefault((level, n), []).extend([line, ""])
         elif chapter == "## The paper's ablation order" and line.startswith("- measured") and level in LEVELS:
             order.setdefault((level, n), []).append(line)
     run = re.search(r"\(these figures: ([^)]*)\)", text)
@@ -676,16 +680,17 @@ def write_report(bench):
     for level in levels:
         if level not in fresh:
             head = carried_head(old, level)
-            lines += head + ([""] if head[-1] else []) + [x for n in budgets[level] for x in carried_size(old, level, n)]
+            lines += head + ([""] if head[-1] else []) + [x for n in budgets[level] for x in old.sizes[(level, n)]]
             continue
         section = level_section(bench, level, verdicts.setdefault(level, []), old)
         lines += section[:1] + ["", provenance(bench, level)] + section[1:]
+    plan = Plan(budgets, regen, kept)
     lines += ["## Does phasing pay off?", "", "The bar: the best phased method (selected on val) beats the best "
               "single-phase method at the same budget by more than two standard deviations on test, and distilled "
               "data reach 70% of the full-data mean recall.", ""]
     for level in levels:
-        lines += [f"- {v}" for v in verdicts.get(level, [])]
-        lines += _carried(old.verdicts, kept, level)
+        lines += plan.lines(old.verdicts, level, lambda n: [f"- {v}" for v in verdicts.get(level, [])
+                                                              if v.startswith(f"`{level}`, N = {n}:")])
     missing = [f"`{lv}` N = {n}" for lv, n in sorted(regen)
                if not any(v.startswith(f"`{lv}`, N = {n}:") for v in verdicts.get(lv, []))]
     if missing:
@@ -693,27 +698,35 @@ def write_report(bench):
                      "other work: see the s/iter column); `python -m bench.ablation` runs them")
     lines.append("")
     for level in levels:
-        for n in budgets[level]:
-            lines += notes(bench, level, n) if (level, n) in regen else []
-        lines += [x for p in _carried(old.notes, kept, level) for x in (p, "")]
+        lines += plan.lines(old.notes, level, lambda n: notes(bench, level, n))
     lines += ["## The paper's ablation order", "", "- paper (Table 4, Flickr30k): BASE < EMA < PTM < ST < PTM+ST < "
               "PTM+ST+EMA"]
     for level in levels:
-        lines += _carried(old.order, kept, level)
-        for n in (n for n in budgets[level] if (level, n) in regen):
-            means = {r: _test(rep)[0]["r_mean"] for r, (_, rep) in picked_rows(bench, level, n).items()}
-            if means:
-                lines.append(f"- measured, `{level}`, N = {n}: " +
-                             " < ".join(f"{r} ({means[r]:.1f})" for r in sorted(means, key=means.get)))
+        lines += plan.lines(old.order, level, lambda n: ablation_order(bench, level, n))
     lines += ["", "## Settings", ""] + settings(bench)
     os.makedirs(os.path.dirname(os.path.abspath(bench.a.out)), exist_ok=True)
     with atomic_path(bench.a.out) as tmp, open(tmp, "w") as f:
         f.write("\n".join(lines))
 
 
-def _carried(part, kept, level):
-    """The lines of an earlier report's part (verdicts, notes, order) carried for a level, in their old order."""
-    return [x for key, lines in part.items() if key in kept and key[0] == level for x in lines]
+class Plan(NamedTuple):
+    """Which budgets of which levels a report regenerates from the workdir and which it carries over."""
+    budgets: dict  # level -> its budgets N in report order
+    regen: set  # (level, N) regenerated
+    kept: set  # (level, N) carried from the earlier report (N None: its lines naming no budget)
+
+    def lines(self, part, level, regenerate):
+        """A part's lines (verdicts, notes, order) for a level, budget by budget: `regenerate(N)` or the old ones."""
+        keys = [(level, n) for n in self.budgets[level]] + [k for k in part if k[0] == level and
+                                                             k[1] not in self.budgets[level]]
+        return [x for key in keys for x in (regenerate(key[1]) if key in self.regen else
+                                            part.get(key, []) if key in self.kept else [])]
+
+
+def ablation_order(bench, level, n):
+    means = {r: _test(rep)[0]["r_mean"] for r, (_, rep) in picked_rows(bench, level, n).items()}
+    return [f"- measured, `{level}`, N = {n}: " + " < ".join(f"{r} ({means[r]:.1f})" for r in sorted(means, key=means.get))
+            ] if means else []
 
 
 def notes(bench, level, n):
