@@ -632,7 +632,7 @@ def carried_size(old, level, n):
     """A budget not rerun within a rerun level: its old subsection under the provenance of the run it came from."""
     section = list(old.sizes[(level, n)])
     if not any(line.startswith("*Run:*") for line in section):
-        run = next((x for x in carried_head(old, level) if x.startswith("*Run:*")))
+        run = next(x for x in carried_head(old, level) if x.startswith("*Run:*"))
         if not run.startswith("*Run:* not rerun"):
             run = "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from " + \
                   "the earlier report (" + run[len("*Run:* "):].rstrip(".") + ")."
@@ -660,7 +660,7 @@ def write_report(bench):
                for lv in levels}
     regen = {(lv, n) for lv in fresh for n in budgets[lv] if fresh_size(bench, lv, n, old)}
     kept = {(lv, n) for lv in fresh for n in budgets[lv] if (lv, n) not in regen} | \
-        {key for part in old[1:5] for key in part if key[0] not in fresh}
+        {key for part in (old.sizes, old.verdicts, old.notes, old.order) for key in part if key[0] not in fresh}
     lines = ["# Results on the built-in synthetic dataset and its harder level", "",
              "Regenerate with `python -m bench.ablation` (a level or budget not rerun keeps its section of the earlier "
              "report; each section says which run it comes from). "
