@@ -323,11 +323,11 @@ def expert_curve(bench, level):
         len({r["expert"] for r in records})
 
 
-def level_section(bench, level, verdicts, old):
-    """The level's section: its budgets with results in the workdir regenerated, the others carried from `old`."""
+def level_section(bench, level, verdicts, old, plan):
+    """The level's section: the budgets the plan regenerates from the workdir, the others carried from `old`."""
     lines = _curve_lines(bench, level)
-    for n in report_sizes(bench, level, old):
-        if (level, n) in old.sizes and not fresh_size(bench, level, n, old):
+    for n in plan.budgets[level]:
+        if (level, n) not in plan.regen:
             lines += carried_size(old, level, n)
             continue
         try:
@@ -661,6 +661,7 @@ def write_report(bench):
     regen = {(lv, n) for lv in fresh for n in budgets[lv] if fresh_size(bench, lv, n, old)}
     kept = {(lv, n) for lv in fresh for n in budgets[lv] if (lv, n) not in regen} | \
         {key for part in (old.sizes, old.verdicts, old.notes, old.order) for key in part if key[0] not in fresh}
+    plan = Plan(budgets, regen, kept)
     lines = ["# Results on the built-in synthetic dataset and its harder level", "",
              "Regenerate with `python -m bench.ablation` (a level or budget not rerun keeps its section of the earlier "
              "report; each section says which run it comes from). "
@@ -682,9 +683,8 @@ def write_report(bench):
             head = carried_head(old, level)
             lines += head + ([""] if head[-1] else []) + [x for n in budgets[level] for x in old.sizes[(level, n)]]
             continue
-        section = level_section(bench, level, verdicts.setdefault(level, []), old)
+        section = level_section(bench, level, verdicts.setdefault(level, []), old, plan)
         lines += section[:1] + ["", provenance(bench, level)] + section[1:]
-    plan = Plan(budgets, regen, kept)
     lines += ["## Does phasing pay off?", "", "The bar: the best phased method (selected on val) beats the best "
               "single-phase method at the same budget by more than two standard deviations on test, and distilled "
               "data reach 70% of the full-data mean recall.", ""]
