@@ -7,7 +7,8 @@ For each dataset level and budget N: builds the experts (recall logged every epo
 curves) and shortcut trajectories, distills the ablation rows (BASE, EMA, PTM, ST, PTM+ST,
 PTM+ST+EMA), the rows distilled with --phase_conditioning cumulative, and, where the matching mode
 is there, rows with the exact (adjoint) gradient; on `synthetic_hard`, the levers of the phased method (start windows
-where its experts still improve, the budget split) and one phase on the same windows (the *late* rows); then evaluates every row, the random and prototype
+where its experts still improve, the budget split) and one phase on the same windows (the *late* rows); on `synthetic`
+at N = 50, a control with both phases on the same start window (the split without a later teacher); then evaluates every row, the random and prototype
 coresets and the full training set under one protocol (fresh students, --num_eval seeds, final-epoch
 scores). A phased row is evaluated under the two --eval_modes it is meant for (see `modes`) and
 reported under the one with the better final-epoch mean recall on the val split. The distillation hyper-parameters were
@@ -95,10 +96,15 @@ for split in (0.6, 0.4):  # the budget split between the standard windows' condi
     RUNS[f"conditioned_{tag.replace('/', '+')}"] = RUNS["conditioned"]._replace(split=split)
     ROWS += [(f"PTM+ST, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final_raw"),
              (f"PTM+ST+EMA, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final")]
+# a control on `synthetic`: two conditioned phases on the same start window, so the budget split is there and the
+# later teacher is not; it tells which of the two costs the phased rows their points
+RUNS["conditioned_same"] = RUNS["conditioned"]._replace(phases=[SHORTCUT_PHASES[0]] * 2)
+CONTROL_ROWS = ["PTM+ST, conditioned, both phases [0,2)", "PTM+ST+EMA, conditioned, both phases [0,2)"]
+ROWS += [(CONTROL_ROWS[0], "conditioned_same", "final_raw"), (CONTROL_ROWS[1], "conditioned_same", "final")]
 LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
-STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS]
+STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS]
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
-LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD, 20: STANDARD}},
+LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD + CONTROL_ROWS, 20: STANDARD}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
                                             "PTM+ST+EMA, conditioned", *LEVER_ROWS]}}}
@@ -509,7 +515,7 @@ def subsets_note(bench, level, n):
 def levers_note(bench, level, n):
     """The lever rows (late windows, budget splits) beside the best single-phase and phased rows of the others."""
     picked = picked_rows(bench, level, n)
-    late = {r: p for r, p in picked.items() if r in LEVER_ROWS}
+    late = {r: p for r, p in picked.items() if r in LEVER_ROWS + CONTROL_ROWS}
     rest = {r: p for r, p in picked.items() if r not in late}
     if not late or not rest:
         return []
@@ -517,9 +523,26 @@ def levers_note(bench, level, n):
     groups = [[r for r in rest if phased(r) == ph] for ph in (False, True)]
     best = [cell(r, rest[r]) for r in (_best_on_val(rest, g) for g in groups if g)]
     skipped = [r for r in LEVELS[level]["sizes"][n] if r not in bench.rows[level][n]]
-    return [f"Levers (`{level}`, N = {n}, test mean recall and val; *late*: start windows on `{LATE}`): " +
+    where = f"; *late*: start windows on `{LATE}`" if any(r in LEVER_ROWS for r in late) else ""
+    return [f"Levers (`{level}`, N = {n}, test mean recall and val{where}): " +
             "; ".join(cell(r, p) for r, p in late.items()) + ". Best of the other rows, on val: " +
             "; ".join(best) + "." + (f" Not run this time (`--rows`): {'; '.join(skipped)}." if skipped else ""), ""]
+
+
+def control_note(bench, level, n):
+    """Budget split or later teacher: the same-window control beside one phase and the standard two phases."""
+    m = lambda row: _test(chosen(bench, level, row, n)[1])[0]["r_mean"]
+    try:
+        same, two, one = m(CONTROL_ROWS[0]), m("PTM+ST, conditioned"), m("ST")
+        ema = f" With EMA: {m(CONTROL_ROWS[1]):.1f} and {m('PTM+ST+EMA, conditioned'):.1f}, so the later teacher moves " \
+              f"it {m('PTM+ST+EMA, conditioned') - m(CONTROL_ROWS[1]):+.1f}."
+    except FileNotFoundError:
+        return []
+    return [f"Budget split or later teacher (`{level}`, N = {n}, test mean recall, each phased row under its val-picked "
+            f"mode): two conditioned phases on the same start window [0,2) give {same:.1f}, against {one:.1f} for one "
+            f"phase on that window at the full budget (ST) and {two:.1f} with the second phase on [1,3) (PTM+ST, "
+            f"conditioned). Splitting the budget alone, with no later teacher, costs {one - same:.1f}; the later "
+            f"teacher then moves it {two - same:+.1f}.{ema}", ""]
 
 
 def teacher_note(bench, level, row, n):
@@ -733,7 +756,8 @@ def notes(bench, level, n):
     """The paragraphs under the verdicts for one level and budget."""
     text = phasing_note(bench) + why_note(bench) if level == "synthetic" and n == CROSS_SIZE else []
     best = best_phased(bench, level, n)
-    return text + subsets_note(bench, level, n) + (teacher_note(bench, level, best, n) if best else [])
+    return (text + subsets_note(bench, level, n) + control_note(bench, level, n) +
+            (teacher_note(bench, level, best, n) if best else []))
 
 
 def settings(bench):

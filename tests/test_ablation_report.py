@@ -193,3 +193,20 @@ def test_budget_not_rerun_is_carried_over_within_a_rerun_level(tmp_path):
     bench.a.sizes = None
     ablation.write_report(ablation.Bench(bench.a))
     assert open(bench.a.out).read() == new
+
+
+def test_control_note_separates_the_budget_split_from_the_later_teacher(tmp_path):
+    bench = _bench(tmp_path, "synthetic", 50)
+    for name, report in (("PTM+ST_conditioned_both_phases_0_2_cumulative_N50", _report(40, 35)),
+                         ("PTM+ST_conditioned_both_phases_0_2_union_N50", _report(38, 36)),  # val picks union
+                         ("PTM+ST_conditioned_cumulative_N50", _report(42, 39)),
+                         ("PTM+ST_conditioned_union_N50", _report(41, 30)),
+                         ("PTM+ST+EMA_conditioned_both_phases_0_2_cumulative_N50", _report(43, 35)),
+                         ("PTM+ST+EMA_conditioned_both_phases_0_2_union_N50", _report(20, 30)),
+                         ("PTM+ST+EMA_conditioned_cumulative_N50", _report(44.5, 39)),
+                         ("PTM+ST+EMA_conditioned_union_N50", _report(41, 30))):
+        _write(bench.eval_path("synthetic", name), {"results": {"x": report}})
+    text = ablation.control_note(bench, "synthetic", 50)[0]
+    assert "same start window [0,2) give 38.0, against 45.0 for one phase" in text and "[1,3) (PTM+ST, conditioned)" in text
+    assert "costs 7.0; the later teacher then moves it +4.0. With EMA: 43.0 and 44.5, so the later teacher moves it " \
+           "+1.5." in text
