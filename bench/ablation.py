@@ -534,10 +534,10 @@ def control_note(bench, level, n):
     m = lambda row: _test(chosen(bench, level, row, n)[1])[0]["r_mean"]
     try:
         same, two, one = m(CONTROL_ROWS[0]), m("PTM+ST, conditioned"), m("ST")
-        ema = f" With EMA: {m(CONTROL_ROWS[1]):.1f} and {m('PTM+ST+EMA, conditioned'):.1f}, so the later teacher moves " \
-              f"it {m('PTM+ST+EMA, conditioned') - m(CONTROL_ROWS[1]):+.1f}."
+        same_ema, two_ema = m(CONTROL_ROWS[1]), m("PTM+ST+EMA, conditioned")
     except FileNotFoundError:
         return []
+    ema = f" With EMA: {same_ema:.1f} and {two_ema:.1f}, so the later teacher moves it {two_ema - same_ema:+.1f}."
     return [f"Budget split or later teacher (`{level}`, N = {n}, test mean recall, each phased row under its val-picked "
             f"mode): two conditioned phases on the same start window [0,2) give {same:.1f}, against {one:.1f} for one "
             f"phase on that window at the full budget (ST) and {two:.1f} with the second phase on [1,3) (PTM+ST, "
@@ -642,12 +642,14 @@ def _budget(line):
     return int(found.group(1)) if found else None
 
 
+NOT_RERUN = "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the earlier report"
+
+
 def carried_head(old, level):
     """A level not rerun: its old head, with the provenance line older reports lack."""
     head = list(old.heads[level])
     if not any(line.startswith("*Run:*") for line in head):
-        head[1:1] = ["", "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the "
-                     f"earlier report ({old.run})."]
+        head[1:1] = ["", f"{NOT_RERUN} ({old.run})."]
     return head
 
 
@@ -656,9 +658,8 @@ def carried_size(old, level, n):
     section = list(old.sizes[(level, n)])
     if not any(line.startswith("*Run:*") for line in section):
         run = next(x for x in carried_head(old, level) if x.startswith("*Run:*"))
-        if not run.startswith("*Run:* not rerun"):
-            run = "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from " + \
-                  "the earlier report (" + run[len("*Run:* "):].rstrip(".") + ")."
+        if not run.startswith(NOT_RERUN):
+            run = f"{NOT_RERUN} ({run[len('*Run:* '):].rstrip('.')})."
         section[1:1] = ["", run]
     return section + ([""] if section[-1] else [])
 
