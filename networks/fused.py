@@ -33,11 +33,11 @@ def pool2(a):
 
 
 def unpool2(g, shape):
-    """The adjoint of pool2: each value spread over its 2x2 window / 4, zeros on dropped odd edges (a depthwise
-    transposed convolution: one write of the full-size output)."""
-    kernel = torch.full((g.shape[1], 1, 2, 2), 0.25, dtype=g.dtype, device=g.device)
-    up = F.conv_transpose2d(g, kernel, stride=2, groups=g.shape[1])
-    pad_w, pad_h = shape[-1] - up.shape[-1], shape[-2] - up.shape[-2]
+    """The adjoint of pool2: each value spread over its 2x2 window / 4, zeros on dropped odd edges."""
+    n, c, h, w = g.shape
+    up = (g * 0.25).unsqueeze(-1).expand(n, c, h, w, 2).reshape(n, c, h, 2 * w)
+    up = up.unsqueeze(-2).expand(n, c, h, 2, 2 * w).reshape(n, c, 2 * h, 2 * w)
+    pad_w, pad_h = shape[-1] - 2 * w, shape[-2] - 2 * h
     return F.pad(up, (0, pad_w, 0, pad_h)) if pad_w or pad_h else up
 
 
@@ -97,10 +97,13 @@ class NormReluPool(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         z, gamma, beta, ctx.groups, _ = inputs
         ctx.mark_non_differentiable(*output[1:])
+        ctx.set_materialize_grads(False)  # no zeros for the non-differentiable outputs' gradients
         ctx.save_for_backward(z, gamma, beta, *output[1:])
 
     @staticmethod
     def backward(ctx, pbar, *_):
+        if pbar is None:
+            return None, None, None, None, None
         dz, dgamma, dbeta, *_ = NormReluPoolBackward.apply(pbar, *ctx.saved_tensors, ctx.groups)
         return dz, dgamma, dbeta, None, None
 
@@ -117,6 +120,7 @@ class NormReluPoolBackward(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         _, _, gamma, _, u, r, a, ctx.groups = inputs
         ctx.mark_non_differentiable(*output[3:])
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(gamma, u, r, a, *output[3:])
 
     @staticmethod

@@ -67,3 +67,21 @@ def test_a_checkpoint_of_another_set_of_files_is_refused(buffer, tmp_path):
     save_pair(str(fewer), 0, [tag(0, 0, 0)], [tag(0, 0, 1)])
     with pytest.raises(UserError, match=r"holds experts \[0\].*made with \[0, 1, 2\]"):
         ExpertStream(str(fewer), seed=3).load_state_dict(state)
+
+
+
+def test_files_are_mapped_and_the_next_one_is_announced_for_read_ahead(buffer, monkeypatch):
+    """A file is loaded memory-mapped (its tensors read when touched), and loading it asks the kernel to read ahead
+    both twins of the next file of the pass."""
+    import os
+    from distill_utils.files import buffers
+    mapped, announced = [], []
+    real_load = buffers.load_experts
+    monkeypatch.setattr(buffers, "load_experts", lambda path, mmap=False: mapped.append(mmap) or real_load(path, mmap))
+    monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: announced.append(
+        (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), advice)))
+    assert visited(ExpertStream(buffer, seed=0), 1) == expected(0, 1)[:1]
+    following = next(n for n, _ in expected(0, 1) if n != expected(0, 1)[0][0])
+    assert mapped == [True, True]
+    assert announced == [(f"img_replay_buffer_{following}.pt", os.POSIX_FADV_WILLNEED),
+                         (f"txt_replay_buffer_{following}.pt", os.POSIX_FADV_WILLNEED)]
