@@ -123,7 +123,7 @@ def main(argv=None):
     args.device = parallel.init(args.device)
     phases = check_args(args)
     speed.check_speed_args(args)
-    runtime = speed.deterministic(args.device)
+    runtime = speed.kernels(args.device, args.tf32, args.nondeterministic)
     data, spec, cfg = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(DistillConfig, args)
     run_dir = RunDir.open(args.runs_dir, args.dataset, args.name, cli_args.config_of(args), args.resume,
                           defaults=vars(make_parser().parse_args([])))

@@ -141,7 +141,8 @@ def main(argv=None):
     args = cli_args.finalize(make_parser().parse_args(argv))
     args.device = parallel.init(args.device)
     check_args(args)
-    speed.deterministic(args.device)
+    speed.check_speed_args(args)
+    speed.kernels(args.device, args.tf32, args.nondeterministic)
     data, spec, protocol = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(EvalProtocol, args)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
     with parallel.main_first():  # the dataset and feature cache, made once

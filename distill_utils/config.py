@@ -101,6 +101,8 @@ class DistillConfig:
     eval_it: int        # save (and evaluate) every eval_it iterations and at each phase end
     checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
     experts_per_it: int = 1  # expert segments matched per iteration (split over torchrun ranks)
+    tf32: bool = False              # CUDA kernel levers (speed.py), guarded with --amp
+    nondeterministic: bool = False
 
     def recorded(self):
         """The fields every distilled file records about how it was distilled."""

@@ -94,7 +94,7 @@ def match_segments(segments, guard, match, syn, seed, iteration):
     parallel.sum_to_all([losses])
     for t, g in zip(syn.tensors(), total):
         t.grad = g.div_(k_total)
-    if guard.amp != "off":
+    if guard.enabled:
         guard.active = parallel.all_true(all(kept))
         checks = parallel.gather(checks)
     loss, loss_img, loss_txt = (losses / k_total).tolist()

@@ -125,7 +125,31 @@ def test_distillation_with_amp_logs_its_checks(tiny_args, expert_dir, tmp_path, 
     assert runtime["amp"] == "bf16" and runtime["channels_last"] and runtime["device"] == "cpu"
 
 
-@pytest.mark.parametrize("flag, value", [("--amp_tolerance", "nan"), ("--amp_tolerance", "0"), ("--amp_check_it", "0")])
+def test_kernel_levers_join_the_guard():
+    """--tf32 / --nondeterministic are checked and fall back like --amp (on a CPU they change no kernel, so the
+    check measures no error; tests/test_cuda.py measures them on CUDA)."""
+    net, syn, start, target, schedule = tiny_matching()
+    f32, _ = _run(Student(net, "WBCE"), syn, start, target, schedule)
+    guard = AmpGuard(Student(net, "WBCE"), "off", tolerance=1.0, check_every=5, tf32=True, nondeterministic=True)
+    assert guard.enabled and guard.levers == "tf32+nondeterministic"
+    checked, record = _run(None, syn, start, target, schedule, guard)
+    assert record["levers"] == "tf32+nondeterministic" and record["amp_rel_err_max"] == 0.0 and guard.active
+    assert all(torch.equal(a, b) for a, b in zip(checked, f32))
+    guard.tolerance = -1.0
+    _, record = _run(None, syn, start, target, schedule, guard)
+    assert record["amp_fallback"] and not guard.active
+    assert not AmpGuard(Student(net, "WBCE"), "off", 1.0, 5).enabled
+
+
+@pytest.mark.parametrize("flag", ["--tf32", "--nondeterministic"])
+def test_kernel_levers_are_refused_off_cuda(tiny_args, expert_dir, tmp_path, capsys, flag):
+    code, err = run_cli(distill.main, distill_args(tiny_args, expert_dir, tmp_path, "bad", flag, "--device", "cpu"), capsys)
+    assert code == 2 and f"{flag}: a CUDA kernel setting, and this run is on cpu" in err
+    assert len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("flag, value", [("--amp_tolerance", "nan"), ("--amp_tolerance", "0"), ("--amp_check_it", "0"),
+                                         ("--threads", "0")])
 def test_bad_amp_settings_are_refused_in_one_line(tiny_args, expert_dir, tmp_path, capsys, flag, value):
     code, err = run_cli(distill.main, distill_args(tiny_args, expert_dir, tmp_path, "bad", flag, value), capsys)
     assert code == 2 and flag in err and len(err.strip().splitlines()) == 1, err

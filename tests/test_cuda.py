@@ -85,3 +85,25 @@ def test_seeded_draws_from_its_seed_and_restores_the_cuda_rng():
     assert torch.equal(torch.cuda.get_rng_state(), before)
     torch.cuda.manual_seed(3)
     assert torch.equal(inside, torch.rand(4, device=CUDA))
+
+
+def test_kernel_levers_are_checked_against_strict_kernels_and_restored():
+    """--tf32 --nondeterministic: the guard's reference runs under strict kernels, the run's flags come back after
+    it, and the check reports the levers' error (TF32 rounds products to a 10-bit mantissa: not zero)."""
+    from distill_utils.method.amp_guard import AmpGuard
+    speed.kernels(CUDA, tf32=True, nondeterministic=True)
+    with speed.strict_kernels(CUDA):
+        assert not torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.deterministic
+    assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    torch.manual_seed(0)
+    n, side, dim = 12, 32, 64
+    net = NetworkFactory(NetConfig("convnet", side, dim, True)).build(seed=0, device=CUDA).train()
+    g = torch.Generator().manual_seed(0)
+    syn = SyntheticSet(torch.randn(n, 3, side, side, generator=g).to(CUDA), torch.randn(n, dim, generator=g).to(CUDA),
+                       make_similarity("full", n, device=CUDA), 0.05, 0.05, SynOptim(1.0, 1.0, 1.0, 1.0))
+    start = tuple(p.to(CUDA) for p in net.initial_params())
+    target = tuple(p + 0.01 * torch.randn_like(p) for p in start)
+    guard = AmpGuard(Student(net, "WBCE"), "off", 1.0, 1, tf32=True, nondeterministic=True)
+    _, record = guard.match(match_constant, syn, start, target, minibatch_schedule(n, 6, 4, g), 0)
+    assert 0 < record["amp_rel_err_max"] < 1 and torch.backends.cuda.matmul.allow_tf32
+    speed.deterministic(CUDA)

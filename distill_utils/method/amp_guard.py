@@ -1,10 +1,13 @@
-"""--amp for the distillation passes, guarded: every `check_every` iterations the matching step is also
-run in float32 on the same iteration (same expert, minibatches and dropout masks), and if the relative
-error of the synthetic-data gradient exceeds the tolerance, the rest of the run uses float32.
+"""The speed levers of the distillation passes, guarded: --amp (mixed precision) and, on CUDA, --tf32 and
+--nondeterministic (kernels). Every `check_every` iterations the matching step is also run in strict float32
+(no autocast, deterministic kernels without TF32) on the same iteration (same expert, minibatches and dropout
+masks), and if the relative error of the synthetic-data gradient exceeds the tolerance, the rest of the run
+uses strict float32.
 
-The float32 run happens first and the global RNG is rewound before the mixed-precision one, so a check
-leaves the run exactly where a run without checks would be; on failure the float32 gradient is kept.
+The strict run happens first and the global RNG is rewound before the levers' one, so a check leaves the run
+exactly where a run without checks would be; on failure the strict gradient is kept.
 """
+from distill_utils import speed
 from distill_utils.rng import rng_state, set_rng_state
 
 DATA = "image", "text", "similarity"
@@ -28,32 +31,42 @@ def gradient_errors(grads, reference):
 
 
 class AmpGuard:
-    def __init__(self, student, amp, tolerance, check_every, state=None):
+    """amp: the --amp dtype ('off' for none); tf32, nondeterministic: the CUDA kernel levers the run set."""
+
+    def __init__(self, student, amp, tolerance, check_every, state=None, tf32=False, nondeterministic=False):
         self.student, self.amp, self.tolerance, self.check_every = student, amp, tolerance, check_every
-        self.active = amp != "off" and (state or {}).get("active", True)
+        self.kernels = dict(tf32=tf32, nondeterministic=nondeterministic)
+        self.levers = "+".join([amp] * (amp != "off") + [k for k, on in self.kernels.items() if on])
+        self.enabled = bool(self.levers)
+        self.active = self.enabled and (state or {}).get("active", True)
 
     def state_dict(self):
         return {"active": self.active}
 
     def match(self, match, syn, start, target, schedule, iteration):
         """(MatchResult, check record or None): one matching step, setting syn's .grad."""
+        device = syn.image.device
         self.student.amp = self.amp if self.active else "off"
+        if self.enabled:  # each step starts from the levers the guard holds (a fallback on another segment included)
+            speed.kernels(device, **(self.kernels if self.active else {}))
         if not self.active or iteration % self.check_every:
             return match(self.student, syn, start, target, schedule), None
-        rng = rng_state(syn.image.device)
+        rng = rng_state(device)
         self.student.amp = "off"
-        reference_result = match(self.student, syn, start, target, schedule)
+        with speed.strict_kernels(device):
+            reference_result = match(self.student, syn, start, target, schedule)
         reference = [t.grad.clone() for t in syn.tensors()]
         syn.zero_grad()
-        set_rng_state(rng, syn.image.device)
+        set_rng_state(rng, device)
         self.student.amp = self.amp
         result = match(self.student, syn, start, target, schedule)
         errors = gradient_errors([t.grad for t in syn.tensors()], reference)
         worst = max(errors[k] for k in DATA)
-        record = {"event": "amp_check", "iteration": iteration + 1, "amp": self.amp, "amp_rel_err_max": worst,
-                  **{f"amp_rel_err_{k}": v for k, v in errors.items()}, "amp_tolerance": self.tolerance}
+        record = {"event": "amp_check", "iteration": iteration + 1, "amp": self.amp, "levers": self.levers,
+                  "amp_rel_err_max": worst, **{f"amp_rel_err_{k}": v for k, v in errors.items()},
+                  "amp_tolerance": self.tolerance}
         if not worst <= self.tolerance:
-            self.active = False
+            self.active = False  # strict float32 from the next step on
             self.student.amp = "off"
             for t, g in zip(syn.tensors(), reference):
                 t.grad = g
@@ -64,6 +77,6 @@ class AmpGuard:
 
 def describe(record):
     """One line for the console."""
-    return (f"{record['amp']} gradient vs float32 at iteration {record['iteration']}: largest relative error "
+    return (f"{record.get('levers', record['amp'])} gradient vs strict float32 at iteration {record['iteration']}: largest relative error "
             f"{record['amp_rel_err_max']:.2e} (tolerance {record['amp_tolerance']:g})"
             + ("; float32 from now on" if record.get("amp_fallback") else ""))
