@@ -13,11 +13,11 @@ from distill_utils.datasets.images import read_image
 from distill_utils.datasets.text_features import cache_path
 from distill_utils.files import buffers
 from distill_utils.phases import Phase
-
-SPLITS = ("train", "val", "test")
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.hub import hub_reachable
 from networks.text_encoders import resolve_model_dir, text_width
+
+SPLITS = ("train", "val", "test")
 
 
 def check_data(data, splits):

@@ -12,12 +12,12 @@ import shutil
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from common.errors import UserError
 from common.io import load_json_object, save_json, temporary_path
-from distill_utils.datasets.images import _from_workers, read_image
+from distill_utils.datasets.images import _PathDataset, _from_workers
 
 FORMAT = "ptm-st-image-cache/1"
 PIXELS, INDEX = "pixels.u8", "index.json"
@@ -37,17 +37,6 @@ def _probe(image_root, rel):
     return [rel, st.st_size, st.st_mtime_ns]
 
 
-class _Files(Dataset):
-    def __init__(self, paths, image_size):
-        self.paths, self.image_size = paths, image_size
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, i):
-        return read_image(self.paths[i], self.image_size)
-
-
 def build_cache(image_root, rel_paths, image_size, workers=0):
     """Decode every image of `rel_paths` (relative to image_root) at image_size and write the cache; an older
     cache of that size is replaced only once the new one is complete. Returns its directory."""
@@ -55,10 +44,10 @@ def build_cache(image_root, rel_paths, image_size, workers=0):
     tmp = temporary_path(out)
     os.makedirs(tmp)
     try:
-        loader = DataLoader(_Files([os.path.join(image_root, r) for r in rel_paths], image_size), batch_size=64,
+        loader = DataLoader(_PathDataset([os.path.join(image_root, r) for r in rel_paths], image_size), batch_size=64,
                             num_workers=workers)
         with open(os.path.join(tmp, PIXELS), "wb") as f:
-            for images in tqdm(_from_workers(loader), total=len(loader), desc=f"image cache {image_size}px",
+            for images, _ in tqdm(_from_workers(loader), total=len(loader), desc=f"image cache {image_size}px",
                                leave=False, disable=len(rel_paths) < 2000):
                 f.write(images.numpy().tobytes())  # in order: the loader does not shuffle
         step = max(1, len(rel_paths) // PROBES)
