@@ -131,8 +131,8 @@ def main(argv=None):
     with parallel.main_first():  # the dataset and feature cache, made once
         prepare(data)
     protocol = from_flags(EvalProtocol, args)
-    check_start(data, ("train", "test"), args.device,
-                          footprint.distill_needs(spec, cfg, protocol), phases, cfg.expert_epochs)
+    check_start(data, ("train", "test"), args.device, footprint.distill_needs(spec, cfg, protocol), phases,
+                cfg.expert_epochs)
     train, test = load_train(data), load_split(data, "test")
     text_dim = train.text_features.shape[1]
     ctx = RunContext(cfg, run_dir, train, test, NetworkFactory(spec.net_config(text_dim)), protocol,

@@ -12,13 +12,14 @@ from networks.names import canonical
 FLOAT32_BYTES = 4
 # Peak GPU memory (torch.cuda.max_memory_allocated) measured on one H200 at the paper's size: nfnet_l0 trained
 # whole at 224 px, 768-d text features, float32 (docs/paper_scale.md, `python -m bench.paper_scale`).
-# kind: (bytes, the batch it was measured at, the student steps it was measured at or None when it does not grow)
+# kind: (bytes in float32, bytes with --amp bf16 + --channels_last, the batch it was measured at, the student
+# steps it was measured at or None when it does not grow)
 MEASURED_ENCODER, MEASURED_PX = "nfnet_l0", 224
 MEASURED = {
-    "expert epoch": (15.76e9, 128, None),            # buffer.py, batches of --batch_train 128
-    "evaluation student": (15.75e9, 128, None),      # evaluate.py and in-run evaluation, --batch_train 128
-    "distillation": (12.11e9, 40, None),             # --matching constant/adjoint, --mini_batch_size 40, any steps
-    "distillation (unrolled)": (80.25e9, 40, 8),     # --matching unrolled: linear in --syn_steps
+    "expert epoch": (15.76e9, 8.44e9, 128, None),          # buffer.py, batches of --batch_train 128
+    "evaluation student": (15.75e9, 8.44e9, 128, None),    # evaluate.py and in-run evaluation, --batch_train 128
+    "distillation": (12.11e9, 7.30e9, 40, None),           # --matching constant/adjoint, --mini_batch_size 40, any steps
+    "distillation (unrolled)": (80.25e9, 42.95e9, 40, 8),  # --matching unrolled: linear in --syn_steps
 }
 
 
@@ -27,13 +28,14 @@ def expert_bytes(net, timestamps):
     return (net.img_layout.numel + net.txt_layout.numel) * FLOAT32_BYTES * timestamps
 
 
-def gpu_estimate(kind, image_encoder, image_size, batch, steps=None):
-    """Bytes of GPU memory for `kind` (a key of MEASURED): the measurement scaled linearly with the batch, the
-    pixels per image and (unrolled) the steps, since activations dominate it. None for an image encoder that
-    was not measured."""
+def gpu_estimate(kind, image_encoder, image_size, batch, steps=None, amp=False):
+    """Bytes of GPU memory for `kind` (a key of MEASURED), float32 or under autocast (`amp`): the measurement
+    scaled linearly with the batch, the pixels per image and (unrolled) the steps, since activations dominate
+    it. None for an image encoder that was not measured."""
     if canonical(image_encoder) != MEASURED_ENCODER:
         return None
-    peak, measured_batch, measured_steps = MEASURED[kind]
+    float32, autocast, measured_batch, measured_steps = MEASURED[kind]
+    peak = autocast if amp else float32
     scale = batch / measured_batch * (image_size / MEASURED_PX) ** 2
     return peak * scale * (steps / measured_steps if measured_steps else 1)
 
@@ -78,19 +80,21 @@ def check_disk(path, need, what, flag):
 
 def expert_needs(spec, expert):
     """GPU estimates of buffer.py (config.NetworkSpec, config.ExpertConfig)."""
-    return {"expert epoch": gpu_estimate("expert epoch", spec.image_encoder, spec.image_size, expert.batch_train)}
+    return {"expert epoch": gpu_estimate("expert epoch", spec.image_encoder, spec.image_size, expert.batch_train,
+                                         amp=spec.amp != "off")}
 
 
 def eval_needs(spec, protocol):
     """GPU estimates of evaluate.py (EvalProtocol)."""
     return {"evaluation student": gpu_estimate("evaluation student", spec.image_encoder, spec.image_size,
-                                               protocol.batch_train)}
+                                               protocol.batch_train, amp=spec.amp != "off")}
 
 
 def distill_needs(spec, cfg, protocol):
     """GPU estimates of distill_ptm-st.py (config.DistillConfig), its in-run evaluation included."""
     kind = "distillation (unrolled)" if cfg.matching == "unrolled" else "distillation"
-    needs = {kind: gpu_estimate(kind, spec.image_encoder, spec.image_size, cfg.mini_batch_size, cfg.syn_steps)}
+    needs = {kind: gpu_estimate(kind, spec.image_encoder, spec.image_size, cfg.mini_batch_size, cfg.syn_steps,
+                                spec.amp != "off")}
     return needs | (eval_needs(spec, protocol) if protocol.num_eval > 0 else {})
 
 

@@ -97,6 +97,7 @@ def test_gpu_estimates_are_the_measurements_at_the_measured_size_and_scale_with_
     assert footprint.gpu_estimate("distillation", "nfnet", 224, 40) == pytest.approx(12.11e9)
     assert footprint.gpu_estimate("expert epoch", "nfnet_l0", 112, 64) == pytest.approx(15.76e9 / 8)
     assert footprint.gpu_estimate("distillation (unrolled)", "nfnet", 224, 40, steps=16) == pytest.approx(2 * 80.25e9)
+    assert footprint.gpu_estimate("distillation", "nfnet", 224, 40, amp=True) == pytest.approx(7.30e9)  # --amp bf16
     assert footprint.gpu_estimate("distillation", "convnet", 32, 40) is None
 
 

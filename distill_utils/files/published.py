@@ -142,8 +142,8 @@ def fetch_buffers(dataset, image_encoder, text_encoder, image_size, buffer_path,
         records = file_records(work)
         save_json({"format": buffers.FORMAT, "kind": "normal", "dataset": dataset, "image_encoder": image_encoder,
                    "text_encoder": text_encoder, "loss_type": LOSS, "timestamps": timestamps,
-                   "published": {"repo": REPO_ID, "path": prefix,
-                                 "revision": os.path.basename(snap) if snap else revision},
+                   "published": {"repo": REPO_ID, "path": prefix,  # revision: None for files placed by hand
+                                 "revision": None if in_place else os.path.basename(snap)},
                    "files": records, "command": " ".join([os.path.basename(sys.executable)] + sys.argv)},
                   os.path.join(work, buffers.MANIFEST))
         if not in_place:
