@@ -32,6 +32,7 @@ import torch
 from PIL import Image
 
 import prepare_data
+from bench.prepare_check import publish
 from distill_utils.datasets.annotations import load_train_pairs
 from distill_utils.datasets.image_cache import ImageCache, build_cache
 from distill_utils.datasets.images import ImageStore
@@ -145,10 +146,7 @@ def main(argv=None):
     lines.append(f"| building the {size}px cache (every image decoded once) | {build_s:.2f} | {1000 * build_s / n:.2f} | |")
     lines.append(f"| prepare_data.py flickr without --cache (headers read, folder linked) | {prepare_s:.2f} | "
                  f"{1000 * prepare_s / n:.2f} | |")
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "image_cache.md"), "w") as f:
-        f.write("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    publish(args.out, "image_cache.md", lines)
 
 
 if __name__ == "__main__":

@@ -60,6 +60,7 @@ def main(argv=None):
         split_file, images = write_dataset(tmp, args.images)
         root = os.path.join(tmp, "root")
         prepare_s, prepare_cpu, prepare_out = run(["flickr", "--karpathy", split_file, "--images", images, "--out", root])
+        annotations = sum(os.path.getsize(os.path.join(root, f)) for f in os.listdir(root) if f.endswith(".json"))
         check_s, check_cpu, check_out = run(["check", "--dataset", "flickr", "--image_root", root, "--ann_root", root,
                                   "--text_encoder", "minilm", "--feature_cache", os.path.join(tmp, "cache"),
                                   "--buffer_path", os.path.join(tmp, "buffer")])
@@ -69,9 +70,15 @@ def main(argv=None):
              f"| prepare_data.py flickr --karpathy ... --images ... --out ROOT | {prepare_s:.1f} | {prepare_cpu:.1f} |",
              f"| prepare_data.py check --dataset flickr ... (text encoder minilm, offline) | {check_s:.1f} | "
              f"{check_cpu:.1f} |",
+             "", f"The annotation files it wrote: {annotations / 1e6:.1f} MB.",
              "", "```", prepare_out.strip(), "", check_out.strip(), "```"]
-    os.makedirs(args.out, exist_ok=True)
-    with open(os.path.join(args.out, "prepare_check.md"), "w") as f:
+    publish(args.out, "prepare_check.md", lines)
+
+
+def publish(out_dir, name, lines):
+    """Write a benchmark's report to OUT/name and print it."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name), "w") as f:
         f.write("\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -61,7 +61,7 @@ def _shard_samples(path, flag):
             for member in tar:
                 if not member.isfile():
                     continue
-                folder, base = posixpath.split(member.name)
+                folder, base = posixpath.split(posixpath.normpath(member.name))  # ./000.jpg is 000.jpg
                 stem, _, ext = base.partition(".")
                 if posixpath.join(folder, stem) != key and key is not None:
                     yield key, files

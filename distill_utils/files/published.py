@@ -127,6 +127,8 @@ def fetch_buffers(dataset, image_encoder, text_encoder, image_size, buffer_path,
         raise UserError(f"--buffer_path {target}: holds experts trained here (its manifest.json says so), not the "
                         "published ones; use another --buffer_path")
     in_place = os.path.isdir(target) and buffers.has_experts(target)
+    if not in_place and os.path.isdir(target) and os.listdir(target):
+        raise UserError(f"--buffer_path {target}: exists without expert files; remove it and run this again")
     work = target if in_place else temporary_path(target)
     if not in_place:
         source = os.path.join(snap, prefix)
