@@ -143,6 +143,7 @@ def main(argv=None):
         run_cache(args)
     elif args.command == "buffers":
         cli_args.positive(args, "image_size")
+        cli_args.at_most(args, image_size=4096)
         for line in fetch_published(args.dataset, args.image_encoder, args.text_encoder, args.image_size,
                                     args.buffer_path, args.ann_root, args.copy, args.revision,
                                     text_width(args.text_encoder)):
