@@ -13,7 +13,8 @@ import sys
 
 import torch
 
-from distill_utils import cli_args, speed
+from distill_utils import cli_args, footprint, speed
+from distill_utils.preflight import check_start
 from distill_utils.config import DataConfig, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from common.errors import cli_main
@@ -75,9 +76,14 @@ def main(argv=None):
     buf = BufferDir.of_network(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder, args.loss_type)
     ensure_writable_dir(buf.path, "--buffer_path")
     prepare(data)
+    check_start(data, ("train", "test"), args.device, footprint.expert_needs(spec, expert))
     train, test = load_train(data), load_split(data, "test")
     factory = NetworkFactory(spec.net_config(train.text_features.shape[1]))
-    manifest = manifest_for(spec, expert, data, factory.build(seed=0, device="cpu"))  # a network that cannot be built fails here
+    net = factory.build(seed=0, device="cpu")  # a network that cannot be built fails here
+    manifest = manifest_for(spec, expert, data, net)
+    missing = sum(not buf.expert_done(n) for n in range(args.num_experts))
+    footprint.check_disk(buf.path, missing * footprint.expert_bytes(net, args.train_epochs + 1),
+                         f"{missing} expert file pair(s)", "--buffer_path")
     log = RunLog(buf.path, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
     first = True
     while (claim := buf.next_expert(args.num_experts)) is not None:

@@ -14,7 +14,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from distill_utils import cli_args
+from distill_utils import cli_args, footprint
 from common.errors import UserError, cli_main
 from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
@@ -67,7 +67,7 @@ def convert_file(src, dst, start, end, lengths=None):
 
 def manifest_for(normal, start, end, argv):
     """The source manifest (published buffers have none) with what this conversion changed."""
-    source = normal.read_manifest() or {}
+    source = {k: v for k, v in (normal.read_manifest() or {}).items() if k != "files"}  # digests of other files
     manifest = source | {"format": FORMAT, "kind": "convexified", "source_dir": os.path.abspath(normal.path),
                          "window": [start, end], "timestamps": end - start,
                          "command": f"{os.path.basename(sys.executable)} convexify.py {shlex.join(argv)}"}
@@ -106,6 +106,8 @@ def main(argv=None):
     if os.path.exists(out_dir):
         raise UserError(f"{flag}: output {out_dir} already exists; remove it or choose another --out_dir")
     ensure_writable_dir(os.path.dirname(out_dir), flag)
+    footprint.check_disk(os.path.dirname(out_dir), footprint.shortcut_bytes(pairs, args.start, args.end),
+                         "the shortcut trajectories", flag)
     convexify(pairs, manifest, out_dir, args.start, args.end)
     print(f"convexified {len(pairs)} buffer pairs, timestamps [{args.start}, {args.end}) -> {out_dir}")
 

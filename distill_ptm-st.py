@@ -24,7 +24,8 @@ and a checkpoint; --resume continues a killed run and ends exactly where an unin
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import datetime
 
-from distill_utils import cli_args, parallel, segments, speed
+from distill_utils import cli_args, footprint, parallel, segments, speed
+from distill_utils.preflight import check_start
 from distill_utils.config import DataConfig, DistillConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight
@@ -129,9 +130,12 @@ def main(argv=None):
                           defaults=vars(make_parser().parse_args([])))
     with parallel.main_first():  # the dataset and feature cache, made once
         prepare(data)
+    protocol = from_flags(EvalProtocol, args)
+    check_start(data, ("train", "test"), args.device, footprint.distill_needs(spec, cfg, protocol), phases,
+                cfg.expert_epochs)
     train, test = load_train(data), load_split(data, "test")
     text_dim = train.text_features.shape[1]
-    ctx = RunContext(cfg, run_dir, train, test, NetworkFactory(spec.net_config(text_dim)), from_flags(EvalProtocol, args),
+    ctx = RunContext(cfg, run_dir, train, test, NetworkFactory(spec.net_config(text_dim)), protocol,
                      {**spec.identity(), "text_dim": int(text_dim)}, args.device)
     ckpt = run_dir.read_checkpoint(len(phases))
     preflight(ctx, phases)

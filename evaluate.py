@@ -23,7 +23,8 @@ import argparse
 import os
 import sys
 
-from distill_utils import cli_args, parallel, speed
+from distill_utils import cli_args, footprint, parallel, speed
+from distill_utils.preflight import check_start
 from distill_utils.config import DataConfig, NetworkSpec, from_flags
 from distill_utils.evaluation.coresets import pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
@@ -147,6 +148,8 @@ def main(argv=None):
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
     with parallel.main_first():  # the dataset and feature cache, made once
         prepare(data)
+    splits = ("test",) + (("val",) if args.select_on == "val" else ()) + (("train",) if args.baseline else ())
+    check_start(data, splits, args.device, footprint.eval_needs(spec, protocol))
     test = load_split(data, "test")
     val = load_split(data, "val") if args.select_on == "val" else None
     text_dim = test.text_features.shape[1]

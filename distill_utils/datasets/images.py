@@ -69,16 +69,20 @@ class _PathDataset(Dataset):
 
 
 class ImageStore:
-    """Images addressed by pair index. Each distinct file is decoded once when kept in memory."""
+    """Images addressed by pair index. Each distinct file is decoded once when kept in memory; with an image cache
+    (image_cache.ImageCache) holding every file, pixels are read from it instead of decoding."""
 
-    def __init__(self, paths, image_size, in_memory=None, workers=0):
+    def __init__(self, paths, image_size, in_memory=None, workers=0, cache=None):
         self.paths, self.image_size, self.workers = list(paths), image_size, workers
         unique = list(dict.fromkeys(self.paths))
         self._slot = torch.tensor([{p: k for k, p in enumerate(unique)}[p] for p in self.paths])
         if in_memory is None:
             in_memory = len(unique) * 3 * image_size * image_size <= IN_MEMORY_LIMIT_BYTES
         self.pixels = None
-        if in_memory:
+        self.cache, self._cache_rows = cache, cache.rows(unique) if cache is not None else None
+        if in_memory and self._cache_rows is not None:
+            self.pixels = cache.read(self._cache_rows)
+        elif in_memory:
             loader = DataLoader(_PathDataset(unique, image_size), batch_size=64, num_workers=workers)
             chunks = [imgs for imgs, _ in tqdm(_from_workers(loader), total=len(loader), desc="decoding images",
                                                leave=False, disable=len(unique) < 2000)]
@@ -91,12 +95,14 @@ class ImageStore:
         """Normalised images [B, 3, S, S] for pair indices (a LongTensor)."""
         if self.pixels is not None:
             return normalize(self.pixels[self._slot[indices]])
+        if self._cache_rows is not None:
+            return normalize(self.cache.read(self._cache_rows[self._slot[indices]]))
         return normalize(torch.stack([read_image(self.paths[i], self.image_size) for i in indices.tolist()]))
 
     def batches(self, order, batch_size):
         """Yield (images, indices) over `order` in chunks; streams through worker processes when not in memory."""
         chunks = torch.split(order, batch_size)
-        if self.pixels is not None or self.workers == 0:
+        if self.pixels is not None or self.workers == 0 or self._cache_rows is not None:
             for idx in chunks:
                 yield self.get(idx), idx
             return

@@ -1,10 +1,13 @@
 """Everything a run needs from a dataset: train pairs, val/test splits, images and cached text features.
 The functions take a config.DataConfig (where the dataset lies, image size, text encoder, feature cache)."""
+import functools
+import os
 from dataclasses import dataclass
 
 import torch
 
 from distill_utils.datasets.annotations import SYNTHETIC_LEVELS, check_images_exist, load_retrieval_split, load_train_pairs
+from distill_utils.datasets.image_cache import INDEX, ImageCache, cache_dir
 from distill_utils.datasets.images import ImageStore
 from distill_utils.method.student import RetrievalData
 from distill_utils.datasets.builtin import ensure_synthetic
@@ -33,15 +36,28 @@ def _device_for_text(data):
     return data.device if data.device.type == "cuda" else torch.device("cpu")
 
 
+def _images(data, paths):
+    """The images of `paths`, from the dataset's decoded image cache (prepare_data.py --cache) where it has one."""
+    index = os.path.join(cache_dir(data.image_root, data.image_size), INDEX)
+    version = os.stat(index).st_mtime_ns if os.path.isfile(index) else None
+    cache = _open_cache(data.image_root, data.image_size, version) if version else None
+    return ImageStore(paths, data.image_size, workers=data.workers, cache=cache)
+
+
+@functools.lru_cache(maxsize=4)
+def _open_cache(image_root, image_size, version):  # the train and test splits share one opened cache
+    return ImageCache.find(image_root, image_size)
+
+
 def load_train(data):
     pairs = load_train_pairs(data.dataset, data.ann_root, data.image_root)
     check_images_exist(pairs.image_paths)
     feats = text_features(pairs.captions, data.text_encoder, data.feature_cache, pairs.name, _device_for_text(data))
-    return TrainData(pairs, ImageStore(pairs.image_paths, data.image_size, workers=data.workers), feats)
+    return TrainData(pairs, _images(data, pairs.image_paths), feats)
 
 
 def load_split(data, split):
     ann = load_retrieval_split(data.dataset, split, data.ann_root, data.image_root)
     check_images_exist(ann.image_paths)
     feats = text_features(ann.texts, data.text_encoder, data.feature_cache, ann.name, _device_for_text(data))
-    return RetrievalData(ImageStore(ann.image_paths, data.image_size, workers=data.workers), feats, ann.txt2img)
+    return RetrievalData(_images(data, ann.image_paths), feats, ann.txt2img)
