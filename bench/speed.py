@@ -1,0 +1,327 @@
+"""Where the time of a distillation iteration, an expert epoch and an evaluation epoch goes, against the
+device's own dense rates; with --baseline, side by side with another checkout of this repository.
+
+    python -m bench.speed                                   # the CPU benchmark configuration, one thread
+    python -m bench.speed --baseline /path/to/b1e3fad       # the same, and the same on an older checkout
+    python -m bench.speed --preset paper --device cuda      # the paper's size (nfnet_l0 at 224 px, 200 pairs)
+
+Presets: `cpu` is the CPU benchmark configuration (convnet at 32 px, 384-d text features, 50 synthetic pairs,
+--syn_steps 8, mini-batches of 10, InfoNCE, student lr 0.03, one thread); `paper` the paper's Flickr-500 phase 1
+(nfnet_l0 at 224 px, 768-d, 200 pairs, batches of 40, WBCE, student lr 0.1). Every flag below overrides them.
+
+An iteration is split as distill_ptm-st.py runs it: expert loading (the next expert of a buffer written to a
+temporary directory, its two timestamps cut out: `segments.expert_segment`), pass 1 (the student's steps
+without a graph, `matching_loss`: constant's pass 1 and adjoint's forward sweep), the rest of the matching
+step (constant's pass 2, adjoint's reverse sweep; measured as the whole step minus pass 1), and the update
+(SGD and EMA on the synthetic set). FLOPs are counted by torch.utils.flop_counter (convolutions and matrix
+products, backward included) and divided by the seconds; the device's rates are measured in the same run on
+a dense 3x3 convolution (128 channels, batch 10, 32 px; on CUDA batch 64, 56 px) and a square matmul (1024;
+on CUDA 8192). Expert and evaluation epochs: images per second and the seconds the counted FLOPs would take
+at the convolution rate (the compute floor).
+
+Each side runs in its own process (`--worker`), interleaved round by round, so that the rows share the
+machine's load; medians over rounds of the per-round medians. CPU time (process time) is printed beside wall
+time: on a shared machine it is the steadier of the two. With --baseline, the synthetic-data gradient of the
+first iteration (identical inputs: same seeds, network, data, expert, minibatches, dropout masks) is compared
+with the baseline's, in float32 and in float64.
+"""
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+import torch
+
+PRESETS = {
+    "cpu": dict(image_encoder="convnet", image_size=32, text_dim=384, num_queries=50, mini_batch_size=10,
+                syn_steps=8, loss_type="InfoNCE", lr_teacher=0.03, threads=1, expert_images=1024, batch_train=128),
+    "paper": dict(image_encoder="nfnet_l0", image_size=224, text_dim=768, num_queries=200, mini_batch_size=40,
+                  syn_steps=8, loss_type="WBCE", lr_teacher=0.1, threads=None, expert_images=512, batch_train=128),
+}
+GRADS = ("image", "text", "similarity", "lr_img", "lr_txt")
+
+
+def timed(fn, device):
+    """(wall seconds, process seconds, result) of fn()."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    wall, cpu = time.perf_counter(), time.process_time()
+    out = fn()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - wall, time.process_time() - cpu, out
+
+
+def dense_rates(device, dtype, repeats=5):
+    """GFLOP/s of a dense 3x3 convolution and a square matmul on this device, median of `repeats`."""
+    big = device.type == "cuda"
+    n, c, side, m = (64, 128, 56, 8192) if big else (10, 128, 32, 1024)
+    x, w = torch.randn(n, c, side, side, device=device, dtype=dtype), torch.randn(c, c, 3, 3, device=device, dtype=dtype)
+    a, b = torch.randn(m, m, device=device, dtype=dtype), torch.randn(m, m, device=device, dtype=dtype)
+    rate = {}
+    for name, fn, flop in (("conv", lambda: torch.nn.functional.conv2d(x, w, padding=1), 2 * n * c * c * 9 * side * side),
+                           ("matmul", lambda: a @ b, 2 * m ** 3)):
+        fn()
+        rate[name] = flop / statistics.median(timed(fn, device)[0] for _ in range(repeats)) / 1e9
+    return rate
+
+
+def flops_of(fn):
+    from torch.utils.flop_counter import FlopCounterMode
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+class Workload:
+    """One fixed set of inputs, built from seeds only: the same in every checkout whose code builds it the same way."""
+
+    def __init__(self, a, tmp):
+        from distill_utils.files.buffers import ExpertStream, save_pair
+        from distill_utils.method.learnable_set import SynOptim, SyntheticSet
+        from distill_utils.method.similarity import make_similarity
+        from distill_utils.method.student import Student
+        from networks.dual_encoder import NetConfig, NetworkFactory
+        self.a, self.device, dtype = a, torch.device(a.device), getattr(torch, a.dtype)
+        torch.manual_seed(0)
+        net = NetworkFactory(NetConfig(a.image_encoder, a.image_size, a.text_dim, True, image_pretrained=False)).build(0)
+        self.net = net.to(self.device, dtype).train()
+        g = torch.Generator().manual_seed(0)
+        n, side = a.num_queries, a.image_size
+        like = dict(dtype=dtype, device=self.device)
+        self.syn = SyntheticSet(torch.randn(n, 3, side, side, generator=g).to(**like),
+                                torch.randn(n, a.text_dim, generator=g).to(**like),
+                                make_similarity("full", n), a.lr_teacher, a.lr_teacher, SynOptim(100, 10, 0.01, 1e-3))
+        self.syn.sim_params[0] = self.syn.sim_params[0].to(**like).detach().requires_grad_(True)
+        self.syn.optimizer.param_groups[3]["params"] = self.syn.sim_params
+        self.student = Student(self.net, a.loss_type)
+        start = [p.detach().clone() for p in self.net.img_module.parameters()], \
+                [p.detach().clone() for p in self.net.txt_module.parameters()]
+        stamps = [[[p + 0.01 * k * torch.randn(p.shape, generator=g).to(**like) for p in side_]
+                   for k in range(3)] for side_ in start]
+        save_pair(tmp, 0, [[[p.cpu() for p in s] for s in stamps[0]]], [[[p.cpu() for p in s] for s in stamps[1]]])
+        self.stream = ExpertStream(tmp, seed=0)
+        self.schedule_gen = torch.Generator().manual_seed(1)
+
+    def segment(self):
+        from distill_utils import segments
+        phase = argparse.Namespace(min_start_epoch=0, max_start_epoch=2)
+        start, target, _ = segments.expert_segment(self.stream, phase, torch.Generator().manual_seed(2), 1, self.device)
+        dtype = self.syn.image.dtype  # expert_segment reads float32
+        return tuple(t.to(dtype) for t in start), tuple(t.to(dtype) for t in target)
+
+    def schedule(self):
+        from distill_utils.method.matching import minibatch_schedule
+        return minibatch_schedule(len(self.syn), self.a.mini_batch_size, self.a.syn_steps, torch.Generator().manual_seed(1))
+
+    def match(self, mode, schedule, start, target):
+        from distill_utils.method.matching import MATCHING
+        torch.manual_seed(3)  # the student's dropout masks
+        return MATCHING[mode](self.student, self.syn, start, target, schedule)
+
+    def pass1(self, schedule, start, target):
+        from distill_utils.method.matching import matching_loss
+        torch.manual_seed(3)
+        return matching_loss(self.student, self.syn, start, target, schedule)
+
+    def grads(self):
+        s = self.syn
+        return dict(zip(GRADS, (s.image.grad, s.text.grad, s.sim_params[0].grad, s.lr_img.grad, s.lr_txt.grad)))
+
+
+def medians(runs):
+    """{part: (wall, cpu)} lists -> {part_wall: median, part_cpu: median}, the first run (warm-up) dropped."""
+    out = {}
+    for part, pairs in runs.items():
+        out[f"{part}_wall"] = statistics.median(w for w, _ in pairs[1:])
+        out[f"{part}_cpu"] = statistics.median(c for _, c in pairs[1:])
+    return out
+
+
+def iteration(work, mode, repeats):
+    """Seconds of each part of an iteration (medians of `repeats` after a warm-up) and the FLOPs of the matching step."""
+    device, runs = work.device, {"load": [], "pass1": [], "match": [], "update": []}
+    for _ in range(repeats + 1):
+        wall, cpu, (start, target) = timed(work.segment, device)
+        runs["load"].append((wall, cpu))
+        schedule = work.schedule()
+        runs["pass1"].append(timed(lambda: work.pass1(schedule, start, target), device)[:2])
+        runs["match"].append(timed(lambda: work.match(mode, schedule, start, target), device)[:2])
+        runs["update"].append(timed(work.syn.step, device)[:2])
+    out = medians(runs)
+    start, target = work.segment()
+    schedule = work.schedule()
+    out["flops_pass1"] = flops_of(lambda: work.pass1(schedule, start, target))
+    out["flops_match"] = flops_of(lambda: work.match(mode, schedule, start, target))
+    work.syn.zero_grad()
+    return out
+
+
+def epochs(work, repeats):
+    """Seconds and FLOPs of one expert epoch (random real-sized images, identity targets) and one evaluation epoch
+    (the synthetic set, soft targets), as buffer.py and evaluate.py train."""
+    from distill_utils.method.student import make_sgd, train_epoch
+    a, device, dtype = work.a, work.device, work.syn.image.dtype
+    g = torch.Generator().manual_seed(4)
+    count = a.expert_images // a.batch_train
+    real = [(torch.randn(a.batch_train, 3, a.image_size, a.image_size, generator=g).to(device, dtype),
+             torch.randn(a.batch_train, a.text_dim, generator=g).to(device, dtype),
+             torch.eye(a.batch_train, dtype=dtype, device=device)) for _ in range(count)]
+    sim = work.syn.sim_params[0].detach()
+    syn = [(work.syn.image.detach()[i], work.syn.text.detach()[i], sim[i[:, None], i])
+           for i in torch.split(torch.randperm(len(work.syn), generator=g), a.batch_train)]
+    out = {"expert_images": count * a.batch_train, "eval_images": len(work.syn)}
+    for kind, batches, momentum, decay in (("expert", real, 0.0, 0.0), ("eval", syn, 0.9, 5e-4)):
+        img, txt = (p.clone().requires_grad_(True) for p in work.net.initial_params())
+        opt = make_sgd(img, txt, 0.1, 0.1, momentum, decay)
+        run = lambda: train_epoch(work.student, img, txt, opt, iter(batches))
+        out.update({f"{kind}_{k}": v for k, v in medians({"epoch": [timed(run, device)[:2] for _ in range(repeats + 1)]}).items()})
+        out[f"{kind}_flops"] = flops_of(run)
+    return out
+
+
+def worker(a):
+    """Measure one checkout (the code on sys.path) and print one JSON line; gradients of the first iteration to a file."""
+    import distill_utils.startup  # noqa: F401  (first, as in the entry scripts: process-level settings)
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Workload(a, tmp)
+        start, target = work.segment()
+        work.match(a.mode, work.schedule(), start, target)
+        torch.save({k: v.detach().cpu() for k, v in work.grads().items()}, a.grads_out)
+        work.syn.zero_grad()
+        if a.grads_only:
+            print("ROW {}", flush=True)
+            return
+        row = {"rates": dense_rates(work.device, getattr(torch, a.dtype)), **iteration(work, a.mode, a.repeats)}
+        if a.epochs:
+            row.update(epochs(work, max(1, a.repeats // 2)))
+    print("ROW " + json.dumps(row), flush=True)
+
+
+def run_worker(a, root, dtype, grads_out, grads_only=False):
+    """Run `worker` in a fresh process with `root`'s code on the path; returns its row."""
+    flags = [f"--{k}={v}" for k, v in vars(a).items() if k in PRESETS["cpu"] or k in ("device", "mode", "repeats")]
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--dtype={dtype}", f"--grads_out={grads_out}", *flags]
+    if a.epochs and not grads_only:
+        cmd.append("--epochs")
+    if grads_only:
+        cmd.append("--grads_only")
+    env = {**os.environ, "PYTHONPATH": root, "TQDM_DISABLE": "1"}
+    done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+    rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
+    if done.returncode or not rows:
+        raise SystemExit(f"worker in {root} failed:\n{done.stderr[-2000:]}")
+    return json.loads(rows[0])
+
+
+def rel_errors(ours, theirs):
+    return {k: float((ours[k] - theirs[k]).norm() / theirs[k].norm()) for k in GRADS}
+
+
+def summarise(rows):
+    """Median over rounds of every numeric field (the rates and FLOPs too)."""
+    out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "rates"}
+    out["rates"] = {k: statistics.median(r["rates"][k] for r in rows) for k in rows[0]["rates"]}
+    return out
+
+
+def print_report(a, sides):
+    rates = sides[0][1]["rates"]
+    print(f"device rates (same run): conv {rates['conv']:.1f} GFLOP/s, matmul {rates['matmul']:.1f} GFLOP/s")
+    print("\n| side | expert loading | pass 1 | pass 2 / reverse | update | iteration | GFLOP | GFLOP/s | of conv rate |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for name, r in sides:
+        for clock in ("wall", "cpu"):
+            total = sum(r[f"{p}_{clock}"] for p in ("load", "match", "update"))
+            rate = r["flops_match"] / (r[f"match_{clock}"] + r[f"load_{clock}"]) / 1e9
+            print(f"| {name} ({clock}) | {r[f'load_{clock}']:.3f} | {r[f'pass1_{clock}']:.3f} | "
+                  f"{r[f'match_{clock}'] - r[f'pass1_{clock}']:.3f} | {r[f'update_{clock}']:.3f} | {total:.3f} | "
+                  f"{r['flops_match'] / 1e9:.1f} | {rate:.1f} | {rate / rates['conv']:.2f} |")
+    if len(sides) == 2:
+        for clock in ("wall", "cpu"):
+            total = [sum(r[f"{p}_{clock}"] for p in ("load", "match", "update")) for _, r in sides]
+            print(f"\niteration, this checkout / baseline ({clock} time): {total[0] / total[1]:.3f} "
+                  f"(speed-up {total[1] / total[0]:.2f}x)", end="")
+        print()
+    if a.epochs:
+        for name, r in sides:
+            for kind in ("expert", "eval"):
+                n, sec = r[f"{kind}_images"], r[f"{kind}_epoch_cpu"]
+                floor = r[f"{kind}_flops"] / (rates["conv"] * 1e9)
+                print(f"{name}: {kind} epoch, {n} images: {sec:.3f} s CPU ({r[f'{kind}_epoch_wall']:.3f} s wall), "
+                      f"{n / sec:.0f} images/s; {r[f'{kind}_flops'] / 1e9:.1f} GFLOP, floor at the conv rate "
+                      f"{floor:.3f} s: {floor / sec:.2f} of it")
+
+
+def report_gradients(a, roots, tmp):
+    """The first iteration's gradient against the baseline's in float32 and float64, and the float32 rounding
+    floor: how far the baseline's own float32 gradient is from its float64 one on the same inputs."""
+    for name, root in roots:
+        run_worker(a, root, "float64", os.path.join(tmp, f"{name}_float64.pt"), grads_only=True)
+    load = lambda name, dtype: torch.load(os.path.join(tmp, f"{name}_{dtype}.pt"), weights_only=True)
+    ours, base = roots[0][0], roots[1][0]
+    for label, x, y in (("this checkout vs baseline, float32", load(ours, "float32"), load(base, "float32")),
+                        ("this checkout vs baseline, float64", load(ours, "float64"), load(base, "float64")),
+                        ("baseline float32 vs its float64 (the rounding floor)", load(base, "float32"),
+                         {k: v.float() for k, v in load(base, "float64").items()})):
+        print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in rel_errors(x, y).items()))
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="configuration (default: cpu)")
+    for key, value in PRESETS["cpu"].items():
+        p.add_argument(f"--{key}", type=type(value) if value is not None else int, default=None,
+                       help=f"override the preset's {key}")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+    p.add_argument("--mode", default="constant", help="--matching mode (default: constant)")
+    p.add_argument("--rounds", type=int, default=3, help="rounds, each side once per round (default: 3)")
+    p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
+    p.add_argument("--epochs", action="store_true", help="also time one expert epoch and one evaluation epoch")
+    p.add_argument("--baseline", help="a checkout of another revision of this repository, measured side by side")
+    p.add_argument("--out", help="write the measured rows as JSON to this file")
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
+    p.add_argument("--grads_out", help=argparse.SUPPRESS)
+    p.add_argument("--grads_only", action="store_true", help=argparse.SUPPRESS)
+    a = p.parse_args(argv)
+    for key, value in PRESETS[a.preset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.threads is None:
+        a.threads = torch.get_num_threads()
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return a
+
+
+def main(argv=None):
+    a = parse_args(argv)
+    if a.worker:
+        return worker(a)
+    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    roots = [("this checkout", here)] + ([("baseline", os.path.abspath(a.baseline))] if a.baseline else [])
+    print(f"config: {json.dumps({k: v for k, v in vars(a).items() if k not in ('worker', 'grads_out', 'dtype')})}")
+    rows = {name: [] for name, _ in roots}
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(a.rounds):
+            for name, root in roots:
+                rows[name].append(run_worker(a, root, "float32", os.path.join(tmp, f"{name}_float32.pt")))
+                print(f"round {r + 1}, {name}: iteration {sum(rows[name][-1][f'{p}_wall'] for p in ('load', 'match', 'update')):.3f} s wall",
+                      flush=True)
+        sides = [(name, summarise(rows[name])) for name, _ in roots]
+        print_report(a, sides)
+        if a.baseline:
+            report_gradients(a, roots, tmp)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump({"config": vars(a), "rows": rows}, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
