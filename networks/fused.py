@@ -71,22 +71,86 @@ class Unpool2(torch.autograd.Function):
         return Pool2.apply(a), None
 
 
-def _groups(t, groups):
-    return t.view(t.shape[0], groups, -1)
+def _per_channel(x):
+    """[N, C, H, W] -> [N, C, HW] (a view)."""
+    return x.view(x.shape[0], x.shape[1], -1)
 
 
-def _gmean_dot(a, b):
-    """mean over each group of a * b: [N, G, K] x [N, G, K] -> [N, G, 1] (a batched dot product, one pass)."""
-    n, g, k = a.shape
-    return torch.bmm(a.reshape(n * g, 1, k), b.reshape(n * g, 1, k).transpose(1, 2)).view(n, g, 1) / k
+def _sums(x):
+    """sum over space, per sample and channel: [N, C]."""
+    return _per_channel(x).sum(-1)
 
 
-def _channel(t):
-    return t.view(1, -1, 1, 1)
+def _dots(x, y):
+    """sum over space of x * y, per sample and channel: [N, C] (batched dot products: no full-size write)."""
+    n, c = x.shape[:2]
+    return torch.bmm(x.reshape(n * c, 1, -1), y.reshape(n * c, 1, -1).transpose(1, 2)).view(n, c)
+
+
+def _group_mean(t, groups, size):
+    """[N, C] per-channel sums -> [N, C]: the mean over each channel's group of `size` values, per channel."""
+    n, c = t.shape
+    return t.view(n, groups, -1).sum(-1, keepdim=True).expand(n, groups, c // groups).reshape(n, c) / size
+
+
+def _bc(t):
+    """[N, C] or [C] -> broadcastable over [N, C, H, W]."""
+    return t.view(*t.shape, 1, 1) if t.dim() == 2 else t.view(1, -1, 1, 1)
+
+
+def _relu_mask(x, a):
+    """x where a > 0, else 0 (the ReLU's backward: a = relu(v) marks v > 0)."""
+    return torch.ops.aten.threshold_backward(x, a, 0)
+
+
+# The kernels below write every full-size result as a sum of full-size tensors times per-(sample, channel)
+# coefficients: the group statistics of the module docstring (means, mean_g(x u)) are reduced from per-channel
+# sums and dot products, and u = c r is never stored (c: z centred per group). Same formulas, fewer passes.
+
+def _forward(z, gamma, beta, groups: int, eps: float):
+    n, ch = z.shape[:2]
+    zg = z.view(n, groups, -1)
+    c = zg - zg.mean(-1, keepdim=True)
+    k = c.shape[-1]
+    r = torch.rsqrt(torch.bmm(c.reshape(n * groups, 1, k), c.reshape(n * groups, 1, k).transpose(1, 2)).view(n, groups) / k
+                    + eps)
+    r = r.view(n, groups, 1).expand(n, groups, ch // groups).reshape(n, ch)  # per channel
+    c = c.view(z.shape)
+    a = torch.addcmul(_bc(beta), c, _bc(r * gamma)).relu_()
+    return pool2(a), c, r, a
+
+
+def _backward(pbar, gamma, c, r, a, groups: int):
+    """dz = r (ubar - mean_g ubar - u mean_g(ubar u)), ubar = gamma vbar, u = c r."""
+    k = c[0].numel() // groups
+    vbar = _relu_mask(unpool2(pbar, c.shape), a)
+    sv, dvc = _sums(vbar), _dots(vbar, c)
+    ubar_mean, s2 = _group_mean(gamma * sv, groups, k), r * _group_mean(gamma * dvc, groups, k)
+    dz = torch.addcmul(_bc(-r * ubar_mean), vbar, _bc(r * gamma)).addcmul_(c, _bc(-r * r * s2))
+    return dz, (r * dvc).sum(0), sv.sum(0), vbar, sv, dvc
+
+
+def _double_backward(zhat, ghat, bhat, gamma, c, r, a, vbar, sv, dvc, groups: int):
+    k = c[0].numel() // groups
+    sz, dzc, dvz = _sums(zhat), _dots(zhat, c), _dots(vbar, zhat)
+    zhat_mean, s1 = _group_mean(sz, groups, k), r * _group_mean(dzc, groups, k)
+    ubar_mean, s2 = _group_mean(gamma * sv, groups, k), r * _group_mean(gamma * dvc, groups, k)
+    dgamma = (r * dvz - r * zhat_mean * sv - r * r * s1 * dvc).sum(0)
+    # d pbar: avgpool2 of the mask times gamma r P(zhat) + ghat u + bhat
+    da = torch.addcmul(_bc(bhat - gamma * r * zhat_mean), zhat, _bc(gamma * r)).addcmul_(c, _bc(r * (ghat - gamma * r * s1)))
+    dpbar = pool2(_relu_mask(da, a))
+    # dz = r (ut - mean_g ut - u (mean_g(ut u) + r rho)), ut = alpha vbar - r s2 zhat
+    alpha = ghat - r * s1 * gamma
+    ut_mean = _group_mean(alpha * sv, groups, k) - r * s2 * zhat_mean
+    utu_mean = r * _group_mean(alpha * dvc, groups, k) - r * s2 * s1
+    rho = _group_mean(gamma * dvz, groups, k) - ubar_mean * zhat_mean - s1 * s2
+    dz = (torch.addcmul(_bc(-r * ut_mean), vbar, _bc(r * alpha)).addcmul_(zhat, _bc(-r * r * s2))
+          .addcmul_(c, _bc(-r * r * (utu_mean + r * rho))))
+    return dpbar, dz, dgamma
 
 
 class NormReluPool(torch.autograd.Function):
-    """(p, u, r, a): p = avgpool2(relu(gamma * groupnorm(z) + beta)) and what its backward needs (not differentiable);
+    """(p, c, r, a): p = avgpool2(relu(gamma * groupnorm(z) + beta)) and what its backward needs (not differentiable);
     see the module docstring. In torch.func's style (setup_context), so that torch.func transforms take it too."""
 
     @staticmethod
@@ -113,68 +177,25 @@ class NormReluPoolBackward(torch.autograd.Function):
     autograd routes their cotangents."""
 
     @staticmethod
-    def forward(pbar, z, gamma, beta, u, r, a, groups):
-        return _backward(pbar, gamma, u, r, a, groups)
+    def forward(pbar, z, gamma, beta, c, r, a, groups):
+        return _backward(pbar, gamma, c, r, a, groups)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        _, _, gamma, _, u, r, a, ctx.groups = inputs
+        _, _, gamma, _, c, r, a, ctx.groups = inputs
         ctx.mark_non_differentiable(*output[3:])
         ctx.set_materialize_grads(False)
-        ctx.save_for_backward(gamma, u, r, a, *output[3:])
+        ctx.save_for_backward(gamma, c, r, a, *output[3:])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, zhat, ghat, bhat, *_):
-        gamma, u, r, a, vbar, ubar_mean, s2 = ctx.saved_tensors
-        zhat = torch.zeros_like(u) if zhat is None else zhat.contiguous()
+        gamma, c, r, a, vbar, sv, dvc = ctx.saved_tensors
+        zhat = torch.zeros_like(c) if zhat is None else zhat.contiguous()
         ghat = torch.zeros_like(gamma) if ghat is None else ghat
         bhat = torch.zeros_like(gamma) if bhat is None else bhat
-        dpbar, dz, dgamma = _double_backward(zhat, ghat, bhat, gamma, u, r, a, vbar, ubar_mean, s2, ctx.groups)
+        dpbar, dz, dgamma = _double_backward(zhat, ghat, bhat, gamma, c, r, a, vbar, sv, dvc, ctx.groups)
         return dpbar, dz, dgamma, None, None, None, None, None
-
-
-def _channel_dot(x, y):
-    """sum over batch and space of x * y, per channel: [N, C, H, W] x2 -> [C] (batched dot products, no full-size write)."""
-    n, c = x.shape[:2]
-    return torch.bmm(x.reshape(n * c, 1, -1), y.reshape(n * c, 1, -1).transpose(1, 2)).view(n, c).sum(0)
-
-
-def _relu_mask(x, a):
-    """x where a > 0, else 0 (the ReLU's backward: a = relu(v) marks v > 0)."""
-    return torch.ops.aten.threshold_backward(x, a, 0)
-
-
-def _forward(z, gamma, beta, groups: int, eps: float):
-    zg = _groups(z, groups)
-    u = zg - zg.mean(-1, keepdim=True)
-    r = torch.rsqrt(_gmean_dot(u, u) + eps)
-    u = u.mul_(r).view(z.shape)
-    a = torch.addcmul(_channel(beta), u, _channel(gamma)).relu_()
-    return pool2(a), u, r, a
-
-
-def _backward(pbar, gamma, u, r, a, groups: int):
-    vbar = _relu_mask(unpool2(pbar, u.shape), a)
-    ubar_g = _groups(vbar * _channel(gamma), groups)
-    ug = _groups(u, groups)
-    ubar_mean, s2 = ubar_g.mean(-1, keepdim=True), _gmean_dot(ubar_g, ug)
-    dz = ubar_g.sub_(ubar_mean).addcmul_(ug, s2, value=-1).mul_(r)
-    return dz.view(u.shape), _channel_dot(vbar, u), vbar.sum((0, 2, 3)), vbar, ubar_mean, s2
-
-
-def _double_backward(zhat, ghat, bhat, gamma, u, r, a, vbar, ubar_mean, s2, groups: int):
-    ug, zg = _groups(u, groups), _groups(zhat, groups)
-    ubar_g = _groups(vbar * _channel(gamma), groups)
-    zhat_mean, s1 = zg.mean(-1, keepdim=True), _gmean_dot(zg, ug)
-    w = (zg - zhat_mean).addcmul_(ug, s1, value=-1).mul_(r).view(u.shape)  # r P(zhat)
-    dgamma = _channel_dot(vbar, w)
-    da = torch.addcmul(_channel(bhat), w, _channel(gamma)).addcmul_(u, _channel(ghat))
-    dpbar = pool2(_relu_mask(da, a))
-    rho = _gmean_dot(ubar_g, zg) - ubar_mean * zhat_mean - s1 * s2
-    ut = torch.addcmul(_groups(vbar * _channel(ghat), groups), zg, -r * s2).addcmul_(ubar_g, -r * s1)
-    dz = ut.sub_(ut.mean(-1, keepdim=True)).addcmul_(ug, _gmean_dot(ut, ug) + r * rho, value=-1).mul_(r)
-    return dpbar, dz.view(u.shape), dgamma
 
 
 def norm_relu_pool(z: torch.Tensor, gamma: torch.Tensor, beta: torch.Tensor, groups: int, eps: float = 1e-5) -> torch.Tensor:
