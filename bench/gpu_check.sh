@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU checks in one run of at most ~6 minutes, from the repository root, on a machine with CUDA
+# The GPU checks in one run of at most ~8 minutes, from the repository root, on a machine with CUDA
 # and no network (nothing here downloads; open_clip and wandb are not needed).
 #
 #   bash bench/gpu_check.sh --prepare        # HERE, before: data/synthetic + cache/ for the demo part (CPU, ~1 min)
@@ -11,10 +11,12 @@
 #       --resume on CUDA ends where an uninterrupted run does, peak GPU memory and determinism flags in
 #       metrics.jsonl, the --amp check against float32 in a real run
 #   (b) python -m bench.paper_scale --device cuda: every --matching mode in MATCHING at 2, 8, 20 steps,
-#       float32 and bf16 + channels_last, expert and evaluation epochs (OOM is reported as OOM)
-#   (c) bash sh/demo.sh --device cuda, with what time is left (it resumes if run again on the same disk)
-# Writes to $OUT (flat): machine.log, tests.log, paper_scale.log, paper_scale.jsonl, paper_scale.md,
-# demo.log, summary.txt. PARTS="tests bench demo" (the default) picks the parts; LIMIT (s) the total.
+#       strict float32, --tf32, --tf32 --nondeterministic and bf16 + channels_last, each lever's gradient error
+#       against strict float32, expert and evaluation epochs (OOM is reported as OOM)
+#   (c) python -m bench.speed --preset paper: the paper-size iteration's FLOPs against the card's own dense rates
+#   (d) bash sh/demo.sh --device cuda, with what time is left (it resumes if run again on the same disk)
+# Writes to $OUT (flat): machine.log, tests.log, paper_scale.log, paper_scale.jsonl, paper_scale.md, speed.log,
+# demo.log, summary.txt. PARTS="tests bench speed demo" (the default) picks the parts; LIMIT (s) the total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -41,8 +43,8 @@ fi
 
 OUT=${OUT:?set OUT to the output directory}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-tests bench demo}
-LIMIT=${LIMIT:-350}
+PARTS=${PARTS:-tests bench speed demo}
+LIMIT=${LIMIT:-480}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
 export CUBLAS_WORKSPACE_CONFIG=:4096:8
@@ -72,7 +74,11 @@ if [[ " $PARTS " == *" tests "* ]]; then
 fi
 if [[ " $PARTS " == *" bench "* ]]; then
   QUICKFLAG=(); [ "${QUICK:-0}" = 1 ] && QUICKFLAG=(--quick)
-  part paper_scale 200 python -m bench.paper_scale --device "$DEVICE" --budget_s 150 --repeats 1 --out "$OUT" "${QUICKFLAG[@]}"
+  part paper_scale 260 python -m bench.paper_scale --device "$DEVICE" --budget_s 210 --repeats 1 --out "$OUT" "${QUICKFLAG[@]}"
+fi
+if [[ " $PARTS " == *" speed "* ]]; then
+  SIZE=(); [ "${QUICK:-0}" = 1 ] && SIZE=(--image_size 32 --num_queries 8 --mini_batch_size 4 --syn_steps 1 --expert_images 8 --batch_train 4)
+  part speed 60 python -m bench.speed --preset paper --device "$DEVICE" --rounds 1 --repeats 1 --epochs "${SIZE[@]}"
 fi
 if [[ " $PARTS " == *" demo "* ]]; then
   if [ ! -d data/synthetic ] || [ ! -d cache ]; then
@@ -86,5 +92,6 @@ fi
 { echo "gpu_check: ${SECONDS}s in all"; printf '%s\n' "${status[@]}"
   [ -f "$OUT/tests.log" ] && tail -n 3 "$OUT/tests.log"
   [ -f "$OUT/paper_scale.md" ] && cat "$OUT/paper_scale.md"
+  [ -f "$OUT/speed.log" ] && grep -E "rates|^\||epoch" "$OUT/speed.log"
   [ -f "$OUT/demo.log" ] && grep -E "s/iteration|mean|random|distilled|error" "$OUT/demo.log" | tail -n 20
 } 2>&1 | tee "$OUT/summary.txt"

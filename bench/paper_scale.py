@@ -8,7 +8,8 @@
 A randomly initialised nfnet_l0 (32.8M parameters, the whole image encoder trained) at 224 px, random
 768-d text features (BERT-base's width) through the projection head, the Flickr-500 phase-1 subset
 (200 pairs, full similarity), mini-batches of 40, WBCE. For every --matching mode in MATCHING, every
---steps value and each setting of the speed levers (float32; --amp bf16 + --channels_last): seconds per
+--steps value and each setting of the speed levers (strict float32; on CUDA --tf32, --tf32 --nondeterministic;
+--amp bf16 + --channels_last): seconds per
 iteration (one matching step, both passes, gradients into X, Y, S and the lrs; median of --repeats after
 one warm-up), peak memory (CUDA: torch.cuda.max_memory_allocated over the timed iterations, model and
 data included; CPU: the peak resident set of a fresh process per setting) and the relative error
@@ -47,7 +48,9 @@ from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import build_image_encoder
 
-LEVERS = {"float32": ("off", False), "bf16+channels_last": ("bf16", True)}
+# name: (--amp, --channels_last, --tf32, --nondeterministic); "float32" is the strict reference
+LEVERS = {"float32": ("off", False, False, False), "tf32": ("off", False, True, False),
+          "tf32+nondeterministic": ("off", False, True, True), "bf16+channels_last": ("bf16", True, False, False)}
 DATA_KEYS = ("image", "text", "similarity")
 
 
@@ -65,7 +68,8 @@ def parse_args(argv=None):
                    default=sorted(MATCHING, key=lambda m: (m == "unrolled", m != "constant")),
                    help="matching modes, run in this order (default: all in MATCHING, constant first, unrolled last: "
                         "under --budget_s the reference whose memory grows with the steps goes last)")
-    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS), help="settings to compare")
+    p.add_argument("--levers", nargs="+", default=list(LEVERS), choices=list(LEVERS),
+                   help="settings to compare; the kernel levers (tf32, nondeterministic) only on CUDA (default: all)")
     p.add_argument("--repeats", type=int, default=2, help="timed iterations per setting after a warm-up (default: 2)")
     p.add_argument("--expert_images", type=int, default=1000, help="images of the expert epoch (default: 1000)")
     p.add_argument("--batch_train", type=int, default=128, help="expert / evaluation batch size (default: 128)")
@@ -86,6 +90,8 @@ def parse_args(argv=None):
         a.image_size, a.num_queries, a.mini_batch_size, a.steps = 32, 8, 4, [1, 2]
         a.expert_images, a.batch_train, a.repeats, a.text_dim = 16, 8, 1, 768
     a.device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if a.device == "auto" else a.device)
+    if a.device.type != "cuda":  # the kernel levers change nothing off CUDA
+        a.levers = [lever for lever in a.levers if not any(LEVERS[lever][2:])]
     return a
 
 
@@ -145,7 +151,9 @@ class Bench:
         return sum(p.numel() for p in encoder.parameters())
 
     def student(self, lever, loss_type="WBCE"):
-        amp, channels_last = LEVERS[lever]
+        amp, channels_last, tf32, nondeterministic = LEVERS[lever]
+        if self.device.type == "cuda":
+            speed.kernels(self.device, tf32, nondeterministic)
         self.net.channels_last = channels_last
         return Student(self.net, loss_type, amp=amp)
 
