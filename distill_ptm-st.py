@@ -25,10 +25,9 @@ import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is 
 import datetime
 
 from distill_utils import cli_args, parallel, segments, speed
-from distill_utils.config import DataConfig, DistillConfig, NetworkSpec, from_flags
+from distill_utils.config import DataConfig, DistillConfig, EvalProtocol, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.distill_loop import RunContext, distill_phase, preflight
-from distill_utils.evaluation.protocol import EvalProtocol, add_mode_args
 from distill_utils.files.run_dir import RunDir
 from distill_utils.method.conditioning import CONDITIONING
 from distill_utils.method.matching import MATCHING, STORES
@@ -87,7 +86,7 @@ def make_parser():
     g.add_argument("--num_eval", type=int, default=5, help="students per evaluation; 0 = save without evaluating (default: 5)")
     g.add_argument("--epoch_eval_train", type=int, default=100, help="student epochs per subset (default: 100)")
     g.add_argument("--batch_train", type=int, default=128, help="student batch size in evaluation (default: 128)")
-    add_mode_args(g)
+    cli_args.add_mode_args(g)
     g.add_argument("--checkpoint_it", type=int, default=25, help="write a resumable checkpoint every N iterations (default: 25)")
     g.add_argument("--name", help="run name (default: ptm-st_<date>_<time>)")
     g.add_argument("--runs_dir", default="runs", help="root of the run directories (default: runs)")

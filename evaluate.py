@@ -24,16 +24,17 @@ import os
 import sys
 
 from distill_utils import cli_args, parallel, speed
-from distill_utils.config import DataConfig, NetworkSpec, from_flags
+from distill_utils.config import DataConfig, EvalProtocol, NetworkSpec, from_flags
 from distill_utils.evaluation.coresets import pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.datasets.annotations import load_train_pairs
 from common.errors import UserError, cli_main
-from distill_utils.evaluation.protocol import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, add_mode_args,
-                                      check_subset, evaluate_sequence, format_table)
+from distill_utils.evaluation.sources import RealPairSource, SubsetSource
+from distill_utils.evaluation.summary import SELECTIONS, format_table
+from distill_utils.evaluation.training import evaluate_sequence
 from common.io import ensure_writable_dir, save_json
 from distill_utils.files.run_log import RunLog
-from distill_utils.files.subset_file import load_subset
+from distill_utils.files.subset_file import check_subset, load_subset
 from distill_utils.files.buffer_dir import BufferDir
 from networks.dual_encoder import NetworkFactory
 
@@ -74,7 +75,7 @@ def make_parser():
                    help="reported number: final epoch, or the evaluation point best on the val split (default: final)")
     g.add_argument("--lr_decay", action=argparse.BooleanOptionalAction, default=True,
                    help="lr x0.1 for the second half of each phase's epochs, as the authors' code (default: on)")
-    add_mode_args(g)
+    cli_args.add_mode_args(g)
     g.add_argument("--out", help="write config, seeds and all numbers to this JSON file")
     cli_args.add_loss_arg(p, "WBCE")
     cli_args.add_runtime_args(p)

@@ -26,7 +26,8 @@ import sys
 import time
 from typing import NamedTuple
 
-from distill_utils.evaluation.protocol import COLUMNS as METRICS, EVAL_MODES
+from distill_utils.evaluation.sources import EVAL_MODES
+from distill_utils.evaluation.summary import COLUMNS as METRICS
 from common.io import atomic_path
 from distill_utils.method.matching import MATCHING
 

@@ -8,6 +8,8 @@ import torch
 
 from distill_utils.datasets.annotations import LAYOUTS, SYNTHETIC_LEVELS, default_roots
 from common.errors import UserError
+from distill_utils.evaluation.sources import EVAL_MODES
+from distill_utils.evaluation.training import PROTOCOLS
 from distill_utils.method.losses import LOSS_TYPES
 
 
@@ -57,6 +59,21 @@ def add_runtime_args(p):
     g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto = cuda when present)")
     g.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
                    help="Weights & Biases logging (default: disabled)")
+
+
+def add_mode_args(group):
+    """--eval_mode and --protocol, shared by evaluate.py and the in-run evaluation of distill_ptm-st.py."""
+    group.add_argument("--eval_mode", default="sequential", choices=EVAL_MODES,
+                       help="how phased subsets D_1..D_P are trained on: sequential (D_1, then D_2, ...), cumulative "
+                            "(phase p on D_1 u ... u D_p) or union (all as one set); joined subsets keep their "
+                            "similarity blocks and use the last subset's lrs (default: sequential)")
+    group.add_argument("--protocol", default="ours", choices=PROTOCOLS,
+                       help="ours: a fresh SGD per phase with its lrs, final epoch reported; authors: the authors' "
+                            "evaluation (one SGD with the last subset's lrs, one x0.1 drop at epoch_eval_train//2+1 "
+                            "over the whole sequence, epoch_eval_train+1 epochs per subset, their batch sampler, "
+                            "scored after local epochs 0, E//10, ..., E of every subset: --eval_points does not "
+                            "apply), reporting the best test score over all evaluation points unless --select_on "
+                            "val (default: ours)")
 
 
 def config_of(args):

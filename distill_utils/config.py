@@ -106,3 +106,22 @@ class DistillConfig:
         """The fields every distilled file records about how it was distilled."""
         return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
                                               "phase_conditioning", "ema_decay", "experts_per_it")}
+
+
+@dataclass
+class EvalProtocol:
+    """How distilled data are evaluated (SPEC section 6): evaluate.py and the in-run evaluation of distill_ptm-st.py."""
+    num_eval: int = 5
+    epoch_eval_train: int = 100
+    batch_train: int = 128
+    loss_type: str = "WBCE"
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_points: int = 5       # test evaluations spread evenly over the whole sequence; the last is the final epoch
+    select_on: str = "final"   # the headline number: "final" or "val"
+    lr_decay: bool = True      # x0.1 for the second half of each phase's epochs (authors: once, see the doc)
+    eval_mode: str = "sequential"  # how phased subsets are used: sequential | cumulative | union
+    protocol: str = "ours"     # ours | authors
+
+    def epochs_of(self, source):
+        return source.epochs if source.epochs is not None else self.epoch_eval_train

@@ -16,9 +16,11 @@ from tqdm import trange
 
 from common.errors import UserError
 from distill_utils import parallel, segments
-from distill_utils.config import DistillConfig
+from distill_utils.config import DistillConfig, EvalProtocol
 from distill_utils.datasets.loading import TrainData
-from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, evaluate_sequence, headline
+from distill_utils.evaluation.sources import SubsetSource
+from distill_utils.evaluation.summary import headline
+from distill_utils.evaluation.training import evaluate_sequence
 from distill_utils.evaluation.retrieval import format_metrics
 from distill_utils.files.buffer_dir import BufferDir
 from distill_utils.files.run_dir import RunDir

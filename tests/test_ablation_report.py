@@ -5,7 +5,7 @@ import json
 import os
 
 from bench import ablation
-from distill_utils.evaluation.protocol import COLUMNS
+from distill_utils.evaluation.summary import COLUMNS
 
 OLD = """# Results
 

@@ -10,7 +10,7 @@ matching mode works unchanged and only D_p receives gradients; nothing in it gro
 
 S over the joined set is block-diagonal: a pair of D_i against a pair of D_j (i != j) has target 0,
 a negative, as any two distinct pairs are in the identity every subset starts from, and as the
-cumulative and union evaluations train on them (evaluation.join_sources).
+cumulative and union evaluations train on them (evaluation/sources.join_sources).
 
 One student lr per step, D_p's learned one, applies to the whole minibatch: the contrastive loss
 couples the pairs of a batch, so per-pair lrs are not defined, and these mixed steps are exactly
