@@ -14,7 +14,7 @@ import sys
 import torch
 from tqdm import tqdm
 
-from distill_utils import cli_args
+from distill_utils import settings
 from common.errors import UserError, cli_main
 from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
@@ -23,13 +23,7 @@ from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
 
 
 def make_parser():
-    p = cli_args.Parser(description=__doc__)
-    p.add_argument("--start", type=int, required=True, help="first timestamp of the window (epoch, 0 = initialisation)")
-    p.add_argument("--end", type=int, required=True, help="end of the window, exclusive (at most the timestamps recorded)")
-    p.add_argument("--normal_dir", required=True, help="buffer directory holding img_/txt_replay_buffer_<n>.pt pairs")
-    p.add_argument("--out_dir", help="output directory; must not exist yet "
-                                     "(default: <parent of normal_dir>/convexified_<start>_<end>)")
-    return p
+    return settings.parser(settings.CONVEXIFY, __doc__)
 
 
 def check_file(experts, path, end, lengths=None):
@@ -93,8 +87,7 @@ def convexify(pairs, manifest, out_dir, start, end):
 @cli_main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
-    cli_args.non_negative(args, "start")
+    args = settings.parse_args(make_parser(), argv)
     if args.start >= args.end:
         raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
     normal = BufferDir(args.normal_dir, "--normal_dir")

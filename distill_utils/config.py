@@ -1,10 +1,12 @@
 """Typed settings, built once from the parsed flags by the entry scripts; the library takes these, never the
-argparse namespace. Field names are the flag names (the paper's scripts)."""
+argparse namespace. Field names are the flag names (the paper's scripts); where a class has defaults, they are the
+flags' (settings.with_defaults: each flag is declared once, in settings.py)."""
 from dataclasses import asdict, dataclass, fields
 from typing import Optional
 
 import torch
 
+from distill_utils import settings
 from networks.dual_encoder import NetConfig
 from networks.text_encoders import weights_digest
 
@@ -39,10 +41,10 @@ class NetworkSpec:
     image_size: int
     image_trainable: bool
     out_embedding: int
-    image_pretrained: Optional[bool] = None
-    image_checkpoint: Optional[str] = None
-    amp: str = "off"
-    channels_last: bool = False
+    image_pretrained: Optional[bool]
+    image_checkpoint: Optional[str]
+    amp: str
+    channels_last: bool
 
     def identity(self):
         """The settings that identify the network and its data: recorded in buffer manifests and distilled files,
@@ -58,6 +60,7 @@ class NetworkSpec:
 
 
 @dataclass(frozen=True)
+@settings.with_defaults(settings.BUFFER)
 class ExpertConfig:
     """How buffer.py trains an expert (SPEC section 3)."""
     train_epochs: int
@@ -75,6 +78,7 @@ class ExpertConfig:
 
 
 @dataclass(frozen=True)
+@settings.with_defaults(settings.DISTILL)
 class DistillConfig:
     """The distillation settings of distill_ptm-st.py that are the same in every phase (SPEC section 5)."""
     seed: int
@@ -100,7 +104,7 @@ class DistillConfig:
     amp_check_it: int
     eval_it: int        # save (and evaluate) every eval_it iterations and at each phase end
     checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
-    experts_per_it: int = 1  # expert segments matched per iteration (split over torchrun ranks)
+    experts_per_it: int  # expert segments matched per iteration (split over torchrun ranks)
 
     def recorded(self):
         """The fields every distilled file records about how it was distilled."""
@@ -109,19 +113,20 @@ class DistillConfig:
 
 
 @dataclass
+@settings.with_defaults(settings.EVALUATE)
 class EvalProtocol:
     """How distilled data are evaluated (SPEC section 6): evaluate.py and the in-run evaluation of distill_ptm-st.py."""
-    num_eval: int = 5
-    epoch_eval_train: int = 100
-    batch_train: int = 128
-    loss_type: str = "WBCE"
+    num_eval: int
+    epoch_eval_train: int
+    batch_train: int
+    loss_type: str
     momentum: float = 0.9
     weight_decay: float = 5e-4
-    eval_points: int = 5       # test evaluations spread evenly over the whole sequence; the last is the final epoch
-    select_on: str = "final"   # the headline number: "final" or "val"
-    lr_decay: bool = True      # x0.1 for the second half of each phase's epochs (authors: once, see the doc)
-    eval_mode: str = "sequential"  # how phased subsets are used: sequential | cumulative | union
-    protocol: str = "ours"     # ours | authors
+    eval_points: int           # test evaluations spread evenly over the whole sequence; the last is the final epoch
+    select_on: str             # the headline number: "final" or "val"
+    lr_decay: bool             # x0.1 for the second half of each phase's epochs (authors: once, see the doc)
+    eval_mode: str             # how phased subsets are used: sequential | cumulative | union
+    protocol: str              # ours | authors
 
     def epochs_of(self, source):
         return source.epochs if source.epochs is not None else self.epoch_eval_train

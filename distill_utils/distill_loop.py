@@ -10,6 +10,7 @@ import resource
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Optional
 
 import torch
 from tqdm import trange
@@ -44,6 +45,10 @@ class RunContext:
     protocol: EvalProtocol   # the in-run evaluation; num_eval 0 saves without evaluating
     identity: dict           # NetworkSpec.identity() and text_dim: what every saved subset records
     device: torch.device
+    val: Optional[RetrievalData] = None  # the val split, for --select_on val
+
+
+_REPORTED = {"best": "authors protocol, best on test", "final": "final epoch", "val_selected": "selected on val"}
 
 
 def check_buffer(phase, net, identity, expert_epochs):
@@ -135,7 +140,7 @@ class PhaseRun:
             return
         sources = [SubsetSource(s, f"D{k + 1}") for k, s in enumerate(self.frozen)] + \
             [SubsetSource(subset, f"D{phase.index + 1}")]
-        report = evaluate_sequence(sources, ctx.factory, ctx.test, ctx.protocol, ctx.cfg.seed, ctx.device,
+        report = evaluate_sequence(sources, ctx.factory, ctx.test, ctx.protocol, ctx.cfg.seed, ctx.device, ctx.val,
                                    desc=f"eval p{phase.index} it{done}")
         m = headline(report)
         ctx.run_dir.log({"event": "eval", "phase": phase.index, "iteration": done, "file": path,
@@ -143,7 +148,7 @@ class PhaseRun:
                      **{f"eval_std_{k}": v for k, v in report[report["reported"]]["std"].items()},
                      **{f"eval_best_{k}": v for k, v in report["best"]["mean"].items()}},
                     echo=f"phase {phase.index} it {done}: EMA subset, {ctx.protocol.eval_mode}, "
-                         f"{'authors protocol, best on test' if report['reported'] == 'best' else 'final epoch'}, "
+                         f"{_REPORTED[report['reported']]}, "
                          f"{len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 

@@ -1,4 +1,5 @@
-"""Speed levers (--amp, --channels_last) and the CUDA determinism flags the exact replay and resume need.
+"""Speed levers (--amp, --channels_last; declared in settings.py) and the CUDA determinism flags the exact replay
+and resume need.
 
 Mixed precision runs the network's forward under torch.autocast (the Student does it, see student.py);
 the contrastive loss and everything outside the network stay float32. Default off: then nothing here
@@ -9,33 +10,7 @@ import os
 
 import torch
 
-from common.errors import UserError
-
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def add_speed_args(p, distill=False):
-    g = p.add_argument_group("speed")
-    g.add_argument("--amp", default="off", choices=list(AMP_DTYPES),
-                   help="mixed precision (torch.autocast) for the student networks: experts, evaluation students"
-                        + (" and, while their synthetic-data gradient stays within --amp_tolerance of float32, the "
-                           "distillation passes" if distill else "") + " (default: off)")
-    g.add_argument("--channels_last", action="store_true",
-                   help="feed images to the image encoder in channels-last memory format (a speed lever for "
-                        "convolutional encoders, measured in docs/results.md)")
-    if distill:
-        g.add_argument("--amp_tolerance", type=float, default=0.05,
-                       help="--amp: largest relative error of the synthetic-data gradient against float32 on the same "
-                            "iteration; above it the rest of the run uses float32 (default: 0.05)")
-        g.add_argument("--amp_check_it", type=int, default=100,
-                       help="--amp: compare against float32 every N iterations, starting with the first (default: 100)")
-
-
-def check_speed_args(args):
-    for name in ("amp_tolerance", "amp_check_it"):
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:  # also refuses NaN
-            raise UserError(f"--{name} {value}: expected a positive number")
 
 
 def autocast(device, amp):

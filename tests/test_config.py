@@ -9,7 +9,7 @@ import buffer
 import evaluate
 from common.errors import UserError
 from common.io import save_json
-from distill_utils import cli_args
+from distill_utils import settings
 from distill_utils.config import DataConfig, DistillConfig, EvalProtocol, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.distill_loop import PhaseRun, RunContext
 from distill_utils.files.buffer_dir import BufferDir
@@ -32,7 +32,7 @@ def flags(tiny_text_encoder, tmp_path):
 
 
 def _parsed(script, flags):
-    return cli_args.finalize(script.make_parser().parse_args(flags))
+    return settings.parse_args(script.make_parser(), flags)
 
 
 def test_every_entry_script_builds_the_same_network_and_data_settings(flags):

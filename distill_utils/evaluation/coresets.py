@@ -6,6 +6,8 @@ import torch
 
 from distill_utils.method.student import embed_split
 
+BASELINES = ("random", "prototype", "full")  # evaluate.py --baseline
+
 
 def random_indices(num_pairs, total, seed):
     """`num_pairs` distinct pair indices out of `total`, fixed by `seed`."""
