@@ -21,8 +21,7 @@ from common.errors import cli_main
 from distill_utils.method.experts import train_expert
 from common.io import ensure_writable_dir
 from distill_utils.files.run_log import RunLog
-from distill_utils.files.buffer_dir import BufferDir
-from distill_utils.files.buffers import FORMAT
+from distill_utils.files.buffers import FORMAT, BufferDir
 from distill_utils.rng import expert_seed
 from networks.dual_encoder import NetworkFactory
 

@@ -18,8 +18,7 @@ from distill_utils import settings
 from common.errors import UserError, cli_main
 from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
-from distill_utils.files.buffer_dir import BufferDir
-from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
+from distill_utils.files.buffers import FORMAT, MANIFEST, BufferDir, check_experts, load_experts
 
 
 def make_parser():
@@ -27,21 +26,15 @@ def make_parser():
 
 
 def check_file(experts, path, end, lengths=None):
-    """Refuse a file whose experts differ in length or shapes, or are too short for the window."""
-    length, shapes = len(experts[0]), [p.shape for p in experts[0][0]]
-    if not shapes:
-        raise UserError(f"buffer file {path}: expert 0 holds no parameter tensors")
-    for e, expert in enumerate(experts):
-        if len(expert) != length:
-            raise UserError(f"buffer file {path}: expert {e} has {len(expert)} timestamps but expert 0 has {length}")
-        if [p.shape for p in expert[0]] != shapes:
-            raise UserError(f"buffer file {path}: expert {e} has tensor shapes unlike expert 0")
+    """Refuse a file whose experts differ in length or shapes (buffers.check_experts), or are too short for the
+    window, or unlike its img twin."""
+    count, length, _ = check_experts(experts, path)
     if end > length:
         raise UserError(f"--end {end} is beyond the {length} timestamps recorded in {path}")
-    if lengths is not None and lengths != (len(experts), length):
-        raise UserError(f"buffer file {path}: {len(experts)} experts of {length} timestamps, but its img twin has "
+    if lengths is not None and lengths != (count, length):
+        raise UserError(f"buffer file {path}: {count} experts of {length} timestamps, but its img twin has "
                         f"{lengths[0]} of {lengths[1]}")
-    return len(experts), length
+    return count, length
 
 
 def convert_file(src, dst, start, end, lengths=None):

@@ -34,7 +34,7 @@ from distill_utils.evaluation.training import evaluate_sequence
 from common.io import ensure_writable_dir, save_json
 from distill_utils.files.run_log import RunLog
 from distill_utils.files.subset_file import check_subset, load_subset
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
 from networks.dual_encoder import NetworkFactory
 
 

@@ -23,7 +23,8 @@ from distill_utils.evaluation.sources import SubsetSource
 from distill_utils.evaluation.summary import headline
 from distill_utils.evaluation.training import evaluate_sequence
 from distill_utils.evaluation.retrieval import format_metrics
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
+from distill_utils.files.expert_stream import ExpertStream
 from distill_utils.files.run_dir import RunDir
 from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
 from distill_utils.method.conditioning import condition
@@ -197,7 +198,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
                      state=resume and resume.get("amp_guard"))
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak
-    stream = BufferDir(phase.buffer_path).stream(seed)
+    stream = ExpertStream(BufferDir(phase.buffer_path), seed)
     check_buffer(phase, net, ctx.identity, c.expert_epochs)
     opt = SynOptim(c.lr_img, c.lr_txt, c.lr_sim, c.lr_lr, momentum=0.5, ema_decay=c.ema_decay, clamp_lr=c.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, c.sim_type, phase.sim_rank, c.alpha,

@@ -12,7 +12,7 @@ from common.io import save_json
 from distill_utils import settings
 from distill_utils.config import DataConfig, DistillConfig, EvalProtocol, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.distill_loop import PhaseRun, RunContext
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
 from distill_utils.files.run_dir import RunDir
 from distill_utils.files.subset_file import check_subset
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet

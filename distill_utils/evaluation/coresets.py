@@ -1,7 +1,7 @@
 """Coreset baselines on the distilled data's budget (SPEC section 6): N random real pairs, or the N pairs
 nearest the k-means prototypes of an expert's embedding space. Both train with identity targets and
 the teacher lrs; the full training set is the third baseline (no selection needed). The expert that embeds
-the pairs comes from files/buffer_dir.BufferDir.final_expert."""
+the pairs comes from files/buffers.BufferDir.final_expert."""
 import torch
 
 from distill_utils.method.student import embed_split
