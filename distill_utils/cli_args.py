@@ -5,7 +5,7 @@ import math
 import os
 import re
 from dataclasses import dataclass
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
 
 import torch
 
@@ -21,7 +21,7 @@ class Parser(argparse.ArgumentParser):
         super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
         self.where = None
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
         if self.where:
             raise UserError(f"{self.where}: {message}")
         self.exit(2, f"error: {message} (see --help)\n")
@@ -48,7 +48,7 @@ class Setting:
     def switch(self) -> bool:
         return self.type is bool
 
-    def add_to(self, group) -> None:
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
         shown = " ".join(map(str, self.default)) if isinstance(self.default, list) else self.default
         text = self.help + ("" if shown in (None, False, "") else f" (default: {'on' if shown is True else shown})")
         if self.switch:
@@ -58,14 +58,14 @@ class Setting:
                                    ("metavar", self.metavar)) if v is not None}
         group.add_argument(f"--{self.name}", default=self.default, help=text, required=self.required, **extra)
 
-    def validate(self, args) -> None:
+    def validate(self, args: argparse.Namespace) -> None:
         if self.check:
             CHECKS[self.check](args, self.name)
         if self.at_most is not None:
             at_most(args, **{self.name: self.at_most})
 
 
-def build_parser(table, script, description) -> Parser:
+def build_parser(table: Sequence[Setting], script: str, description: Optional[str]) -> Parser:
     """The parser of `script`: every Setting of `table` that names it, listed under its group."""
     p = Parser(description=description)
     groups = {}
@@ -77,7 +77,7 @@ def build_parser(table, script, description) -> Parser:
     return p
 
 
-def config_of(args):
+def config_of(args: argparse.Namespace) -> dict:
     """The resolved settings as a JSON-able dict (config.json, --out, W&B): what a recipe gave is in them, so the
     recipe file itself (--config) is left out."""
     return {k: (str(v) if k == "device" else v) for k, v in vars(args).items() if k != "config"}
@@ -91,14 +91,14 @@ def _values(args, name):
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
-def positive(args, *names):
+def positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"--{name} {value}: expected a finite positive number")
 
 
-def non_negative(args, *names):
+def non_negative(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not (math.isfinite(value) and value >= 0):
@@ -108,7 +108,7 @@ def non_negative(args, *names):
 INT_LIMIT = 2**31  # no count, size or epoch of a run comes near; beyond it torch overflows with a traceback
 
 
-def all_finite(args):
+def all_finite(args: argparse.Namespace) -> None:
     """Refuse NaN or inf in any numeric flag (argparse's float() accepts 'nan' and 'inf'), and integers that
     overflow torch's 64-bit arithmetic."""
     for name in vars(args):
@@ -120,21 +120,21 @@ def all_finite(args):
                 raise UserError(f"--{name} {value}: expected a number below 2**31")
 
 
-def at_most(args, **limits):
+def at_most(args: argparse.Namespace, **limits: float) -> None:
     for name, limit in limits.items():
         for value in _values(args, name):
             if value > limit:
                 raise UserError(f"--{name} {value}: expected at most {limit}")
 
 
-def fraction(args, *names):
+def fraction(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not 0 <= value < 1:
                 raise UserError(f"--{name} {value}: expected a number in [0, 1)")
 
 
-def check_seed(args, *names):
+def check_seed(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not 0 <= value < SEED_LIMIT:
@@ -144,19 +144,19 @@ def check_seed(args, *names):
 CHECKS = {"positive": positive, "non_negative": non_negative, "fraction": fraction, "seed": check_seed}
 
 
-def check_run_name(name, flag="--name"):
+def check_run_name(name: str, flag: str = "--name") -> str:
     """A run name is one directory level: no separators, no '..', so it stays inside --runs_dir."""
     if not re.fullmatch(r"[A-Za-z0-9_.+=@-]+", name) or name in (".", ".."):
         raise UserError(f"{flag} {name!r}: expected a plain directory name (letters, digits, _.+=@-; no '/' or '..')")
     return name
 
 
-def not_a_file(path, flag):
+def not_a_file(path: Optional[str], flag: str) -> None:
     if path and os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a file, expected a directory")
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -168,7 +168,7 @@ def resolve_device(name):
     return device
 
 
-def finalize(args, settings=()):
+def finalize(args: argparse.Namespace, settings: Iterable[Setting] = ()) -> argparse.Namespace:
     """Fill the dataset-dependent defaults, then check every value: finite, and as its Setting in `settings` says."""
     if hasattr(args, "dataset"):
         synthetic = args.dataset in SYNTHETIC_LEVELS

@@ -1,8 +1,9 @@
 """Typed settings, built once from the parsed flags by the entry scripts; the library takes these, never the
 argparse namespace. Field names are the flag names (the paper's scripts); where a class has defaults, they are the
 flags' (settings.with_defaults: each flag is declared once, in settings.py)."""
+import argparse
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Optional, Type, TypeVar
 
 import torch
 
@@ -10,8 +11,10 @@ from distill_utils import settings
 from networks.dual_encoder import NetConfig
 from networks.text_encoders import weights_digest
 
+T = TypeVar("T")
 
-def from_flags(cls, args):
+
+def from_flags(cls: Type[T], args: argparse.Namespace) -> T:
     """An instance of dataclass `cls` from the namesake flags in `args`; a field without a flag keeps its default."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
@@ -46,7 +49,7 @@ class NetworkSpec:
     amp: str
     channels_last: bool
 
-    def identity(self):
+    def identity(self) -> dict:
         """The settings that identify the network and its data: recorded in buffer manifests and distilled files,
         and compared when a buffer or a distilled file is used. Call it once the text features are loaded (a
         text encoder that is not installed is named by the digest its feature cache recorded)."""
@@ -54,7 +57,7 @@ class NetworkSpec:
                 "text_encoder_weights": weights_digest(self.text_encoder), "image_size": self.image_size,
                 "image_trainable": self.image_trainable, "out_embedding": self.out_embedding}
 
-    def net_config(self, text_dim):
+    def net_config(self, text_dim: int) -> NetConfig:
         return NetConfig(self.image_encoder, self.image_size, text_dim, self.image_trainable, self.out_embedding,
                          self.image_pretrained, self.image_checkpoint, amp=self.amp, channels_last=self.channels_last)
 
@@ -72,7 +75,7 @@ class ExpertConfig:
     eval_freq: int
     loss_type: str
 
-    def recorded(self):
+    def recorded(self) -> dict:
         """The fields a buffer manifest records (eval_freq only changes what is reported)."""
         return {k: v for k, v in asdict(self).items() if k != "eval_freq"}
 
@@ -106,7 +109,7 @@ class DistillConfig:
     checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
     experts_per_it: int  # expert segments matched per iteration (split over torchrun ranks)
 
-    def recorded(self):
+    def recorded(self) -> dict:
         """The fields every distilled file records about how it was distilled."""
         return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
                                               "phase_conditioning", "ema_decay", "experts_per_it")}
@@ -128,5 +131,5 @@ class EvalProtocol:
     eval_mode: str             # how phased subsets are used: sequential | cumulative | union
     protocol: str              # ours | authors
 
-    def epochs_of(self, source):
+    def epochs_of(self, source: Any) -> int:
         return source.epochs if source.epochs is not None else self.epoch_eval_train

@@ -10,7 +10,7 @@ import resource
 import time
 from dataclasses import dataclass
 from functools import partial
-from typing import Optional
+from typing import Callable, List, Optional, Union
 
 import torch
 from tqdm import trange
@@ -29,11 +29,12 @@ from distill_utils.files.run_dir import RunDir
 from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
 from distill_utils.method.conditioning import condition
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
-from distill_utils.method.matching import MATCHING
+from distill_utils.files.subset_file import DistilledSubset
+from distill_utils.method.matching import MATCHING, MatchResult
 from distill_utils.method.student import RetrievalData, Student
 from distill_utils.phases import Phase
 from distill_utils.rng import phase_seed
-from networks.dual_encoder import NetworkFactory
+from networks.dual_encoder import DualEncoder, NetworkFactory
 
 
 @dataclass
@@ -52,7 +53,7 @@ class RunContext:
 _REPORTED = {"best": "authors protocol, best on test", "final": "final epoch", "val_selected": "selected on val"}
 
 
-def check_buffer(phase, net, identity, expert_epochs):
+def check_buffer(phase: Phase, net: DualEncoder, identity: dict, expert_epochs: int) -> BufferDir:
     """Refuse a buffer made for another network or with other text-encoder weights, or any of its files too
     short for the phase's start epochs; shapes are read without loading the tensors."""
     buf = BufferDir(phase.buffer_path)
@@ -67,7 +68,7 @@ def check_buffer(phase, net, identity, expert_epochs):
     return buf
 
 
-def preflight(ctx, phases):
+def preflight(ctx: RunContext, phases: List[Phase]) -> None:
     """Check every phase's buffer files against the network before any phase starts: fail in seconds, not hours."""
     net = ctx.factory.build(seed=0, device="cpu")
     for phase in phases:
@@ -77,7 +78,7 @@ def preflight(ctx, phases):
         check_buffer(phase, net, ctx.identity, ctx.cfg.expert_epochs)
 
 
-def matching_step(cfg):
+def matching_step(cfg: DistillConfig) -> Callable:
     """The matching step of --matching (looked up at call time, so tests can wrap it)."""
     match = MATCHING[cfg.matching]
     if cfg.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
@@ -85,7 +86,7 @@ def matching_step(cfg):
     return match
 
 
-def peak_memory_mb(device):
+def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -95,25 +96,26 @@ class PhaseRun:
     """What one phase leaves in the run directory: iteration records, the EMA subset every cfg.eval_it
     iterations (saved, drawn, evaluated), checkpoints every cfg.checkpoint_it, the final subsets."""
 
-    def __init__(self, ctx, phase, frozen, syn, stream, generator, guard):
+    def __init__(self, ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], syn: SyntheticSet,
+                 stream: ExpertStream, generator: torch.Generator, guard: AmpGuard):
         self.ctx, self.phase, self.frozen = ctx, phase, frozen
         self.syn, self.stream, self.generator, self.guard = syn, stream, generator, guard
         self.seconds, self.steps_timed = 0.0, 0
 
-    def subset_config(self, iteration):
+    def subset_config(self, iteration: int) -> dict:
         """What a saved subset records: the network's identity, the phase and how it was distilled."""
         ctx, phase = self.ctx, self.phase
         return {**ctx.identity, "phase": phase.index, "iteration": iteration, **phase.as_dict(),
                 **ctx.cfg.recorded(), "name": ctx.run_dir.name, "seed": ctx.cfg.seed}
 
-    def before_step(self, result, checks, it):
+    def before_step(self, result: MatchResult, checks: list, it: int) -> None:
         """Log the --amp checks; stop before a non-finite loss or gradient reaches the subset."""
         for check in checks:
             self.ctx.run_dir.log({"phase": self.phase.index, **check},
                              echo=f"phase {self.phase.index}: {describe_amp_check(check)}")
         self._check_finite(result, it)
 
-    def after_iteration(self, done, result, start_epoch, tick):
+    def after_iteration(self, done: int, result: MatchResult, start_epoch: Union[int, List[int]], tick: float) -> None:
         """Iteration `done` (1-based) has stepped: check it, time it (from `tick`), log, save, checkpoint."""
         ctx, phase, syn, device = self.ctx, self.phase, self.syn, self.ctx.device
         self._check_finite(result, done - 1, after_update=True)
@@ -134,7 +136,7 @@ class PhaseRun:
                 "syn": syn.state_dict(), "experts": self.stream.state_dict(), "amp_guard": self.guard.state_dict(),
                 "generator": self.generator.get_state()}, device)
 
-    def evaluate(self, subset, path, done):
+    def evaluate(self, subset: DistilledSubset, path: str, done: int) -> None:
         """Train fresh students on D_1..D_{p-1} and `subset` (as --eval_mode says); log the numbers."""
         ctx, phase = self.ctx, self.phase
         if ctx.protocol.num_eval <= 0:
@@ -153,7 +155,7 @@ class PhaseRun:
                          f"{len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 
-    def finish(self):
+    def finish(self) -> DistilledSubset:
         """Save the final EMA subset (and, with EMA, the subset without it); log the phase's speed. Returns the
         EMA subset."""
         ctx, phase, syn, device = self.ctx, self.phase, self.syn, self.ctx.device
@@ -187,7 +189,8 @@ class PhaseRun:
                             "--clamp_lr)")
 
 
-def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
+def distill_phase(ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], resume: Optional[dict] = None
+                  ) -> DistilledSubset:
     """Run phase `phase` (or its remainder, from checkpoint `resume`); returns its EMA subset."""
     c, device = ctx.cfg, ctx.device
     seed = phase_seed(c.seed, phase.index)

@@ -1,6 +1,6 @@
 """Per-phase settings of PTM-ST: one entry of each list flag per phase, or one record per phase in a recipe."""
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import List, Optional
 
 from common.errors import UserError
 
@@ -20,11 +20,11 @@ class Phase:
     iterations: int
     sim_rank: Optional[int] = None
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return asdict(self)
 
 
-def lists_from_records(records, where):
+def lists_from_records(records: list, where: str) -> dict:
     """The list flags (and --subset_num) that a recipe's `phases` records stand for: record p gives entry p."""
     if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
         raise UserError(f"{where}: phases: expected a list of records, one per phase")
@@ -39,7 +39,7 @@ def lists_from_records(records, where):
     return {"subset_num": len(records), **{RECORD_KEYS[k]: [r.get(k) for r in records] for k in keys}}
 
 
-def parse_phases(lists, subset_num, mini_batch_size, sim_type="full"):
+def parse_phases(lists: dict, subset_num: int, mini_batch_size: int, sim_type: str = "full") -> List[Phase]:
     """Phases from the list flags (`lists`: flag name -> its values, None when not given, for LIST_FLAGS and,
     with sim_type lowrank, sim_rank); refuses a list whose length differs from --subset_num."""
     flags = LIST_FLAGS + (("sim_rank",) if sim_type == "lowrank" else ())

@@ -6,7 +6,9 @@ From the table come each script's parser (`parser`), the parsing of a command li
 may share a flag name in different scripts when they mean different things (--buffer_path: the buffers' root in
 buffer.py, each phase's expert directory in distillation, the prototype baseline's experts in evaluate.py).
 """
+import argparse
 import sys
+from typing import Callable, Optional, Sequence
 
 from distill_utils import recipes
 from distill_utils.cli_args import Parser, Setting as S, build_parser, finalize
@@ -190,7 +192,7 @@ def parser(script: str, description: str = None) -> Parser:
     return p
 
 
-def parse_args(p: Parser, argv=None):
+def parse_args(p: Parser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The settings of a command line: its recipe (--config) first, the flags given over it; then the dataset-
     dependent defaults and every check of the table (cli_args.finalize)."""
     argv = sys.argv[1:] if argv is None else list(argv)
@@ -208,7 +210,7 @@ def parse_args(p: Parser, argv=None):
     return finalize(p.parse_args(before + argv), own.values())
 
 
-def with_defaults(script: str):
+def with_defaults(script: str) -> Callable[[type], type]:
     """A class decorator (under @dataclass): each field named after a setting of `script` defaults to its value."""
     def fill(cls):
         own = of(script)

@@ -14,19 +14,22 @@ contrastive loss couples the pairs of a batch, so per-pair lrs are not defined, 
 distilled with --phase_conditioning cumulative learned its lrs for exactly these mixed batches.
 """
 import math
+from typing import Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 
+from distill_utils.datasets.loading import TrainData
 from distill_utils.method.student import identity_batches
 from distill_utils.files.subset_file import DistilledSubset
 
 EVAL_MODES = ("sequential", "cumulative", "union")
+Batch = Tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # images, text features, target similarities
 
 
 class SubsetSource:
     """A distilled subset: its images, text features, similarity matrix (soft targets) and learned lrs."""
 
-    def __init__(self, subset, name=None):
+    def __init__(self, subset: DistilledSubset, name: Optional[str] = None):
         self.image, self.text = subset.image.detach(), subset.text.detach()
         self.similarity = subset.similarity.detach()
         self.lr_img, self.lr_txt = float(subset.lr_img), float(subset.lr_txt)
@@ -42,13 +45,13 @@ class SubsetSource:
             self._on_device = (device, *(t.to(device) for t in (self.image, self.text, self.similarity)))
         return self._on_device[1:]
 
-    def batches(self, batch_size, generator, device):
+    def batches(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
         image, text, sim = self._tensors(device)
         order = torch.randperm(len(self), generator=generator).to(device)
         for idx in torch.split(order, batch_size):
             yield image[idx], text[idx], sim[idx[:, None], idx]
 
-    def authors_batches(self, batch_size, generator, device):
+    def authors_batches(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
         """The authors' sampler: ceil(N / B) batches, each the first B pairs of a fresh permutation."""
         image, text, sim = self._tensors(device)
         for _ in range(math.ceil(len(self) / batch_size)):
@@ -56,7 +59,7 @@ class SubsetSource:
             yield image[idx], text[idx], sim[idx[:, None], idx]
 
 
-def join_sources(sources, name=None):
+def join_sources(sources: Sequence[SubsetSource], name: Optional[str] = None) -> SubsetSource:
     """Subsets trained on as one set: pairs concatenated, S block-diagonal, the last subset's lrs."""
     last = sources[-1]
     subset = DistilledSubset(torch.cat([s.image for s in sources]), torch.cat([s.text for s in sources]),
@@ -64,7 +67,7 @@ def join_sources(sources, name=None):
     return SubsetSource(subset, name or "+".join(s.name for s in sources))
 
 
-def arrange(sources, mode):
+def arrange(sources: Sequence["Source"], mode: str) -> List["Source"]:
     """The phases a student trains through under eval mode `mode` (see the module doc)."""
     if mode == "sequential" or len(sources) == 1:
         return list(sources)
@@ -78,7 +81,8 @@ def arrange(sources, mode):
 class RealPairSource:
     """Real training pairs `indices` of a TrainData (all of them when None), with identity targets."""
 
-    def __init__(self, train, indices, lr_img, lr_txt, name, epochs=None):
+    def __init__(self, train: TrainData, indices: Optional[Sequence[int]], lr_img: float, lr_txt: float, name: str,
+                 epochs: Optional[int] = None):
         self.train = train
         self.indices = torch.arange(len(train)) if indices is None else torch.as_tensor(indices, dtype=torch.long)
         self.lr_img, self.lr_txt, self.name, self.epochs = float(lr_img), float(lr_txt), name, epochs
@@ -86,8 +90,11 @@ class RealPairSource:
     def __len__(self):
         return len(self.indices)
 
-    def batches(self, batch_size, generator, device):
+    def batches(self, batch_size: int, generator: torch.Generator, device: torch.device) -> Iterator[Batch]:
         order = self.indices[torch.randperm(len(self), generator=generator)]
         yield from identity_batches(self.train, order, batch_size, device)
 
     authors_batches = batches  # the authors evaluate real pairs with a shuffled DataLoader
+
+
+Source = Union[SubsetSource, RealPairSource]

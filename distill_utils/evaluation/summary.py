@@ -4,6 +4,8 @@ Which number: `final` is the test score after the last epoch (the honest default
 best test r_mean over the evaluation points (the paper's convention: optimistic, it selects on
 test); `val` is the test score at the evaluation point with the best val r_mean.
 """
+from typing import Dict, List, Optional
+
 import numpy as np
 
 ALL_KEYS = ("img_r1", "img_r5", "img_r10", "txt_r1", "txt_r5", "txt_r10", "img_r_mean", "txt_r_mean", "r_mean")
@@ -16,14 +18,14 @@ MEANING = {"final": "test score after the last epoch (the honest number)",
                       "(selects on test, optimistic)"}
 
 
-def summarize(runs_metrics):
+def summarize(runs_metrics: List[Dict[str, float]]) -> dict:
     """{mean: {metric: x}, std: {metric: x}} over runs (population std, as the authors' np.std)."""
     keys = runs_metrics[0].keys()
     return {"mean": {k: float(np.mean([m[k] for m in runs_metrics])) for k in keys},
             "std": {k: float(np.std([m[k] for m in runs_metrics])) for k in keys}}
 
 
-def run_record(seed, points, trained, with_val):
+def run_record(seed: int, points: List[dict], trained: List[dict], with_val: bool) -> dict:
     best = max(points, key=lambda p: p["test"]["r_mean"])
     record = {"seed": seed, "phases": trained, "points": points, "final": points[-1]["test"],
               "best": best["test"], "best_epoch": best["epoch"]}
@@ -33,7 +35,7 @@ def run_record(seed, points, trained, with_val):
     return record
 
 
-def headline(report):
+def headline(report: dict) -> Dict[str, float]:
     """The reported mean metrics (final epoch, or val-selected)."""
     return report[report["reported"]]["mean"]
 
@@ -43,7 +45,7 @@ COLUMNS = (("IR@1", "img_r1"), ("IR@5", "img_r5"), ("IR@10", "img_r10"),
            ("TR@1", "txt_r1"), ("TR@5", "txt_r5"), ("TR@10", "txt_r10"), ("mean", "r_mean"))
 
 
-def format_table(report, title=None):
+def format_table(report: dict, title: Optional[str] = None) -> str:
     """IR@1/5/10, TR@1/5/10 and their mean as mean ± std, one row per selection; the reported row is starred."""
     label_width = max(len(label) for _, label in ROWS) + 2
     lines = [title] if title else []

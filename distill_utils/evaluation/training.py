@@ -13,20 +13,26 @@ local epochs 0, E//10, 2E//10, ..., E of every phase, reporting the best of all 
 """
 import math
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm import tqdm
 
 from distill_utils import parallel
-from distill_utils.evaluation.sources import EVAL_MODES, arrange
+from distill_utils.evaluation.sources import EVAL_MODES, Source, arrange
 from distill_utils.evaluation.summary import ALL_KEYS, MEANING, run_record, summarize
 from distill_utils.rng import eval_run_seed, seeded
-from distill_utils.method.student import Student, evaluate_retrieval, make_sgd, train_epoch
+from distill_utils.files.run_log import RunLog
+from distill_utils.method.student import RetrievalData, Student, evaluate_retrieval, make_sgd, train_epoch
+from networks.dual_encoder import DualEncoder, NetworkFactory
+
+if TYPE_CHECKING:  # config.py imports the settings table, which imports this module's constants
+    from distill_utils.config import EvalProtocol
 
 PROTOCOLS = ("ours", "authors")
 
 
-def eval_epochs(total, points):
+def eval_epochs(total: int, points: int) -> List[int]:
     """The global epochs (1-based) after which the test split is scored: `points` evenly spaced, the last = total."""
     return sorted({max(1, math.ceil(total * j / points)) for j in range(1, points + 1)})
 
@@ -41,7 +47,7 @@ class PlannedEpoch:
     evaluate: bool        # score the test split after this epoch
 
 
-def training_plan(sources, protocol):
+def training_plan(sources: Sequence[Source], protocol: "EvalProtocol") -> List[PlannedEpoch]:
     """Every epoch a student trains, in order, under `protocol` (see the module doc)."""
     if protocol.protocol == "authors":
         return _authors_plan(sources, protocol)
@@ -68,7 +74,9 @@ def _authors_plan(sources, protocol):
     return plan
 
 
-def train_run(sources, net, test, protocol, seed, device, val=None, log=None, run=0, desc="eval"):
+def train_run(sources: Sequence[Source], net: DualEncoder, test: RetrievalData, protocol: "EvalProtocol", seed: int,
+              device: torch.device, val: Optional[RetrievalData] = None, log: Optional[RunLog] = None, run: int = 0,
+              desc: str = "eval") -> Tuple[List[dict], List[dict]]:
     """Train one fresh student on `sources` as training_plan says; returns its evaluation points and phases."""
     student = Student(net, protocol.loss_type)
     img, txt = (p.to(device).requires_grad_(True) for p in net.initial_params())
@@ -119,7 +127,9 @@ def _flat(point):
     return out
 
 
-def evaluate_sequence(sources, factory, test, protocol, seed, device, val=None, log=None, desc="eval"):
+def evaluate_sequence(sources: Sequence[Source], factory: NetworkFactory, test: RetrievalData, protocol: "EvalProtocol",
+                      seed: int, device: torch.device, val: Optional[RetrievalData] = None,
+                      log: Optional[RunLog] = None, desc: str = "eval") -> dict:
     """Train `protocol.num_eval` fresh students (factory.build) on `sources` in order; a report dict.
 
     Run k uses eval_run_seed(seed, k) for its network, batch order and dropout; the caller's RNG state is

@@ -11,13 +11,16 @@ through files/expert_stream.py.
 import os
 import re
 import time
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from common.errors import UserError
 from common.io import create_exclusive, json_text, load_json_object, load_torch, save_json, save_torch
-from distill_utils.files.claims import claim_next, live_claims
+from distill_utils.files.claims import Claim, claim_next, live_claims
+from networks.dual_encoder import DualEncoder
 from networks.names import same_setting, slug
+from networks.params import ParamLayout
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -55,11 +58,11 @@ def _check_structure(obj, path):
     return obj
 
 
-def load_experts(path, mmap=False):
+def load_experts(path: str, mmap: bool = False) -> list:
     return _check_structure(load_torch(path, what="buffer file", mmap=mmap), path)
 
 
-def check_experts(experts, path):
+def check_experts(experts: list, path: str) -> Tuple[int, int, list]:
     """(experts, timestamps per expert, shapes of one timestamp) of a loaded file, refused if its experts differ in
     length or shapes."""
     length, shapes = len(experts[0]), shapes_of(experts[0][0])
@@ -71,17 +74,17 @@ def check_experts(experts, path):
     return len(experts), length, shapes
 
 
-def describe_file(path):
+def describe_file(path: str) -> Tuple[int, int, list]:
     """check_experts of a buffer file read without loading its tensors (memory-mapped): cheap even for 20 experts
     x 32.8M parameters."""
     return check_experts(load_experts(path, mmap=True), path)
 
 
-def shapes_of(stamp):
+def shapes_of(stamp: Sequence[torch.Tensor]) -> List[list]:
     return [list(p.shape) for p in stamp]
 
 
-def check_shapes(found_shapes, layout, side, where):
+def check_shapes(found_shapes: Sequence, layout: ParamLayout, side: str, where: str) -> None:
     """Refuse a trajectory whose parameter shapes differ from the network's, naming both."""
     want = [list(s) for s in layout.shapes]
     if [list(s) for s in found_shapes] != want:
@@ -99,22 +102,22 @@ class BufferDir:
     """One buffer directory: its expert files, manifest.json and the claims of the processes that fill it, checked
     against the network of a script that reads it. `flag` names it in errors."""
 
-    def __init__(self, path, flag="--buffer_path"):
+    def __init__(self, path: str, flag: str = "--buffer_path"):
         self.path, self.flag = path, flag
 
     @classmethod
-    def of_network(cls, root, dataset, image_encoder, text_encoder, loss_type):
+    def of_network(cls, root: str, dataset: str, image_encoder: str, text_encoder: str, loss_type: str) -> "BufferDir":
         """<root>/<dataset>/<image_encoder>_<text_encoder>/<loss_type>/normal, where buffer.py writes."""
         return cls(os.path.join(root, dataset, f"{slug(image_encoder)}_{slug(text_encoder)}", loss_type, "normal"))
 
     def __str__(self):
         return self.path
 
-    def pair_paths(self, n):
+    def pair_paths(self, n: int) -> Tuple[str, str]:
         return (os.path.join(self.path, f"img_replay_buffer_{n}.pt"),
                 os.path.join(self.path, f"txt_replay_buffer_{n}.pt"))
 
-    def pairs(self):
+    def pairs(self) -> List[Tuple[int, str, str]]:
         """[(n, img_path, txt_path)] sorted by n; refuses an empty directory or unmatched files."""
         if not os.path.isdir(self.path):
             raise UserError(f"{self.flag} {self.path}: no such directory")
@@ -133,15 +136,15 @@ class BufferDir:
                             "pair up)")
         return [(n, *self.pair_paths(n)) for n in sorted(found["img"])]
 
-    def has_experts(self):
+    def has_experts(self) -> bool:
         return any(_FILE.match(name) for name in os.listdir(self.path))
 
     # --- filling it (buffer.py) ---
 
-    def expert_done(self, n):
+    def expert_done(self, n: int) -> bool:
         return os.path.exists(self.pair_paths(n)[0])  # the img file is written last
 
-    def next_expert(self, num_experts):
+    def next_expert(self, num_experts: int) -> Optional[Claim]:
         """Claim the next expert to train; waits while others train the last ones. None when none is left."""
         said = False
         while True:
@@ -153,13 +156,13 @@ class BufferDir:
                 said = True
             time.sleep(POLL_S)
 
-    def save_pair(self, n, img_experts, txt_experts):
+    def save_pair(self, n: int, img_experts: list, txt_experts: list) -> None:
         """Write one pair atomically (txt first, so an img file always has its twin)."""
         img_path, txt_path = self.pair_paths(n)
         save_torch(txt_experts, txt_path)
         save_torch(img_experts, img_path)
 
-    def write_manifest(self, manifest, holding=None):
+    def write_manifest(self, manifest: dict, holding: Optional[int] = None) -> dict:
         """Create manifest.json (atomically, first writer wins), or check that it agrees on IDENTITY_FIELDS and, where
         it records them, TRAINING_FIELDS. `holding`: the expert this process has claimed. A manifest that no expert
         file and no other live claim backs was left by a run that trained nothing: it is replaced rather than obeyed."""
@@ -179,7 +182,7 @@ class BufferDir:
                             "--buffer_path")
         return found
 
-    def check_complete(self, num_experts, timestamps):
+    def check_complete(self, num_experts: int, timestamps: int) -> None:
         """Every expert file exists and loads with the recorded number of timestamps."""
         for n in range(num_experts):
             for path in self.pair_paths(n):
@@ -190,11 +193,11 @@ class BufferDir:
 
     # --- reading it ---
 
-    def read_manifest(self):
+    def read_manifest(self) -> Optional[dict]:
         path = os.path.join(self.path, MANIFEST)
         return load_json_object(path, what="buffer manifest") if os.path.isfile(path) else None
 
-    def check_identity(self, identity, where=None):
+    def check_identity(self, identity: dict, where: Optional[str] = None) -> None:
         """Refuse a buffer whose manifest disagrees with `identity` (NetworkSpec.identity(), or any {field: value})
         on a field both record; model names are compared as models. A buffer without a manifest (published) passes."""
         manifest = self.read_manifest() or {}
@@ -203,7 +206,7 @@ class BufferDir:
                 raise UserError(f"{where or f'{self.flag} {self.path}'}: experts were trained with "
                                 f"{key}={manifest[key]!r}, this run has {value!r}")
 
-    def check_network(self, net):
+    def check_network(self, net: DualEncoder) -> Tuple[int, str]:
         """Check every pair before any work: img and txt twins agree and their shapes fit `net` (read without
         loading the tensors). Returns (timestamps of the shortest expert, its file)."""
         shortest = None
@@ -219,7 +222,7 @@ class BufferDir:
                 shortest = (len_img, img_path)
         return shortest
 
-    def final_expert(self, net, identity):
+    def final_expert(self, net: DualEncoder, identity: dict) -> Tuple[torch.Tensor, torch.Tensor]:
         """(img_flat, txt_flat): the last timestamp of the first expert, checked against `net` and `identity`; a
         buffer without a manifest (published) is checked by parameter shapes only."""
         self.check_identity(identity)

@@ -1,4 +1,6 @@
 """The experts of a buffer directory in the order a distillation visits them (files/buffers.py holds the format)."""
+from typing import Tuple
+
 import torch
 
 from common.errors import UserError
@@ -31,14 +33,14 @@ class ExpertStream:
             self._loaded = (n, img, txt, img_path)
         return self._loaded
 
-    def next(self):
+    def next(self) -> Tuple[list, list, str]:
         """(img_trajectory, txt_trajectory, source path) of the next expert."""
         _, img, txt, path = self._file()
         out = (img[self.expert_pos], txt[self.expert_pos], path)
         self._advance(len(img))
         return out
 
-    def skip(self):
+    def skip(self) -> None:
         """Move past the next expert without loading it (another torchrun rank matches it)."""
         n, img_path, _ = self.pairs[self._order()[self.file_pos]]
         if n not in self._counts:  # read memory-mapped, without the tensors
@@ -52,11 +54,11 @@ class ExpertStream:
             if self.file_pos == len(self.pairs):
                 self.file_pos, self.pass_idx = 0, self.pass_idx + 1
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos,
                 "files": [n for n, _, _ in self.pairs]}
 
-    def load_state_dict(self, state):
+    def load_state_dict(self, state: dict) -> None:
         files = [n for n, _, _ in self.pairs]
         if state.get("files", files) != files:  # another set of experts would silently change the result
             raise UserError(f"--resume: the buffer {self.directory} holds experts {files}, the checkpoint was made "

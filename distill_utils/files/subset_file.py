@@ -3,6 +3,7 @@
 and the network it was distilled for; `check_subset` refuses a file an evaluation network cannot train on."""
 import math
 from dataclasses import dataclass, field
+from typing import List
 
 import torch
 
@@ -59,7 +60,7 @@ def _matrix_from_params(params, path, n):
                     f"and R [N, r] (lowrank), N = {n}; found shapes {[tuple(p.shape) for p in params]}")
 
 
-def load_subset(path):
+def load_subset(path: str) -> DistilledSubset:
     obj = load_torch(path, what="distilled file")
     if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(obj, dict) or k not in obj]
@@ -87,7 +88,7 @@ def load_subset(path):
                            _as_lr(obj["syn_lr_txt"], path, "syn_lr_txt"), params, dict(config))
 
 
-def save_subset(subset, path):
+def save_subset(subset: DistilledSubset, path: str) -> None:
     save_torch({"image": subset.image.detach().cpu(), "text": subset.text.detach().cpu(),
                 "similarity_params": [p.detach().cpu() for p in subset.similarity_params],
                 "similarity_mat": subset.similarity.detach().cpu(),
@@ -95,7 +96,7 @@ def save_subset(subset, path):
                 "config": subset.config}, path)
 
 
-def check_subset(subset, path, expected):
+def check_subset(subset: DistilledSubset, path: str, expected: dict) -> List[str]:
     """Refuse a distilled file the evaluation network cannot train on; returns notes worth printing.
 
     `expected`: dataset, image_encoder, text_encoder, image_size, image_trainable, text_dim of the

@@ -5,12 +5,19 @@ error of the synthetic-data gradient exceeds the tolerance, the rest of the run 
 The float32 run happens first and the global RNG is rewound before the mixed-precision one, so a check
 leaves the run exactly where a run without checks would be; on failure the float32 gradient is kept.
 """
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
+from distill_utils.method.learnable_set import LearnableSet
+from distill_utils.method.matching import MatchResult
+from distill_utils.method.student import Student
 from distill_utils.rng import rng_state, set_rng_state
 
 DATA = "image", "text", "similarity"
 
 
-def relative_error(value, reference):
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     """||value - reference|| / ||reference|| (0 when both are zero), in float64."""
     value, reference = value.double(), reference.double()
     ref = reference.norm()
@@ -19,7 +26,7 @@ def relative_error(value, reference):
     return ((value - reference).norm() / ref).item()
 
 
-def gradient_errors(grads, reference):
+def gradient_errors(grads: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> Dict[str, float]:
     """{image, text, similarity, lr_img, lr_txt}: relative errors of gradients against `reference`, both in
     SyntheticSet.tensors() order; similarity is the largest over the similarity parameters."""
     errors = [relative_error(g, r) for g, r in zip(grads, reference)]
@@ -28,14 +35,15 @@ def gradient_errors(grads, reference):
 
 
 class AmpGuard:
-    def __init__(self, student, amp, tolerance, check_every, state=None):
+    def __init__(self, student: Student, amp: str, tolerance: float, check_every: int, state: Optional[dict] = None):
         self.student, self.amp, self.tolerance, self.check_every = student, amp, tolerance, check_every
         self.active = amp != "off" and (state or {}).get("active", True)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"active": self.active}
 
-    def match(self, match, syn, start, target, schedule, iteration):
+    def match(self, match: Callable, syn: LearnableSet, start: tuple, target: tuple, schedule: list, iteration: int
+              ) -> Tuple[MatchResult, Optional[dict]]:
         """(MatchResult, check record or None): one matching step, setting syn's .grad."""
         self.student.amp = self.amp if self.active else "off"
         if not self.active or iteration % self.check_every:
@@ -62,7 +70,7 @@ class AmpGuard:
         return result, record
 
 
-def describe(record):
+def describe(record: dict) -> str:
     """One line for the console."""
     return (f"{record['amp']} gradient vs float32 at iteration {record['iteration']}: largest relative error "
             f"{record['amp_rel_err_max']:.2e} (tolerance {record['amp_tolerance']:g})"
