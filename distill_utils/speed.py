@@ -7,20 +7,21 @@ touches the computation.
 """
 import contextlib
 import os
+from typing import ContextManager, Union
 
 import torch
 
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def autocast(device, amp):
+def autocast(device: Union[str, torch.device], amp: str) -> ContextManager:
     """The autocast context of `amp` on `device` (a no-op context for 'off')."""
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
-def deterministic(device):
+def deterministic(device: Union[str, torch.device]) -> dict:
     """Make CUDA kernels repeat bit for bit (the pass-2 replay and --resume need it); returns the flags set.
 
     cuDNN: deterministic algorithms, no benchmarking (which would pick kernels by timing); cuBLAS: a fixed

@@ -1,4 +1,6 @@
 """Decoded, resized, normalised images: in memory for small sets, streamed for large ones."""
+from typing import Iterator, List, Optional, Tuple
+
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -13,7 +15,7 @@ STD = (0.26862954, 0.26130258, 0.27577711)
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 
 
-def read_image(path, image_size):
+def read_image(path: str, image_size: int) -> torch.Tensor:
     """Decode and resize one image to a uint8 tensor [3, S, S]."""
     try:
         with Image.open(path) as img:
@@ -28,7 +30,7 @@ def read_image(path, image_size):
     return transforms.functional.pil_to_tensor(img)
 
 
-def normalize(uint8_images):
+def normalize(uint8_images: torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> float, CLIP-normalised."""
     x = uint8_images.float().div_(255.0)
     mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
@@ -36,7 +38,7 @@ def normalize(uint8_images):
     return (x - mean) / std
 
 
-def denormalize(images):
+def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Inverse of `normalize` (to [0, 1], for drawing)."""
     mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(3, 1, 1)
@@ -71,7 +73,7 @@ class _PathDataset(Dataset):
 class ImageStore:
     """Images addressed by pair index. Each distinct file is decoded once when kept in memory."""
 
-    def __init__(self, paths, image_size, in_memory=None, workers=0):
+    def __init__(self, paths: List[str], image_size: int, in_memory: Optional[bool] = None, workers: int = 0):
         self.paths, self.image_size, self.workers = list(paths), image_size, workers
         unique = list(dict.fromkeys(self.paths))
         self._slot = torch.tensor([{p: k for k, p in enumerate(unique)}[p] for p in self.paths])
@@ -87,13 +89,13 @@ class ImageStore:
     def __len__(self):
         return len(self.paths)
 
-    def get(self, indices):
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, 3, S, S] for pair indices (a LongTensor)."""
         if self.pixels is not None:
             return normalize(self.pixels[self._slot[indices]])
         return normalize(torch.stack([read_image(self.paths[i], self.image_size) for i in indices.tolist()]))
 
-    def batches(self, order, batch_size):
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images, indices) over `order` in chunks; streams through worker processes when not in memory."""
         chunks = torch.split(order, batch_size)
         if self.pixels is not None or self.workers == 0:
