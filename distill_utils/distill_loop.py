@@ -123,8 +123,8 @@ class PhaseRun:
             torch.cuda.synchronize(device)
         self.seconds, self.steps_timed = self.seconds + time.perf_counter() - tick, self.steps_timed + 1
         ctx.run_dir.log({"phase": phase.index, "iteration": done, "start_epoch": start_epoch, "loss": result.loss,
-                     "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.lr_img.item(),
-                     "syn_lr_txt": syn.lr_txt.item()})
+                     "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.student_lr_img.item(),
+                     "syn_lr_txt": syn.student_lr_txt.item()})
         saved = done % ctx.cfg.eval_it == 0 or done == phase.iterations
         if saved:
             subset = syn.subset(self.subset_config(done))
@@ -219,5 +219,5 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], 
         syn.step()  # SGD on X, Y, S and the lrs, then the EMA copy
         t = [seg.start_epoch for seg in drawn]
         run.after_iteration(it + 1, result, t[0] if len(t) == 1 else t, tick)
-        bar.set_postfix(loss=f"{result.loss:.4f}", lr_img=f"{syn.lr_img.item():.3g}")
+        bar.set_postfix(loss=f"{result.loss:.4f}", syn_lr_img=f"{syn.student_lr_img.item():.3g}")
     return run.finish()

@@ -14,7 +14,7 @@ from tests.helpers import FAST, random_subset, run_cli
 
 def _source(n, seed, lr, name):
     subset = random_subset(n, seed)
-    subset.lr_img, subset.lr_txt = lr, 2 * lr
+    subset.student_lr_img, subset.student_lr_txt = lr, 2 * lr
     return SubsetSource(subset, name)
 
 

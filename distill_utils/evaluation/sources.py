@@ -32,7 +32,7 @@ class SubsetSource:
     def __init__(self, subset: DistilledSubset, name: Optional[str] = None):
         self.image, self.text = subset.image.detach(), subset.text.detach()
         self.similarity = subset.similarity.detach()
-        self.lr_img, self.lr_txt = float(subset.lr_img), float(subset.lr_txt)
+        self.lr_img, self.lr_txt = float(subset.student_lr_img), float(subset.student_lr_txt)
         self.name = name or f"distilled[{len(self)}]"
         self.epochs = None
         self._on_device = None

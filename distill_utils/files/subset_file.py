@@ -20,8 +20,8 @@ class DistilledSubset:
     image: torch.Tensor       # [N, 3, H, W], normalised pixels
     text: torch.Tensor        # [N, D], text-encoder features
     similarity: torch.Tensor  # [N, N], soft targets
-    lr_img: float
-    lr_txt: float
+    student_lr_img: float     # the learned student lrs (the file's syn_lr_img, syn_lr_txt)
+    student_lr_txt: float
     similarity_params: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
@@ -92,7 +92,8 @@ def save_subset(subset: DistilledSubset, path: str) -> None:
     save_torch({"image": subset.image.detach().cpu(), "text": subset.text.detach().cpu(),
                 "similarity_params": [p.detach().cpu() for p in subset.similarity_params],
                 "similarity_mat": subset.similarity.detach().cpu(),
-                "syn_lr_img": torch.tensor(float(subset.lr_img)), "syn_lr_txt": torch.tensor(float(subset.lr_txt)),
+                "syn_lr_img": torch.tensor(float(subset.student_lr_img)),
+                "syn_lr_txt": torch.tensor(float(subset.student_lr_txt)),
                 "config": subset.config}, path)
 
 
@@ -107,8 +108,9 @@ def check_subset(subset: DistilledSubset, path: str, expected: dict) -> List[str
     for key, t in (("image", subset.image), ("text", subset.text), ("similarity", subset.similarity)):
         if not torch.isfinite(t).all():
             raise UserError(f"{where}: '{key}' holds NaN or inf values")
-    if not all(math.isfinite(lr) and lr >= 0 for lr in (subset.lr_img, subset.lr_txt)):
-        raise UserError(f"{where}: learned lrs must be finite and >= 0, found {subset.lr_img}, {subset.lr_txt}")
+    if not all(math.isfinite(lr) and lr >= 0 for lr in (subset.student_lr_img, subset.student_lr_txt)):
+        raise UserError(f"{where}: learned lrs must be finite and >= 0, found {subset.student_lr_img}, "
+                        f"{subset.student_lr_txt}")
     size = expected["image_size"]
     if tuple(subset.image.shape[-2:]) != (size, size):
         raise UserError(f"{where}: images are {subset.image.shape[-2]}x{subset.image.shape[-1]}, "

@@ -3,9 +3,9 @@
 In phase p > 1 the student's steps see the frozen subsets D_1..D_{p-1} together with the learnable
 D_p, so D_p is distilled to complement what a student trained on all of them already knows.
 `ConditionedSet` wraps the phase's SyntheticSet behind the interface the matching functions use
-(learnable_set.LearnableSet: `batch`, `len`, `image`, `text`, `sim_params`, `lr_img`, `lr_txt`, `tensors`): indices
-0..M-1 are the frozen pairs, M..M+N-1 the pairs of D_p. The frozen pixels, features and similarity
-blocks are constants, and `image`, `text`, `sim_params`, `tensors()` are D_p's own, so every
+(learnable_set.LearnableSet: `batch`, `len`, `image`, `text`, `sim_params`, `student_lr_img`, `student_lr_txt`,
+`tensors`): indices 0..M-1 are the frozen pairs, M..M+N-1 the pairs of D_p. The frozen pixels, features and
+similarity blocks are constants, and `image`, `text`, `sim_params`, `tensors()` are D_p's own, so every
 matching mode works unchanged and only D_p receives gradients; nothing in it grows with the steps.
 
 S over the joined set is block-diagonal: a pair of D_i against a pair of D_j (i != j) has target 0,
@@ -41,8 +41,8 @@ class ConditionedSet:
     image = property(lambda self: self.syn.image)
     text = property(lambda self: self.syn.text)
     sim_params = property(lambda self: self.syn.sim_params)
-    lr_img = property(lambda self: self.syn.lr_img)
-    lr_txt = property(lambda self: self.syn.lr_txt)
+    student_lr_img = property(lambda self: self.syn.student_lr_img)
+    student_lr_txt = property(lambda self: self.syn.student_lr_txt)
 
     def tensors(self) -> List[torch.Tensor]:
         return self.syn.tensors()
