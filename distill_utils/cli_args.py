@@ -50,7 +50,8 @@ class Setting:
 
     def add_to(self, group: argparse._ArgumentGroup) -> None:
         shown = " ".join(map(str, self.default)) if isinstance(self.default, list) else self.default
-        text = self.help + ("" if shown in (None, False, "") else f" (default: {'on' if shown is True else shown})")
+        hidden = shown is None or shown is False or shown == ""  # no default worth printing (0 is one)
+        text = self.help + ("" if hidden else f" (default: {'on' if shown is True else shown})")
         if self.switch:
             group.add_argument(f"--{self.name}", action=argparse.BooleanOptionalAction, default=self.default, help=text)
             return
