@@ -1,6 +1,7 @@
 """Train expert trajectories (SPEC section 3) and write them as a PTM-ST buffer.
 
     python buffer.py                                  # built-in synthetic dataset, CPU-sized
+    python buffer.py --config recipes/synthetic_demo.yaml   # the demo's experts
     python buffer.py --dataset flickr --image_encoder nfnet --text_encoder bert --image_trainable \
         --num_experts 20 --train_epochs 10 --buffer_path buffer
 
@@ -13,7 +14,7 @@ import sys
 
 import torch
 
-from distill_utils import cli_args, footprint, speed
+from distill_utils import cli_args, footprint, settings, speed
 from distill_utils.preflight import check_start
 from distill_utils.config import DataConfig, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.datasets.loading import load_split, load_train, prepare
@@ -21,40 +22,23 @@ from common.errors import cli_main
 from distill_utils.method.experts import train_expert
 from common.io import ensure_writable_dir
 from distill_utils.files.run_log import RunLog
-from distill_utils.files.buffer_dir import BufferDir
-from distill_utils.files.buffers import FORMAT
+from distill_utils.files.buffers import FORMAT, BufferDir
 from distill_utils.rng import expert_seed
 from networks.dual_encoder import NetworkFactory
 
 
 def make_parser():
-    p = cli_args.Parser(description=__doc__)
-    cli_args.add_data_args(p)
-    cli_args.add_network_args(p)
-    g = p.add_argument_group("experts")
-    g.add_argument("--num_experts", type=int, default=5, help="experts wanted in the buffer directory (default: 5)")
-    g.add_argument("--train_epochs", type=int, default=10, help="epochs per expert (default: 10)")
-    g.add_argument("--buffer_path", default="buffer", help="root of the buffers (default: buffer)")
-    g.add_argument("--lr_teacher_img", type=float, default=0.1, help="expert SGD lr, img params (default: 0.1)")
-    g.add_argument("--lr_teacher_txt", type=float, default=0.1, help="expert SGD lr, txt params (default: 0.1)")
-    g.add_argument("--mom", type=float, default=0.0, help="expert SGD momentum (default: 0)")
-    g.add_argument("--l2", type=float, default=0.0, help="expert SGD weight decay (default: 0)")
-    g.add_argument("--batch_train", type=int, default=128, help="real pairs per expert batch (default: 128)")
-    g.add_argument("--eval_freq", type=int, default=5, help="report test retrieval every N epochs (default: 5)")
-    cli_args.add_loss_arg(p, "InfoNCE")
-    cli_args.add_runtime_args(p)
-    speed.add_speed_args(p)
-    return p
+    return settings.parser(settings.BUFFER, __doc__)
 
 
-def manifest_for(spec, expert, data, net):
+def manifest_for(spec, expert, data, net, config=None):
     extra = {"data_seed": data.data_seed, "synthetic_train_images": data.synthetic_train_images} \
         if data.dataset == "synthetic" else {}
     return {"format": FORMAT, "kind": "normal", **spec.identity(), **expert.recorded(),
             "timestamps": expert.train_epochs + 1, "img_params": net.img_layout.describe(),
             "txt_params": net.txt_layout.describe(), "image_pretrained": spec.image_pretrained,
             "image_checkpoint": spec.image_checkpoint, **extra,
-            "command": " ".join([os.path.basename(sys.executable)] + sys.argv)}
+            "command": " ".join([os.path.basename(sys.executable)] + sys.argv), "settings": config}
 
 
 def local_device(args):
@@ -66,12 +50,9 @@ def local_device(args):
 
 @cli_main
 def main(argv=None):
-    args = cli_args.finalize(make_parser().parse_args(argv))
-    cli_args.positive(args, "num_experts", "train_epochs", "batch_train", "eval_freq", "lr_teacher_img", "lr_teacher_txt")
-    cli_args.non_negative(args, "mom", "l2")
+    args = settings.parse_args(make_parser(), argv)
     local_device(args)
-    speed.check_speed_args(args)
-    speed.kernels(args.device, args.tf32, args.nondeterministic)
+    speed.apply_levers(args)
     data, spec, expert = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(ExpertConfig, args)
     buf = BufferDir.of_network(args.buffer_path, args.dataset, args.image_encoder, args.text_encoder, args.loss_type)
     ensure_writable_dir(buf.path, "--buffer_path")
@@ -79,12 +60,13 @@ def main(argv=None):
     check_start(data, ("train", "test"), args.device, footprint.expert_needs(spec, expert))
     train, test = load_train(data), load_split(data, "test")
     factory = NetworkFactory(spec.net_config(train.text_features.shape[1]))
+    config = cli_args.config_of(args)  # the resolved settings, recorded in the manifest
     net = factory.build(seed=0, device="cpu")  # a network that cannot be built fails here
-    manifest = manifest_for(spec, expert, data, net)
+    manifest = manifest_for(spec, expert, data, net, config)
     missing = sum(not buf.expert_done(n) for n in range(args.num_experts))
     footprint.check_disk(buf.path, missing * footprint.expert_bytes(net, args.train_epochs + 1),
                          f"{missing} expert file pair(s)", "--buffer_path")
-    log = RunLog(buf.path, cli_args.config_of(args), args.wandb, name=f"buffer_{args.dataset}")
+    log = RunLog(buf.path, config, args.wandb, name=f"buffer_{args.dataset}")
     first = True
     while (claim := buf.next_expert(args.num_experts)) is not None:
         with claim:

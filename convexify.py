@@ -14,40 +14,27 @@ import sys
 import torch
 from tqdm import tqdm
 
-from distill_utils import cli_args, footprint
+from distill_utils import footprint, settings
 from common.errors import UserError, cli_main
 from common.io import atomic_path, ensure_writable_dir, save_json, save_torch
 from distill_utils.method.shortcut import shortcut_trajectory
-from distill_utils.files.buffer_dir import BufferDir
-from distill_utils.files.buffers import FORMAT, MANIFEST, load_experts
+from distill_utils.files.buffers import FORMAT, MANIFEST, BufferDir, check_experts, load_experts
 
 
 def make_parser():
-    p = cli_args.Parser(description=__doc__)
-    p.add_argument("--start", type=int, required=True, help="first timestamp of the window (epoch, 0 = initialisation)")
-    p.add_argument("--end", type=int, required=True, help="end of the window, exclusive (at most the timestamps recorded)")
-    p.add_argument("--normal_dir", required=True, help="buffer directory holding img_/txt_replay_buffer_<n>.pt pairs")
-    p.add_argument("--out_dir", help="output directory; must not exist yet "
-                                     "(default: <parent of normal_dir>/convexified_<start>_<end>)")
-    return p
+    return settings.parser(settings.CONVEXIFY, __doc__)
 
 
 def check_file(experts, path, end, lengths=None):
-    """Refuse a file whose experts differ in length or shapes, or are too short for the window."""
-    length, shapes = len(experts[0]), [p.shape for p in experts[0][0]]
-    if not shapes:
-        raise UserError(f"buffer file {path}: expert 0 holds no parameter tensors")
-    for e, expert in enumerate(experts):
-        if len(expert) != length:
-            raise UserError(f"buffer file {path}: expert {e} has {len(expert)} timestamps but expert 0 has {length}")
-        if [p.shape for p in expert[0]] != shapes:
-            raise UserError(f"buffer file {path}: expert {e} has tensor shapes unlike expert 0")
+    """Refuse a file whose experts differ in length or shapes (buffers.check_experts), or are too short for the
+    window, or unlike its img twin."""
+    count, length, _ = check_experts(experts, path)
     if end > length:
         raise UserError(f"--end {end} is beyond the {length} timestamps recorded in {path}")
-    if lengths is not None and lengths != (len(experts), length):
-        raise UserError(f"buffer file {path}: {len(experts)} experts of {length} timestamps, but its img twin has "
+    if lengths is not None and lengths != (count, length):
+        raise UserError(f"buffer file {path}: {count} experts of {length} timestamps, but its img twin has "
                         f"{lengths[0]} of {lengths[1]}")
-    return len(experts), length
+    return count, length
 
 
 def convert_file(src, dst, start, end, lengths=None):
@@ -93,8 +80,7 @@ def convexify(pairs, manifest, out_dir, start, end):
 @cli_main
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
-    args = make_parser().parse_args(argv)
-    cli_args.non_negative(args, "start")
+    args = settings.parse_args(make_parser(), argv)
     if args.start >= args.end:
         raise UserError(f"--start {args.start} must be smaller than --end {args.end}")
     normal = BufferDir(args.normal_dir, "--normal_dir")

@@ -3,7 +3,7 @@
 Trains --num_eval fresh students on the subsets in the given order (each with its learned lrs and
 its similarity matrix as soft targets), then reports test retrieval as mean ± std over the runs.
 
-    python evaluate.py --image_trainable --ckpt_path runs/synthetic/synthetic_demo/distilled_0_final.pt \
+    python evaluate.py --config recipes/synthetic_demo.yaml --ckpt_path runs/synthetic/synthetic_demo/distilled_0_final.pt \
         runs/synthetic/synthetic_demo/distilled_1_final.pt
     python evaluate.py --image_trainable --baseline random --num_pairs 100
     python evaluate.py --dataset flickr --image_encoder nfnet --text_encoder bert --image_trainable \
@@ -19,75 +19,34 @@ synthetic set for 2 runs out of 3 (see --full_lr). Under torchrun (`torchrun --n
 evaluate.py ...`) the --num_eval students are divided over the ranks, with the same mean and std.
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
-import argparse
 import os
 import sys
 
-from distill_utils import cli_args, footprint, parallel, speed
+from distill_utils import cli_args, footprint, parallel, settings, speed
 from distill_utils.preflight import check_start
-from distill_utils.config import DataConfig, NetworkSpec, from_flags
+from distill_utils.config import DataConfig, EvalProtocol, NetworkSpec, from_flags
 from distill_utils.evaluation.coresets import pair_embeddings, prototype_indices, random_indices
 from distill_utils.datasets.loading import load_split, load_train, prepare
 from distill_utils.datasets.annotations import load_train_pairs
 from common.errors import UserError, cli_main
-from distill_utils.evaluation.protocol import (SELECTIONS, EvalProtocol, RealPairSource, SubsetSource, add_mode_args,
-                                      check_subset, evaluate_sequence, format_table)
+from distill_utils.evaluation.sources import RealPairSource, SubsetSource
+from distill_utils.evaluation.summary import format_table
+from distill_utils.evaluation.training import evaluate_sequence
 from common.io import ensure_writable_dir, save_json
 from distill_utils.files.run_log import RunLog
-from distill_utils.files.subset_file import load_subset
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.subset_file import check_subset, load_subset
+from distill_utils.files.buffers import BufferDir
 from networks.dual_encoder import NetworkFactory
-
-BASELINES = ("random", "prototype", "full")
 
 
 def make_parser():
-    p = cli_args.Parser(description=__doc__)
-    cli_args.add_data_args(p)
-    cli_args.add_network_args(p)
-    g = p.add_argument_group("what to evaluate")
-    g.add_argument("--ckpt_path", nargs="+", default=[], help="distilled subset files, trained on in this order")
-    g.add_argument("--baseline", choices=BASELINES,
-                   help="real-pair baseline: random | prototype (k-means coreset) | full; the pairs are chosen once "
-                        "(with --seed) and shared by all --num_eval runs")
-    g.add_argument("--num_pairs", type=int,
-                   help="pairs of the random/prototype baseline (default: the --ckpt_path total)")
-    g.add_argument("--buffer_path", help="prototype baseline: directory of expert files whose first expert's final "
-                                         "parameters embed the train pairs (default: buffer/<dataset>/"
-                                         "<image_encoder>_<text_encoder>/InfoNCE/normal, where buffer.py writes)")
-    g.add_argument("--lr_teacher_img", type=float, default=0.1,
-                   help="random/prototype baselines: student lr, img params (default: 0.1, the teachers')")
-    g.add_argument("--lr_teacher_txt", type=float, default=0.1,
-                   help="random/prototype baselines: student lr, txt params (default: 0.1, the teachers')")
-    g.add_argument("--full_epochs", type=int, default=10,
-                   help="full baseline: epochs over the whole train set (default: 10, the experts' budget)")
-    g.add_argument("--full_lr", type=float,
-                   help="full baseline: student lr, both groups (default: the teacher lrs x (1 - momentum) = 0.01, "
-                        "the experts' effective step: they train without momentum)")
-    g = p.add_argument_group("protocol")
-    g.add_argument("--num_eval", type=int, default=5, help="fresh students trained and averaged (default: 5)")
-    g.add_argument("--epoch_eval_train", type=int, default=100,
-                   help="epochs per distilled subset / coreset (default: 100)")
-    g.add_argument("--batch_train", type=int, default=128, help="pairs per student batch (default: 128)")
-    g.add_argument("--eval_points", type=int, default=5,
-                   help="test evaluations spread over training, the last at the final epoch (default: 5)")
-    g.add_argument("--select_on", default="final", choices=SELECTIONS,
-                   help="reported number: final epoch, or the evaluation point best on the val split (default: final)")
-    g.add_argument("--lr_decay", action=argparse.BooleanOptionalAction, default=True,
-                   help="lr x0.1 for the second half of each phase's epochs, as the authors' code (default: on)")
-    add_mode_args(g)
-    g.add_argument("--out", help="write config, seeds and all numbers to this JSON file")
-    cli_args.add_loss_arg(p, "WBCE")
-    cli_args.add_runtime_args(p)
-    speed.add_speed_args(p)
-    return p
+    return settings.parser(settings.EVALUATE, __doc__)
 
 
 def check_args(args):
     if not args.ckpt_path and not args.baseline:
         raise UserError("nothing to evaluate: give --ckpt_path FILE [FILE ...] and/or --baseline")
-    cli_args.positive(args, "num_eval", "epoch_eval_train", "batch_train", "eval_points", "full_epochs",
-                      "num_pairs", "lr_teacher_img", "lr_teacher_txt", "full_lr")
+    cli_args.positive(args, "num_eval")  # 0 students evaluate nothing
     if args.num_pairs is not None and args.baseline not in ("random", "prototype"):
         raise UserError("--num_pairs applies to --baseline random or prototype only")
     if args.baseline in ("random", "prototype") and args.num_pairs is None and not args.ckpt_path:
@@ -139,11 +98,10 @@ def methods_to_run(args, subsets, data, factory, expected):
 
 @cli_main
 def main(argv=None):
-    args = cli_args.finalize(make_parser().parse_args(argv))
+    args = settings.parse_args(make_parser(), argv)
     args.device = parallel.init(args.device)
     check_args(args)
-    speed.check_speed_args(args)
-    speed.kernels(args.device, args.tf32, args.nondeterministic)
+    speed.apply_levers(args)
     data, spec, protocol = from_flags(DataConfig, args), from_flags(NetworkSpec, args), from_flags(EvalProtocol, args)
     subsets = [(path, load_subset(path)) for path in args.ckpt_path]  # unreadable files fail before any work
     with parallel.main_first():  # the dataset and feature cache, made once

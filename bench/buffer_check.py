@@ -1,5 +1,5 @@
 """What checking a buffer file before a run costs: the memory-mapped shape check of
-`trajectories.describe_file` against loading the file.
+`BufferDir.check_network` (buffers.describe_file) against loading the file.
 
     python -m bench.buffer_check                       # one expert x 11 timestamps x 32.8M parameters (1.4 GB)
     python -m bench.buffer_check --params 1e6 --timestamps 3

@@ -20,15 +20,12 @@ import time
 
 import torch
 
-ENCODER, TEXT = "convnet_w16_d2", "minilm"
-EXPERTS = ["--num_experts", "2", "--train_epochs", "4", "--lr_teacher_img", "0.1", "--lr_teacher_txt", "0.1",
-           "--batch_train", "128", "--eval_freq", "4", "--loss_type", "InfoNCE"]
-DISTILL = ["--subset_num", "1", "--min_start_epoch", "0", "--max_start_epoch", "2", "--num_queries", "50",
-           "--syn_steps", "8", "--expert_epochs", "1", "--mini_batch_size", "10", "--lr_teacher_img", "0.03",
-           "--lr_teacher_txt", "0.03", "--lr_img", "100", "--lr_txt", "10", "--lr_sim", "0.01", "--lr_lr", "1e-3",
-           "--loss_type", "InfoNCE", "--ema_decay", "0", "--num_eval", "0", "--checkpoint_it", "10"]
-PROTOCOL = ["--loss_type", "InfoNCE", "--epoch_eval_train", "100", "--batch_train", "128", "--select_on", "val",
-            "--seed", "0"]
+ENCODER, TEXT = "convnet_w16_d2", "minilm"  # TEXT: the recipe's
+RECIPE = "recipes/synthetic_demo.yaml"  # every step is the demo's recipe with these overrides
+EXPERTS = ["--config", RECIPE, "--num_experts", "2", "--train_epochs", "4"]
+DISTILL = ["--config", RECIPE, "--subset_num", "1", "--min_start_epoch", "0", "--max_start_epoch", "2", "--num_queries",
+           "50", "--ema_decay", "0", "--num_eval", "0", "--checkpoint_it", "10"]
+PROTOCOL = ["--config", RECIPE, "--select_on", "val", "--seed", "0"]
 CONFIGS = {"K=1": (1, 1), "K=2": (2, 1), "K=4": (4, 1), "K=2, 2 ranks": (2, 2), "K=4, 2 ranks": (4, 2)}  # (K, ranks)
 
 
@@ -48,8 +45,7 @@ class Bench:
         self.a, self.work = a, os.path.abspath(a.workdir)
         self.env = dict(os.environ, OMP_NUM_THREADS="1", TQDM_DISABLE="1", PYTHONUNBUFFERED="1")
         self.data = ["--dataset", "synthetic", "--ann_root", os.path.join(self.work, "data"), "--feature_cache",
-                     os.path.join(self.work, "cache"), "--text_encoder", TEXT, "--image_encoder", ENCODER,
-                     "--image_trainable", "--device", "cpu"]
+                     os.path.join(self.work, "cache"), "--image_encoder", ENCODER, "--device", "cpu"]
         self.buffer = os.path.join(self.work, "buffer", "synthetic", f"{ENCODER}_{TEXT}", "InfoNCE", "normal")
         os.makedirs(os.path.join(self.work, "logs"), exist_ok=True)
 
@@ -61,7 +57,7 @@ class Bench:
                 raise SystemExit(f"bench: {name} failed; see {log.name}")
 
     def experts(self):
-        self.call("experts", [sys.executable, "buffer.py", *self.data, *EXPERTS,
+        self.call("experts", [sys.executable, "buffer.py", *EXPERTS, *self.data,
                               "--buffer_path", os.path.join(self.work, "buffer")])
 
     def run_dir(self, name):
@@ -75,7 +71,7 @@ class Bench:
         launcher = [sys.executable] if ranks == 1 else [sys.executable, "-m", "torch.distributed.run",
                                                         "--nproc_per_node", str(ranks)]
         resume = ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else []
-        self.call(_slug(name), [*launcher, "distill_ptm-st.py", *self.data, *DISTILL, "--buffer_path", self.buffer,
+        self.call(_slug(name), [*launcher, "distill_ptm-st.py", *DISTILL, *self.data, "--buffer_path", self.buffer,
                                 "--Iteration", str(self.a.iterations), "--eval_it", str(self.a.every),
                                 "--experts_per_it", str(k), "--runs_dir", os.path.join(self.work, "runs"),
                                 "--name", _slug(name), *resume])
@@ -85,7 +81,7 @@ class Bench:
         out = os.path.join(self.work, "eval", f"{_slug(name)}_{iteration}.json")
         if not os.path.isfile(out):
             ckpt = os.path.join(self.run_dir(name), f"distilled_0_{iteration}.pt")
-            self.call(f"eval_{_slug(name)}", [sys.executable, "evaluate.py", *self.data, *PROTOCOL, "--ckpt_path",
+            self.call(f"eval_{_slug(name)}", [sys.executable, "evaluate.py", *PROTOCOL, *self.data, "--ckpt_path",
                                                ckpt, "--num_eval", str(self.a.num_eval), "--out", out])
         with open(out) as f:
             report = json.load(f)["results"]["distilled"]

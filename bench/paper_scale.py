@@ -5,18 +5,15 @@
         --expert_images 256 --out results/paper_scale_cpu                  # what 2 CPU cores manage (docs/paper_scale.md)
     python -m bench.paper_scale --quick --device cpu --out /tmp/ps          # smoke test of the script itself
 
-A randomly initialised nfnet_l0 (32.8M parameters, the whole image encoder trained) at 224 px, random
-768-d text features (BERT-base's width) through the projection head, the Flickr-500 phase-1 subset
-(200 pairs, full similarity), mini-batches of 40, WBCE. For every --matching mode in MATCHING, every
---steps value and each setting of the speed levers (strict float32; on CUDA --tf32, --tf32 --nondeterministic;
---amp bf16 + --channels_last): seconds per
-iteration (one matching step, both passes, gradients into X, Y, S and the lrs; median of --repeats after
-one warm-up), peak memory (CUDA: torch.cuda.max_memory_allocated over the timed iterations, model and
-data included; CPU: the peak resident set of a fresh process per setting) and the relative error
-of the levers' synthetic-data gradient against float32 on the same iteration (same expert, minibatches,
-dropout masks). Then one expert-training epoch over --expert_images real-sized images (InfoNCE,
-batches of 128, the short last batch dropped as buffer.py does) and one evaluation-student epoch on the
-200 pairs (SGD momentum 0.9, soft targets), in float32 and with the levers.
+A randomly initialised nfnet_l0 (32.8M parameters, the whole image encoder trained) at 224 px, random 768-d text
+features through the projection head, the Flickr-500 phase-1 subset (200 pairs, full similarity), mini-batches
+of 40, WBCE. For every --matching mode, every --steps value and each lever setting (strict float32; on CUDA
+--tf32 and --tf32 --nondeterministic; --amp bf16 + --channels_last): seconds per iteration (both passes; median
+of --repeats after a warm-up), peak memory (CUDA: max_memory_allocated, model and data included; CPU: the peak
+resident set of a fresh process per setting) and the relative error of the levers' synthetic-data gradient
+against strict float32 on the same iteration (same expert, minibatches, dropout masks). Then one expert epoch
+over --expert_images real-sized images (InfoNCE, batches of 128, the short last batch dropped) and one
+evaluation-student epoch on the 200 pairs (SGD momentum 0.9, soft targets), with each setting.
 
 With --extrapolate (for a CPU, where the paper's step counts take too long), the table adds rows for
 other step counts, marked "~": seconds per step taken from the largest measured --steps, times the
@@ -30,7 +27,6 @@ import gc
 import json
 import multiprocessing as mp
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -38,6 +34,8 @@ import time
 
 import torch
 
+from bench.measure import Memory, is_oom, machine, sync
+from bench.paper_scale_report import DATA_KEYS, extrapolated, markdown
 from distill_utils import speed
 from distill_utils.method.amp_guard import gradient_errors
 from common.io import atomic_path
@@ -51,7 +49,6 @@ from networks.image_encoders import build_image_encoder
 # name: (--amp, --channels_last, --tf32, --nondeterministic); "float32" is the strict reference
 LEVERS = {"float32": ("off", False, False, False), "tf32": ("off", False, True, False),
           "tf32+nondeterministic": ("off", False, True, True), "bf16+channels_last": ("bf16", True, False, False)}
-DATA_KEYS = ("image", "text", "similarity")
 
 
 def parse_args(argv=None):
@@ -93,42 +90,6 @@ def parse_args(argv=None):
     if a.device.type != "cuda":  # the kernel levers change nothing off CUDA
         a.levers = [lever for lever in a.levers if not any(LEVERS[lever][2:])]
     return a
-
-
-def machine(device):
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        return f"{props.name} ({props.total_memory / 2**30:.0f} GiB), torch {torch.__version__}"
-    cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")),
-               platform.processor())
-    return f"CPU {cpu}, {torch.get_num_threads()} threads, torch {torch.__version__}"
-
-
-class Memory:
-    """Peak memory of what runs between reset() and peak_gb(): CUDA allocator peak, or the process's peak RSS
-    (VmHWM, reset to the current resident set; a fresh process per setting keeps earlier settings out of it)."""
-
-    def __init__(self, device):
-        self.device = device
-
-    def reset(self):
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-            torch.cuda.reset_peak_memory_stats(self.device)
-        else:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current resident set
-
-    def peak_gb(self):
-        if self.device.type == "cuda":
-            return torch.cuda.max_memory_allocated(self.device) / 2**30
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
-
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 class Bench:
@@ -211,10 +172,6 @@ class Bench:
         train_epoch(student, img, txt, opt, batches)
         sync(device)
         return time.perf_counter() - tick, self.memory.peak_gb()
-
-
-def is_oom(err):
-    return isinstance(err, torch.OutOfMemoryError) or "out of memory" in str(err).lower()
 
 
 def _in_child(a, task, queue):
@@ -300,79 +257,6 @@ def measure_matching(runner, a, rows, emit, began):
                 emit(row)
             del reference
             runner.free()
-
-
-def extrapolated(rows, targets):
-    """Rows for `targets` steps: seconds per step of the largest measured step count of each setting, times steps."""
-    out = []
-    settings = {(r["mode"], r["levers"]) for r in rows if r["kind"] == "matching"}
-    for mode, lever in sorted(settings):
-        ok = [r for r in rows if r["kind"] == "matching" and r["mode"] == mode and r["levers"] == lever
-              and r["status"] == "ok"]
-        if not ok:
-            continue
-        top = max(ok, key=lambda r: r["steps"])
-        for steps in targets:
-            out.append({"kind": "matching", "mode": mode, "steps": steps, "levers": lever, "status": "extrapolated",
-                        "seconds": top["seconds"] / top["steps"] * steps, "peak_gb": None, "from_steps": top["steps"]})
-    return out
-
-
-def _cell(row, key, fmt):
-    if row["status"] not in ("ok", "extrapolated"):
-        return row["status"]
-    value = fmt.format(row[key]) if row.get(key) is not None else ""
-    return ("~" + value) if row["status"] == "extrapolated" and value else value
-
-
-def summary(rows, tolerance):
-    """The issue's two targets, where the rows allow them."""
-    lines = []
-    get = lambda mode, steps, lever: next((r for r in rows if r["kind"] == "matching" and r["mode"] == mode
-                                           and r["steps"] == steps and r["levers"] == lever
-                                           and r["status"] in ("ok", "extrapolated")), None)
-    measured = sorted({r["steps"] for r in rows if r["kind"] == "matching" and r["status"] == "ok"})
-    if len(measured) >= 2:
-        lo, hi = get("constant", measured[0], "float32"), get("constant", measured[-1], "float32")
-        if lo and hi:
-            ratio = hi["peak_gb"] / lo["peak_gb"]
-            lines.append(f"- constant mode, float32: peak memory at {hi['steps']} steps / at {lo['steps']} steps = "
-                         f"{ratio:.3f} (target <= 1.15: {'met' if ratio <= 1.15 else 'missed'})")
-    for steps in sorted({r["steps"] for r in rows if r["kind"] == "matching"}):
-        base = get("constant", steps, "float32")
-        if not base:
-            continue
-        safe = [r for r in rows if r["kind"] == "matching" and r["steps"] == steps and r["status"] == "ok"
-                and r["levers"] != "float32" and r.get("rel_err_data", float("inf")) <= tolerance]
-        if safe:
-            best = min(safe, key=lambda r: r["seconds"])
-            ratio = best["seconds"] / base["seconds"]
-            lines.append(f"- {steps} steps: fastest safe setting ({best['mode']}, {best['levers']}, data-gradient error "
-                         f"{best['rel_err_data']:.1e} <= {tolerance:g}) takes {ratio:.2f}x the seconds of float32 "
-                         f"constant mode (target <= 0.6: {'met' if ratio <= 0.6 else 'missed'})")
-    return lines
-
-
-def markdown(a, rows, header):
-    lines = [header, "", "| mode | steps | settings | s/iter | peak GB | rel. error of the X / Y / S gradient vs float32 |",
-             "|---|---|---|---|---|---|"]
-    for r in sorted((r for r in rows if r["kind"] == "matching"), key=lambda r: (r["mode"], r["steps"], r["levers"] != "float32")):
-        err = (" / ".join(f"{r[f'rel_err_{k}']:.1e}" for k in DATA_KEYS)) if "rel_err_image" in r else ""
-        lines.append(f"| {r['mode']} | {r['steps']} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')} | "
-                     f"{_cell(r, 'peak_gb', '{:.2f}')} | {err} |")
-    epochs = [r for r in rows if r["kind"] in ("expert", "eval")]
-    if epochs:
-        lines += ["", "| epoch | settings | seconds | peak GB |", "|---|---|---|---|"]
-        for r in epochs:
-            what = (f"expert, {r['images']} images" if r["kind"] == "expert" else f"evaluation student, {r['images']} pairs")
-            first = f" (first epoch, compiling: {r['first_epoch_seconds']:.1f})" if "first_epoch_seconds" in r else ""
-            lines.append(f"| {what} | {r['levers']} | {_cell(r, 'seconds', '{:.2f}')}{first} | "
-                         f"{_cell(r, 'peak_gb', '{:.2f}')} |")
-    notes = summary(rows, a.tolerance)
-    if any(r["status"] == "extrapolated" for r in rows):
-        notes.append("- ~: extrapolated, seconds per step at the largest measured step count times the steps; "
-                     "memory not extrapolated")
-    return "\n".join(lines + ([""] + notes if notes else [])) + "\n"
 
 
 def main(argv=None):

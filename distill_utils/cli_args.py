@@ -1,67 +1,87 @@
-"""Command-line options shared by the entry scripts (names as in the paper's scripts)."""
+"""The command line of the entry scripts: the Setting a flag is declared with (the declarations themselves are the
+table of settings.py), the parser built from them, the checks a value must pass, and the dataset-dependent defaults."""
 import argparse
 import math
 import os
 import re
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
 
 import torch
 
-from distill_utils.datasets.annotations import LAYOUTS, SYNTHETIC_LEVELS, default_roots
+from distill_utils.datasets.annotations import SYNTHETIC_LEVELS, default_roots
 from common.errors import UserError
-from distill_utils.method.losses import LOSS_TYPES
 
 
 class Parser(argparse.ArgumentParser):
-    """argparse with its errors in one line (no usage block): `error: argument --flag: what was expected`."""
+    """argparse with its errors in one line (no usage block): `error: argument --flag: what was expected`. While
+    `where` names a recipe file, an error is a UserError naming it."""
 
     def __init__(self, **kwargs):
         super().__init__(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
+        self.where = None
 
-    def error(self, message):
+    def error(self, message: str) -> NoReturn:
+        if self.where:
+            raise UserError(f"{self.where}: {message}")
         self.exit(2, f"error: {message} (see --help)\n")
 
 
-def add_data_args(p):
-    g = p.add_argument_group("data")
-    g.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS), help="dataset (default: the built-in synthetic; synthetic_hard: its harder level, two shapes per image)")
-    g.add_argument("--image_root", help="image directory (default: data/synthetic, or distill_utils/data/<Flickr30k|COCO|CC3M>)")
-    g.add_argument("--ann_root", help="directory of the annotation JSON files (default: data/synthetic, or data/Annotation)")
-    g.add_argument("--image_size", type=int, help="image side in pixels (default: 32 for synthetic, 224 otherwise)")
-    g.add_argument("--text_encoder", help="bert | distilbert | minilm | <hub name> | <local model dir> | openclip:ARCH[@WEIGHTS] "
-                                          "(default: minilm for synthetic, bert otherwise)")
-    g.add_argument("--feature_cache", default="cache", help="directory of the cached text features (default: cache)")
-    g.add_argument("--workers", type=int, default=0, help="image decoding worker processes (default: 0)")
-    g.add_argument("--data_seed", type=int, default=0, help="seed of the synthetic dataset generator (default: 0)")
-    g.add_argument("--synthetic_train_images", type=int, default=1000, help="synthetic: train images, 2 captions each")
-    g.add_argument("--synthetic_test_images", type=int, default=200, help="synthetic: val and test images, 5 captions each")
+@dataclass(frozen=True)
+class Setting:
+    """One flag, --<name>: its default, help, the scripts that take it, the --help group it is listed under and the
+    check every value must pass (`check`: positive | non_negative | fraction | seed; `at_most`: a bound)."""
+    name: str
+    default: Any
+    help: str
+    scripts: tuple
+    group: str
+    type: Optional[Callable] = None  # bool: a --name / --no-name switch
+    choices: Optional[Sequence] = None
+    nargs: Optional[str] = None
+    check: Optional[str] = None
+    at_most: Optional[int] = None
+    required: bool = False
+    metavar: Optional[str] = None
+
+    @property
+    def switch(self) -> bool:
+        return self.type is bool
+
+    def add_to(self, group: argparse._ArgumentGroup) -> None:
+        shown = " ".join(map(str, self.default)) if isinstance(self.default, list) else self.default
+        hidden = shown is None or shown is False or shown == ""  # no default worth printing (0 is one)
+        text = self.help + ("" if hidden else f" (default: {'on' if shown is True else shown})")
+        if self.switch:
+            group.add_argument(f"--{self.name}", action=argparse.BooleanOptionalAction, default=self.default, help=text)
+            return
+        extra = {k: v for k, v in (("type", self.type), ("choices", self.choices), ("nargs", self.nargs),
+                                   ("metavar", self.metavar)) if v is not None}
+        group.add_argument(f"--{self.name}", default=self.default, help=text, required=self.required, **extra)
+
+    def validate(self, args: argparse.Namespace) -> None:
+        if self.check:
+            CHECKS[self.check](args, self.name)
+        if self.at_most is not None:
+            at_most(args, **{self.name: self.at_most})
 
 
-def add_network_args(p):
-    g = p.add_argument_group("network")
-    g.add_argument("--image_encoder", help="convnet[_wW][_dD][_eE][_in|_gn|_nonorm] | nfnet | <timm model name> "
-                                           "(default: convnet for synthetic, nfnet otherwise)")
-    g.add_argument("--image_pretrained", action=argparse.BooleanOptionalAction, default=None,
-                   help="start the image encoder from timm's pretrained weights (default: yes for timm models, no for convnet)")
-    g.add_argument("--image_checkpoint", help="local weights file (.pt/.pth/.safetensors) for the image encoder")
-    g.add_argument("--image_trainable", action="store_true", help="train the whole image encoder (else a head on a frozen one)")
-    g.add_argument("--out_embedding", type=int, default=768, help="embedding dimension when both sides project (default: 768)")
+def build_parser(table: Sequence[Setting], script: str, description: Optional[str]) -> Parser:
+    """The parser of `script`: every Setting of `table` that names it, listed under its group."""
+    p = Parser(description=description)
+    groups = {}
+    for s in table:
+        if script in s.scripts:
+            if s.group not in groups:
+                groups[s.group] = p.add_argument_group(s.group)
+            s.add_to(groups[s.group])
+    return p
 
 
-def add_loss_arg(p, default):
-    p.add_argument("--loss_type", default=default, choices=LOSS_TYPES, help=f"contrastive loss (default: {default})")
-
-
-def add_runtime_args(p):
-    g = p.add_argument_group("runtime")
-    g.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
-    g.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N (default: auto = cuda when present)")
-    g.add_argument("--wandb", default="disabled", choices=["disabled", "offline", "online"],
-                   help="Weights & Biases logging (default: disabled)")
-
-
-def config_of(args):
-    """The parsed options as a JSON-able dict (config.json, --out, W&B)."""
-    return {k: (str(v) if k == "device" else v) for k, v in vars(args).items()}
+def config_of(args: argparse.Namespace) -> dict:
+    """The resolved settings as a JSON-able dict (config.json, --out, W&B): what a recipe gave is in them, so the
+    recipe file itself (--config) is left out."""
+    return {k: (str(v) if k == "device" else v) for k, v in vars(args).items() if k != "config"}
 
 
 SEED_LIMIT = 2**32  # the seeds distill_utils/rng.py derives (seed * 100003 + n, ...) stay within torch's 64-bit range
@@ -72,14 +92,14 @@ def _values(args, name):
     return [] if value is None else value if isinstance(value, list) else [value]
 
 
-def positive(args, *names):
+def positive(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not (math.isfinite(value) and value > 0):
                 raise UserError(f"--{name} {value}: expected a finite positive number")
 
 
-def non_negative(args, *names):
+def non_negative(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not (math.isfinite(value) and value >= 0):
@@ -89,7 +109,7 @@ def non_negative(args, *names):
 INT_LIMIT = 2**31  # no count, size or epoch of a run comes near; beyond it torch overflows with a traceback
 
 
-def all_finite(args):
+def all_finite(args: argparse.Namespace) -> None:
     """Refuse NaN or inf in any numeric flag (argparse's float() accepts 'nan' and 'inf'), and integers that
     overflow torch's 64-bit arithmetic."""
     for name in vars(args):
@@ -101,33 +121,43 @@ def all_finite(args):
                 raise UserError(f"--{name} {value}: expected a number below 2**31")
 
 
-def at_most(args, **limits):
+def at_most(args: argparse.Namespace, **limits: float) -> None:
     for name, limit in limits.items():
         for value in _values(args, name):
             if value > limit:
                 raise UserError(f"--{name} {value}: expected at most {limit}")
 
 
-def check_seed(args, *names):
+def fraction(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        for value in _values(args, name):
+            if not 0 <= value < 1:
+                raise UserError(f"--{name} {value}: expected a number in [0, 1)")
+
+
+def check_seed(args: argparse.Namespace, *names: str) -> None:
     for name in names:
         for value in _values(args, name):
             if not 0 <= value < SEED_LIMIT:
                 raise UserError(f"--{name} {value}: expected an integer in [0, 2**32)")
 
 
-def check_run_name(name, flag="--name"):
+CHECKS = {"positive": positive, "non_negative": non_negative, "fraction": fraction, "seed": check_seed}
+
+
+def check_run_name(name: str, flag: str = "--name") -> str:
     """A run name is one directory level: no separators, no '..', so it stays inside --runs_dir."""
     if not re.fullmatch(r"[A-Za-z0-9_.+=@-]+", name) or name in (".", ".."):
         raise UserError(f"{flag} {name!r}: expected a plain directory name (letters, digits, _.+=@-; no '/' or '..')")
     return name
 
 
-def not_a_file(path, flag):
+def not_a_file(path: Optional[str], flag: str) -> None:
     if path and os.path.exists(path) and not os.path.isdir(path):
         raise UserError(f"{flag} {path}: is a file, expected a directory")
 
 
-def resolve_device(name):
+def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -139,24 +169,23 @@ def resolve_device(name):
     return device
 
 
-def finalize(args):
-    """Fill the dataset-dependent defaults and check the shared options."""
-    synthetic = args.dataset in SYNTHETIC_LEVELS
-    image_root, ann_root = default_roots(args.dataset)
-    args.ann_root = args.ann_root or ann_root
-    args.image_root = args.image_root or (args.ann_root if synthetic else image_root)
-    if args.image_size is None:
-        args.image_size = 32 if synthetic else 224
-    args.text_encoder = args.text_encoder or ("minilm" if synthetic else "bert")
-    if hasattr(args, "image_encoder"):
-        args.image_encoder = args.image_encoder or ("convnet" if synthetic else "nfnet")
-        positive(args, "out_embedding")
-        at_most(args, out_embedding=65536)
+def finalize(args: argparse.Namespace, settings: Iterable[Setting] = ()) -> argparse.Namespace:
+    """Fill the dataset-dependent defaults, then check every value: finite, and as its Setting in `settings` says."""
+    if hasattr(args, "dataset"):
+        synthetic = args.dataset in SYNTHETIC_LEVELS
+        image_root, ann_root = default_roots(args.dataset)
+        args.ann_root = args.ann_root or ann_root
+        args.image_root = args.image_root or (args.ann_root if synthetic else image_root)
+        if args.image_size is None:
+            args.image_size = 32 if synthetic else 224
+        args.text_encoder = args.text_encoder or ("minilm" if synthetic else "bert")
+        if hasattr(args, "image_encoder"):
+            args.image_encoder = args.image_encoder or ("convnet" if synthetic else "nfnet")
     all_finite(args)
-    positive(args, "image_size", "synthetic_train_images", "synthetic_test_images")
-    at_most(args, image_size=4096, workers=256)
-    non_negative(args, "workers")
-    check_seed(args, "seed", "data_seed")
-    not_a_file(args.feature_cache, "--feature_cache")
-    args.device = resolve_device(args.device)
+    for setting in settings:
+        setting.validate(args)
+    if hasattr(args, "feature_cache"):
+        not_a_file(args.feature_cache, "--feature_cache")
+    if hasattr(args, "device"):
+        args.device = resolve_device(args.device)
     return args

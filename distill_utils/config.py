@@ -1,15 +1,20 @@
 """Typed settings, built once from the parsed flags by the entry scripts; the library takes these, never the
-argparse namespace. Field names are the flag names (the paper's scripts)."""
+argparse namespace. Field names are the flag names (the paper's scripts); where a class has defaults, they are the
+flags' (settings.with_defaults: each flag is declared once, in settings.py)."""
+import argparse
 from dataclasses import asdict, dataclass, fields
-from typing import Optional
+from typing import Any, Optional, Type, TypeVar
 
 import torch
 
+from distill_utils import settings
 from networks.dual_encoder import NetConfig
 from networks.text_encoders import weights_digest
 
+T = TypeVar("T")
 
-def from_flags(cls, args):
+
+def from_flags(cls: Type[T], args: argparse.Namespace) -> T:
     """An instance of dataclass `cls` from the namesake flags in `args`; a field without a flag keeps its default."""
     return cls(**{f.name: getattr(args, f.name) for f in fields(cls) if hasattr(args, f.name)})
 
@@ -39,12 +44,12 @@ class NetworkSpec:
     image_size: int
     image_trainable: bool
     out_embedding: int
-    image_pretrained: Optional[bool] = None
-    image_checkpoint: Optional[str] = None
-    amp: str = "off"
-    channels_last: bool = False
+    image_pretrained: Optional[bool]
+    image_checkpoint: Optional[str]
+    amp: str
+    channels_last: bool
 
-    def identity(self):
+    def identity(self) -> dict:
         """The settings that identify the network and its data: recorded in buffer manifests and distilled files,
         and compared when a buffer or a distilled file is used. Call it once the text features are loaded (a
         text encoder that is not installed is named by the digest its feature cache recorded)."""
@@ -52,12 +57,13 @@ class NetworkSpec:
                 "text_encoder_weights": weights_digest(self.text_encoder), "image_size": self.image_size,
                 "image_trainable": self.image_trainable, "out_embedding": self.out_embedding}
 
-    def net_config(self, text_dim):
+    def net_config(self, text_dim: int) -> NetConfig:
         return NetConfig(self.image_encoder, self.image_size, text_dim, self.image_trainable, self.out_embedding,
                          self.image_pretrained, self.image_checkpoint, amp=self.amp, channels_last=self.channels_last)
 
 
 @dataclass(frozen=True)
+@settings.with_defaults(settings.BUFFER)
 class ExpertConfig:
     """How buffer.py trains an expert (SPEC section 3)."""
     train_epochs: int
@@ -69,12 +75,13 @@ class ExpertConfig:
     eval_freq: int
     loss_type: str
 
-    def recorded(self):
+    def recorded(self) -> dict:
         """The fields a buffer manifest records (eval_freq only changes what is reported)."""
         return {k: v for k, v in asdict(self).items() if k != "eval_freq"}
 
 
 @dataclass(frozen=True)
+@settings.with_defaults(settings.DISTILL)
 class DistillConfig:
     """The distillation settings of distill_ptm-st.py that are the same in every phase (SPEC section 5)."""
     seed: int
@@ -100,11 +107,31 @@ class DistillConfig:
     amp_check_it: int
     eval_it: int        # save (and evaluate) every eval_it iterations and at each phase end
     checkpoint_it: int  # write a resumable checkpoint every checkpoint_it iterations
-    experts_per_it: int = 1  # expert segments matched per iteration (split over torchrun ranks)
-    tf32: bool = False              # CUDA kernel levers (speed.py), guarded with --amp
-    nondeterministic: bool = False
+    experts_per_it: int  # expert segments matched per iteration (split over torchrun ranks)
+    tf32: bool              # CUDA kernel levers (speed.py), guarded with --amp
+    nondeterministic: bool
 
-    def recorded(self):
+    def recorded(self) -> dict:
         """The fields every distilled file records about how it was distilled."""
         return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
                                               "phase_conditioning", "ema_decay", "experts_per_it")}
+
+
+@dataclass
+@settings.with_defaults(settings.EVALUATE)
+class EvalProtocol:
+    """How distilled data are evaluated (SPEC section 6): evaluate.py and the in-run evaluation of distill_ptm-st.py."""
+    num_eval: int
+    epoch_eval_train: int
+    batch_train: int
+    loss_type: str
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    eval_points: int           # test evaluations spread evenly over the whole sequence; the last is the final epoch
+    select_on: str             # the headline number: "final" or "val"
+    lr_decay: bool             # x0.1 for the second half of each phase's epochs (authors: once, see the doc)
+    eval_mode: str             # how phased subsets are used: sequential | cumulative | union
+    protocol: str              # ours | authors
+
+    def epochs_of(self, source: Any) -> int:
+        return source.epochs if source.epochs is not None else self.epoch_eval_train

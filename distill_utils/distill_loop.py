@@ -9,27 +9,32 @@ import resource
 import time
 from dataclasses import dataclass
 from functools import partial
+from typing import Callable, List, Optional, Union
 
 import torch
 from tqdm import trange
 
 from common.errors import UserError
 from distill_utils import parallel, segments
-from distill_utils.config import DistillConfig
+from distill_utils.config import DistillConfig, EvalProtocol
 from distill_utils.datasets.loading import TrainData
-from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, evaluate_sequence, headline
+from distill_utils.evaluation.sources import SubsetSource
+from distill_utils.evaluation.summary import headline
+from distill_utils.evaluation.training import evaluate_sequence
 from distill_utils.evaluation.retrieval import format_metrics
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
+from distill_utils.files.expert_stream import ExpertStream
 from distill_utils.files.run_dir import RunDir
 from distill_utils.method.amp_guard import AmpGuard, describe as describe_amp_check
 from distill_utils.method.conditioning import condition
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
-from distill_utils.method.matching import MATCHING
+from distill_utils.files.subset_file import DistilledSubset
+from distill_utils.method.matching import MATCHING, MatchResult
 from distill_utils.method.student import RetrievalData, Student
 from distill_utils.phases import Phase
 from distill_utils.preflight import need_timestamps
 from distill_utils.rng import phase_seed
-from networks.dual_encoder import NetworkFactory
+from networks.dual_encoder import DualEncoder, NetworkFactory
 
 
 @dataclass
@@ -42,9 +47,13 @@ class RunContext:
     protocol: EvalProtocol   # the in-run evaluation; num_eval 0 saves without evaluating
     identity: dict           # NetworkSpec.identity() and text_dim: what every saved subset records
     device: torch.device
+    val: Optional[RetrievalData] = None  # the val split, for --select_on val
 
 
-def check_buffer(phase, net, identity, expert_epochs):
+_REPORTED = {"best": "authors protocol, best on test", "final": "final epoch", "val_selected": "selected on val"}
+
+
+def check_buffer(phase: Phase, net: DualEncoder, identity: dict, expert_epochs: int) -> BufferDir:
     """Refuse a buffer made for another network or with other text-encoder weights, or any of its files too
     short for the phase's start epochs; shapes are read without loading the tensors."""
     buf = BufferDir(phase.buffer_path)
@@ -55,7 +64,7 @@ def check_buffer(phase, net, identity, expert_epochs):
     return buf
 
 
-def preflight(ctx, phases):
+def preflight(ctx: RunContext, phases: List[Phase]) -> None:
     """Check every phase's buffer files against the network before any phase starts: fail in seconds, not hours."""
     net = ctx.factory.build(seed=0, device="cpu")
     for phase in phases:
@@ -65,7 +74,7 @@ def preflight(ctx, phases):
         check_buffer(phase, net, ctx.identity, ctx.cfg.expert_epochs)
 
 
-def matching_step(cfg):
+def matching_step(cfg: DistillConfig) -> Callable:
     """The matching step of --matching (looked up at call time, so tests can wrap it)."""
     match = MATCHING[cfg.matching]
     if cfg.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
@@ -73,7 +82,7 @@ def matching_step(cfg):
     return match
 
 
-def peak_memory_mb(device):
+def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
@@ -83,25 +92,26 @@ class PhaseRun:
     """What one phase leaves in the run directory: iteration records, the EMA subset every cfg.eval_it
     iterations (saved, drawn, evaluated), checkpoints every cfg.checkpoint_it, the final subsets."""
 
-    def __init__(self, ctx, phase, frozen, syn, stream, generator, guard):
+    def __init__(self, ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], syn: SyntheticSet,
+                 stream: ExpertStream, generator: torch.Generator, guard: AmpGuard):
         self.ctx, self.phase, self.frozen = ctx, phase, frozen
         self.syn, self.stream, self.generator, self.guard = syn, stream, generator, guard
         self.seconds, self.steps_timed = 0.0, 0
 
-    def subset_config(self, iteration):
+    def subset_config(self, iteration: int) -> dict:
         """What a saved subset records: the network's identity, the phase and how it was distilled."""
         ctx, phase = self.ctx, self.phase
         return {**ctx.identity, "phase": phase.index, "iteration": iteration, **phase.as_dict(),
                 **ctx.cfg.recorded(), "name": ctx.run_dir.name, "seed": ctx.cfg.seed}
 
-    def before_step(self, result, checks, it):
+    def before_step(self, result: MatchResult, checks: list, it: int) -> None:
         """Log the --amp checks; stop before a non-finite loss or gradient reaches the subset."""
         for check in checks:
             self.ctx.run_dir.log({"phase": self.phase.index, **check},
                              echo=f"phase {self.phase.index}: {describe_amp_check(check)}")
         self._check_finite(result, it)
 
-    def after_iteration(self, done, result, start_epoch, tick):
+    def after_iteration(self, done: int, result: MatchResult, start_epoch: Union[int, List[int]], tick: float) -> None:
         """Iteration `done` (1-based) has stepped: check it, time it (from `tick`), log, save, checkpoint."""
         ctx, phase, syn, device = self.ctx, self.phase, self.syn, self.ctx.device
         self._check_finite(result, done - 1, after_update=True)
@@ -109,8 +119,8 @@ class PhaseRun:
             torch.cuda.synchronize(device)
         self.seconds, self.steps_timed = self.seconds + time.perf_counter() - tick, self.steps_timed + 1
         ctx.run_dir.log({"phase": phase.index, "iteration": done, "start_epoch": start_epoch, "loss": result.loss,
-                     "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.lr_img.item(),
-                     "syn_lr_txt": syn.lr_txt.item()})
+                     "loss_img": result.loss_img, "loss_txt": result.loss_txt, "syn_lr_img": syn.student_lr_img.item(),
+                     "syn_lr_txt": syn.student_lr_txt.item()})
         saved = done % ctx.cfg.eval_it == 0 or done == phase.iterations
         if saved:
             subset = syn.subset(self.subset_config(done))
@@ -122,14 +132,14 @@ class PhaseRun:
                 "syn": syn.state_dict(), "experts": self.stream.state_dict(), "amp_guard": self.guard.state_dict(),
                 "generator": self.generator.get_state()}, device)
 
-    def evaluate(self, subset, path, done):
+    def evaluate(self, subset: DistilledSubset, path: str, done: int) -> None:
         """Train fresh students on D_1..D_{p-1} and `subset` (as --eval_mode says); log the numbers."""
         ctx, phase = self.ctx, self.phase
         if ctx.protocol.num_eval <= 0:
             return
         sources = [SubsetSource(s, f"D{k + 1}") for k, s in enumerate(self.frozen)] + \
             [SubsetSource(subset, f"D{phase.index + 1}")]
-        report = evaluate_sequence(sources, ctx.factory, ctx.test, ctx.protocol, ctx.cfg.seed, ctx.device,
+        report = evaluate_sequence(sources, ctx.factory, ctx.test, ctx.protocol, ctx.cfg.seed, ctx.device, ctx.val,
                                    desc=f"eval p{phase.index} it{done}")
         m = headline(report)
         ctx.run_dir.log({"event": "eval", "phase": phase.index, "iteration": done, "file": path,
@@ -137,11 +147,11 @@ class PhaseRun:
                      **{f"eval_std_{k}": v for k, v in report[report["reported"]]["std"].items()},
                      **{f"eval_best_{k}": v for k, v in report["best"]["mean"].items()}},
                     echo=f"phase {phase.index} it {done}: EMA subset, {ctx.protocol.eval_mode}, "
-                         f"{'authors protocol, best on test' if report['reported'] == 'best' else 'final epoch'}, "
+                         f"{_REPORTED[report['reported']]}, "
                          f"{len(report['seeds'])} runs | "
                          f"{format_metrics(m)}")
 
-    def finish(self):
+    def finish(self) -> DistilledSubset:
         """Save the final EMA subset (and, with EMA, the subset without it); log the phase's speed. Returns the
         EMA subset."""
         ctx, phase, syn, device = self.ctx, self.phase, self.syn, self.ctx.device
@@ -175,7 +185,8 @@ class PhaseRun:
                             "--clamp_lr)")
 
 
-def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
+def distill_phase(ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], resume: Optional[dict] = None
+                  ) -> DistilledSubset:
     """Run phase `phase` (or its remainder, from checkpoint `resume`); returns its EMA subset."""
     c, device = ctx.cfg, ctx.device
     seed = phase_seed(c.seed, phase.index)
@@ -186,7 +197,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
                      state=resume and resume.get("amp_guard"), tf32=c.tf32, nondeterministic=c.nondeterministic)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak
-    stream = BufferDir(phase.buffer_path).stream(seed)
+    stream = ExpertStream(BufferDir(phase.buffer_path), seed)
     check_buffer(phase, net, ctx.identity, c.expert_epochs)
     opt = SynOptim(c.lr_img, c.lr_txt, c.lr_sim, c.lr_lr, momentum=0.5, ema_decay=c.ema_decay, clamp_lr=c.clamp_lr)
     syn = SyntheticSet.from_real(ctx.train, phase.num_queries, c.sim_type, phase.sim_rank, c.alpha,
@@ -204,5 +215,5 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen, resume=None):
         syn.step()  # SGD on X, Y, S and the lrs, then the EMA copy
         t = [seg.start_epoch for seg in drawn]
         run.after_iteration(it + 1, result, t[0] if len(t) == 1 else t, tick)
-        bar.set_postfix(loss=f"{result.loss:.4f}", lr_img=f"{syn.lr_img.item():.3g}")
+        bar.set_postfix(loss=f"{result.loss:.4f}", syn_lr_img=f"{syn.student_lr_img.item():.3g}")
     return run.finish()

@@ -14,6 +14,7 @@ import contextlib
 import hashlib
 import os
 import sys
+from typing import Iterable, Iterator, List, Optional
 
 import torch
 import torch.distributed as dist
@@ -21,24 +22,24 @@ import torch.distributed as dist
 from common.errors import UserError
 
 
-def world_size():
+def world_size() -> int:
     return dist.get_world_size() if dist.is_initialized() else 1
 
 
-def rank():
+def rank() -> int:
     return dist.get_rank() if dist.is_initialized() else 0
 
 
-def is_main():
+def is_main() -> bool:
     return rank() == 0
 
 
-def launched_ranks():
+def launched_ranks() -> int:
     """The number of ranks torchrun started (1 without torchrun)."""
     return int(os.environ.get("WORLD_SIZE", "1"))
 
 
-def rank_device(device):
+def rank_device(device: torch.device) -> torch.device:
     """The device of this rank: cuda:<LOCAL_RANK> for --device auto/cuda under torchrun, else `device`."""
     if launched_ranks() == 1 or device.type != "cuda":
         return device
@@ -52,7 +53,7 @@ def rank_device(device):
     return torch.device("cuda", local)
 
 
-def init(device):
+def init(device: torch.device) -> torch.device:
     """Join torchrun's process group (a no-op for one process); returns this rank's device."""
     device = rank_device(device)
     if launched_ranks() == 1 or dist.is_initialized():
@@ -68,18 +69,18 @@ def init(device):
     return device
 
 
-def teardown():
+def teardown() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
-def share(n, r=None, size=None):
+def share(n: int, r: Optional[int] = None, size: Optional[int] = None) -> range:
     """The indices of `n` items that rank `r` of `size` (default: this rank of this run) works on."""
     r, size = rank() if r is None else r, world_size() if size is None else size
     return range(r * n // size, (r + 1) * n // size)
 
 
-def gather(items):
+def gather(items: Iterable) -> list:
     """This rank's results of its `share`, joined over all ranks in rank (= item) order; every rank gets all."""
     if world_size() == 1:
         return list(items)
@@ -88,7 +89,7 @@ def gather(items):
     return [item for part in parts for item in part]
 
 
-def sum_to_all(tensors):
+def sum_to_all(tensors: List[torch.Tensor]) -> List[torch.Tensor]:
     """Sum each tensor over the ranks, in place, with one reduction to rank 0 and one broadcast from it: every
     rank gets the very same values (bit for bit), whatever the backend's reduction order."""
     if world_size() == 1:
@@ -101,7 +102,7 @@ def sum_to_all(tensors):
     return tensors
 
 
-def digest(tensors):
+def digest(tensors: Iterable[torch.Tensor]) -> str:
     """SHA-256 of the tensors' bytes."""
     h = hashlib.sha256()
     for t in tensors:
@@ -109,7 +110,7 @@ def digest(tensors):
     return h.hexdigest()
 
 
-def check_same(tensors, what):
+def check_same(tensors: List[torch.Tensor], what: str) -> None:
     """Stop when the ranks' copies of `tensors` are not equal bit for bit (they apply the same updates)."""
     if world_size() == 1:
         return
@@ -118,7 +119,7 @@ def check_same(tensors, what):
                         "(mixed GPU types or library versions?); stopped before the checkpoint")
 
 
-def all_true(flag):
+def all_true(flag: bool) -> bool:
     """Whether `flag` holds on every rank."""
     if world_size() == 1:
         return bool(flag)
@@ -126,7 +127,7 @@ def all_true(flag):
 
 
 @contextlib.contextmanager
-def main_first():
+def main_first() -> Iterator[None]:
     """Rank 0 runs the block first (it may create shared files: a dataset, a feature cache), then the others."""
     if not is_main():
         dist.barrier()

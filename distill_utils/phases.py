@@ -1,10 +1,13 @@
-"""Per-phase settings of PTM-ST: one entry of each list flag per phase."""
+"""Per-phase settings of PTM-ST: one entry of each list flag per phase, or one record per phase in a recipe."""
 from dataclasses import asdict, dataclass
-from typing import Optional
+from typing import List, Optional
 
 from common.errors import UserError
 
 LIST_FLAGS = ("buffer_path", "min_start_epoch", "max_start_epoch", "num_queries", "Iteration")
+# a recipe's phase record: its keys are the Phase fields, each the list flag it gives one entry of
+RECORD_KEYS = {"buffer_path": "buffer_path", "min_start_epoch": "min_start_epoch", "max_start_epoch": "max_start_epoch",
+               "num_queries": "num_queries", "iterations": "Iteration", "sim_rank": "sim_rank"}
 
 
 @dataclass(frozen=True)
@@ -17,11 +20,26 @@ class Phase:
     iterations: int
     sim_rank: Optional[int] = None
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return asdict(self)
 
 
-def parse_phases(lists, subset_num, mini_batch_size, sim_type="full"):
+def lists_from_records(records: list, where: str) -> dict:
+    """The list flags (and --subset_num) that a recipe's `phases` records stand for: record p gives entry p."""
+    if not isinstance(records, list) or not records or not all(isinstance(r, dict) for r in records):
+        raise UserError(f"{where}: phases: expected a list of records, one per phase")
+    required = [k for k in RECORD_KEYS if k != "sim_rank"]
+    for p, record in enumerate(records):
+        unknown = [k for k in record if k not in RECORD_KEYS]
+        missing = [k for k in required if k not in record]
+        if unknown or missing:
+            what = f"unknown key {unknown[0]!r}" if unknown else f"no {missing[0]}"
+            raise UserError(f"{where}: phases: record {p} has {what} (keys: {', '.join(RECORD_KEYS)})")
+    keys = required + (["sim_rank"] if any("sim_rank" in r for r in records) else [])
+    return {"subset_num": len(records), **{RECORD_KEYS[k]: [r.get(k) for r in records] for k in keys}}
+
+
+def parse_phases(lists: dict, subset_num: int, mini_batch_size: int, sim_type: str = "full") -> List[Phase]:
     """Phases from the list flags (`lists`: flag name -> its values, None when not given, for LIST_FLAGS and,
     with sim_type lowrank, sim_rank); refuses a list whose length differs from --subset_num."""
     flags = LIST_FLAGS + (("sim_rank",) if sim_type == "lowrank" else ())

@@ -67,7 +67,7 @@ def need_timestamps(phase, expert_epochs, length, where, path):
 
 def buffer_length(directory, flag="--buffer_path"):
     """(experts, timestamps of the shortest, its file) of a buffer directory, read memory-mapped."""
-    described = [(buffers.describe_file(img), img) for _, img, _ in buffers.list_pairs(directory, flag)]
+    described = [(buffers.describe_file(img), img) for _, img, _ in buffers.BufferDir(directory, flag).pairs()]
     (_, length, _), path = min(described, key=lambda d: d[0][1])
     return sum(d[0][0] for d in described), length, path
 
@@ -102,9 +102,9 @@ def _recipe_buffers(recipe, data, normal_dir):
     net = NetworkFactory(NetConfig(recipe.image_encoder, recipe.image_size, width, True,
                                    image_pretrained=False)).build(seed=0)
     lines, problems, to_write, timestamps = [], [], 0, recipe.train_epochs + 1
-    if os.path.isdir(normal_dir) and buffers.has_experts(normal_dir):
+    if os.path.isdir(normal_dir) and buffers.BufferDir(normal_dir).has_experts():
         experts, timestamps, path = buffer_length(normal_dir)
-        manifest = buffers.read_manifest(normal_dir)
+        manifest = buffers.BufferDir(normal_dir).read_manifest()
         published = manifest is None or "published" in manifest  # published buffers come without one, or fetched
         missing = 0 if published else max(0, recipe.num_experts - experts)
         to_write += missing * footprint.expert_bytes(net, recipe.train_epochs + 1)
@@ -119,7 +119,7 @@ def _recipe_buffers(recipe, data, normal_dir):
     for p, (directory, (start, end)) in enumerate(zip(recipe.shortcut_dirs(normal_dir), recipe.windows)):
         phase = Phase(p, directory, recipe.min_start_epoch[p], recipe.max_start_epoch[p], recipe.num_queries[p], 1)
         try:
-            if os.path.isdir(directory) and buffers.has_experts(directory):
+            if os.path.isdir(directory) and buffers.BufferDir(directory).has_experts():
                 lines += check_phase_buffers([phase], recipe.expert_epochs)
                 continue
             size = experts * footprint.expert_bytes(net, end - start)
@@ -138,8 +138,8 @@ def _recipe_buffers(recipe, data, normal_dir):
 def check_recipe(recipe, data, buffer_path, device):
     """Every check of the recipe, each reported as it runs ('ok' or 'FAILED'); the failures raise one UserError at
     the end."""
-    normal_dir = buffers.buffer_dir(buffer_path, data.dataset, recipe.image_encoder, data.text_encoder,
-                                    recipe.loss_type)
+    normal_dir = buffers.BufferDir.of_network(buffer_path, data.dataset, recipe.image_encoder, data.text_encoder,
+                                              recipe.loss_type).path
     failures, state = [], {"to_write": 0}
 
     def step(name, run):

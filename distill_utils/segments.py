@@ -16,12 +16,18 @@ switches the run to float32 from the next iteration on, on every rank.
 """
 import contextlib
 from dataclasses import dataclass
+from typing import Callable, List, Tuple
 
 import torch
 
 from common.errors import UserError
 from distill_utils import parallel
+from distill_utils.config import DistillConfig
+from distill_utils.files.expert_stream import ExpertStream
+from distill_utils.method.amp_guard import AmpGuard
+from distill_utils.method.learnable_set import LearnableSet
 from distill_utils.method.matching import MatchResult, minibatch_schedule
+from distill_utils.phases import Phase
 from distill_utils.rng import seeded, segment_seed
 
 
@@ -34,7 +40,7 @@ class Segment:
     target: tuple = None  # the same at T + expert_epochs
 
 
-def check_experts_per_it(k, ranks):
+def check_experts_per_it(k: int, ranks: int) -> None:
     if k < ranks:
         raise UserError(f"--experts_per_it {k}: torchrun started {ranks} ranks and each matches at least one "
                         f"segment per iteration; pass --experts_per_it {ranks} or more (or fewer ranks)")
@@ -44,7 +50,8 @@ def _start_epoch(phase, generator):
     return int(torch.randint(phase.min_start_epoch, phase.max_start_epoch, (1,), generator=generator))
 
 
-def expert_segment(stream, phase, generator, expert_epochs, device):
+def expert_segment(stream: ExpertStream, phase: Phase, generator: torch.Generator, expert_epochs: int,
+                   device: torch.device) -> Tuple[tuple, tuple, int]:
     """Next expert: theta at a start epoch T drawn from [min, max) and at T + expert_epochs (flat, img and txt;
     half-precision buffers are cast to float32)."""
     img_traj, txt_traj, path = stream.next()
@@ -58,7 +65,8 @@ def expert_segment(stream, phase, generator, expert_epochs, device):
     return start, target, t
 
 
-def draw(k_total, stream, phase, generator, cfg, n_pairs, device):
+def draw(k_total: int, stream: ExpertStream, phase: Phase, generator: torch.Generator, cfg: DistillConfig,
+         n_pairs: int, device: torch.device) -> List[Segment]:
     """The iteration's K segments in the order one process draws them; only this rank's share is loaded.
     cfg: the DistillConfig (expert_epochs, mini_batch_size, syn_steps)."""
     mine, segments = parallel.share(k_total), []
@@ -73,7 +81,8 @@ def draw(k_total, stream, phase, generator, cfg, n_pairs, device):
     return segments
 
 
-def match_segments(segments, guard, match, syn, seed, iteration):
+def match_segments(segments: List[Segment], guard: AmpGuard, match: Callable, syn: LearnableSet, seed: int,
+                   iteration: int) -> Tuple[MatchResult, list]:
     """Match this rank's segments one after the other and set syn's .grad to the mean gradient over all K
     segments; returns (MatchResult of the mean losses, the amp check records of all segments)."""
     k_total, device, active = len(segments), syn.image.device, guard.active

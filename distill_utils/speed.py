@@ -1,4 +1,4 @@
-"""Speed levers and the kernel flags of a run.
+"""Speed levers (declared in settings.py) and the kernel flags of a run.
 
 --amp runs the student networks' forward under torch.autocast (the Student does it, see student.py); the
 contrastive loss and everything outside the network stay float32. --tf32 and --nondeterministic loosen CUDA's
@@ -8,8 +8,10 @@ is bit for bit and --resume ends where an uninterrupted run does. In distillatio
 (method/amp_guard.py): its synthetic-data gradient is compared with the strict float32 one every --amp_check_it
 iterations and the run falls back above --amp_tolerance. --threads sets the CPU threads.
 """
+import argparse
 import contextlib
 import os
+from typing import ContextManager, Iterator, Union
 
 import torch
 
@@ -18,53 +20,24 @@ from common.errors import UserError
 AMP_DTYPES = {"off": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def add_speed_args(p, distill=False):
-    g = p.add_argument_group("speed")
-    guarded = ("; guarded in distillation (--amp_tolerance)" if distill else "")
-    g.add_argument("--amp", default="off", choices=list(AMP_DTYPES),
-                   help="mixed precision (torch.autocast) for the student networks: experts, evaluation students"
-                        + (" and, while their synthetic-data gradient stays within --amp_tolerance of float32, the "
-                           "distillation passes" if distill else "") + " (default: off)")
-    g.add_argument("--channels_last", action="store_true",
-                   help="feed images to the image encoder in channels-last memory format (a speed lever for "
-                        "convolutional encoders, measured in docs/paper_scale.md)")
-    g.add_argument("--tf32", action="store_true",
-                   help="CUDA: TensorFloat-32 products in matmuls and cuDNN convolutions" + guarded + " (default: off)")
-    g.add_argument("--nondeterministic", action="store_true",
-                   help="CUDA: cuDNN picks its algorithms by timing (cudnn.benchmark) and kernels may sum in any order; "
-                        "the replay of constant matching and --resume are then no longer bit for bit" + guarded +
-                        " (default: off, deterministic kernels)")
-    g.add_argument("--threads", type=int, help="CPU threads of the computation (default: torch's, one per core)")
-    if distill:
-        g.add_argument("--amp_tolerance", type=float, default=0.05,
-                       help="--amp, --tf32, --nondeterministic: largest relative error of the synthetic-data gradient "
-                            "against strict float32 on the same iteration; above it the rest of the run uses strict "
-                            "float32 (default: 0.05)")
-        g.add_argument("--amp_check_it", type=int, default=100,
-                       help="compare the levers' gradient against strict float32 every N iterations, starting with the "
-                            "first (default: 100)")
-
-
-def check_speed_args(args):
-    for name in ("amp_tolerance", "amp_check_it", "threads"):
-        value = getattr(args, name, None)
-        if value is not None and not value > 0:  # also refuses NaN
-            raise UserError(f"--{name} {value}: expected a positive number")
+def apply_levers(args: argparse.Namespace) -> dict:
+    """Refuse a CUDA kernel lever off CUDA, set the threads and the kernel flags; returns the flags as a record."""
     for name in ("tf32", "nondeterministic"):
         if getattr(args, name, False) and torch.device(args.device).type != "cuda":
             raise UserError(f"--{name}: a CUDA kernel setting, and this run is on {args.device}")
     if getattr(args, "threads", None):
         torch.set_num_threads(args.threads)
+    return kernels(args.device, args.tf32, args.nondeterministic)
 
 
-def autocast(device, amp):
+def autocast(device: Union[str, torch.device], amp: str) -> ContextManager:
     """The autocast context of `amp` on `device` (a no-op context for 'off')."""
     if amp == "off":
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=AMP_DTYPES[amp])
 
 
-def kernels(device, tf32=False, nondeterministic=False):
+def kernels(device: Union[str, torch.device], tf32: bool = False, nondeterministic: bool = False) -> dict:
     """Set the kernel flags of `device` for the run; returns them as a record. Strict (the default): deterministic
     cuDNN/cuBLAS kernels, no TF32 (the pass-2 replay and --resume need them); cuBLAS's fixed workspace must be set
     before its first call."""
@@ -82,24 +55,24 @@ def kernels(device, tf32=False, nondeterministic=False):
             "cudnn_allow_tf32": tf32, "matmul_allow_tf32": tf32}
 
 
-def deterministic(device):
+def deterministic(device: Union[str, torch.device]) -> dict:
     """The strict kernels (see `kernels`); returns the flags set."""
     return kernels(device)
 
 
 @contextlib.contextmanager
-def strict_kernels(device):
+def strict_kernels(device: Union[str, torch.device]) -> Iterator[None]:
     """Strict kernels inside the block, the run's own flags restored after it (the levers' guard)."""
     if torch.device(device).type != "cuda":
         yield
         return
-    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.deterministic,
-             torch.backends.cudnn.benchmark, torch.are_deterministic_algorithms_enabled())
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark,
+             torch.are_deterministic_algorithms_enabled())
     kernels(device)
     try:
         yield
     finally:
-        tf32, _, det, bench, algos = saved
+        tf32, det, bench, algos = saved
         torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = tf32
         torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = det, bench
         torch.use_deterministic_algorithms(algos, warn_only=True)

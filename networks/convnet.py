@@ -1,5 +1,6 @@
 """A small ConvNet for CPU work (instance/group norm, never batch norm, so per-sample gradients stay clean)."""
 import re
+from typing import Optional
 
 import torch
 import torch.nn as nn
@@ -14,13 +15,13 @@ class GroupNorm(nn.Module):
     to another formula under create_graph; this one does not, so the memory-constant matching can replay
     a student step bit for bit."""
 
-    def __init__(self, groups, channels, eps=1e-5):
+    def __init__(self, groups: int, channels: int, eps: float = 1e-5):
         super().__init__()
         self.groups, self.eps = groups, eps
         self.weight = nn.Parameter(torch.ones(channels))
         self.bias = nn.Parameter(torch.zeros(channels))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c = x.shape[:2]
         g = x.reshape(n, self.groups, -1)
         centred = g - g.mean(-1, keepdim=True)
@@ -31,7 +32,7 @@ class GroupNorm(nn.Module):
 class ConvNet(nn.Module):
     """[conv3x3 -> norm -> ReLU -> avgpool2] x depth, flattened (keeps where things are), then a linear embedding."""
 
-    def __init__(self, width=64, depth=3, norm="in", embed_dim=512, image_size=32):
+    def __init__(self, width: int = 64, depth: int = 3, norm: str = "in", embed_dim: int = 512, image_size: int = 32):
         super().__init__()
         if min(width, depth, embed_dim) < 1:
             raise ValueError(f"width, depth and embedding must be at least 1, got w{width} d{depth} e{embed_dim}")
@@ -52,10 +53,10 @@ class ConvNet(nn.Module):
         self.fc = nn.Linear(width * side * side, embed_dim)
         self.num_features = embed_dim
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.blocks(x).flatten(1))
 
-    def blocks(self, x):
+    def blocks(self, x: torch.Tensor) -> torch.Tensor:
         """self.features, with each norm -> ReLU -> pool run as one Function (networks/fused.py): the same
         function as the Sequential, at a fraction of its cost when differentiated twice."""
         layers = list(self.features)
@@ -70,7 +71,7 @@ class ConvNet(nn.Module):
         return x
 
 
-def parse_convnet(name):
+def parse_convnet(name: str) -> Optional[dict]:
     """'convnet[_w64][_d3][_e512][_in|_gn|_nonorm]' -> ConvNet kwargs, or None if not a convnet name."""
     m = _NAME.match(name)
     if not m:

@@ -6,7 +6,7 @@ forward can take them from outside, so experts, distillation students and evalua
 run the same code.
 """
 from dataclasses import dataclass, asdict
-from typing import Optional
+from typing import Optional, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,8 @@ def _normalize(x):
 
 
 class DualEncoder(nn.Module):
-    def __init__(self, image_encoder, image_dim, text_dim, image_trainable, out_embedding=768, temperature=0.07):
+    def __init__(self, image_encoder: nn.Module, image_dim: int, text_dim: int, image_trainable: bool,
+                 out_embedding: int = 768, temperature: float = 0.07):
         super().__init__()
         self.image_encoder = image_encoder
         self.image_trainable = image_trainable
@@ -40,25 +41,25 @@ class DualEncoder(nn.Module):
         self.txt_layout = ParamLayout(self.txt_module)
 
     @property
-    def img_module(self):
+    def img_module(self) -> nn.Module:
         return self.image_encoder if self.image_trainable else self.image_head
 
     @property
-    def txt_module(self):
+    def txt_module(self) -> nn.Module:
         return self.text_head
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> "DualEncoder":
         super().train(mode)
         if not self.image_trainable:
             self.image_encoder.eval()  # a frozen encoder never runs in training mode
         return self
 
-    def initial_params(self):
+    def initial_params(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """(img_flat, txt_flat): detached copies of the module's own parameters."""
         return (self.img_layout.flatten([p.detach() for p in self.img_module.parameters()]).clone(),
                 self.txt_layout.flatten([p.detach() for p in self.txt_module.parameters()]).clone())
 
-    def embed_images(self, images, img_flat=None):
+    def embed_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
         module = self.img_module
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
@@ -67,12 +68,13 @@ class DualEncoder(nn.Module):
         out = module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
         return _normalize(out)
 
-    def embed_texts(self, text_features, txt_flat=None):
+    def embed_texts(self, text_features: torch.Tensor, txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
         module = self.txt_module
         out = module(text_features) if txt_flat is None else functional_call(module, self.txt_layout.unflatten(txt_flat), (text_features,))
         return _normalize(out)
 
-    def logits(self, images, text_features, img_flat=None, txt_flat=None):
+    def logits(self, images: torch.Tensor, text_features: torch.Tensor, img_flat: Optional[torch.Tensor] = None,
+               txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Image-to-text logits [B_img, B_txt] = scale * cos."""
         return self.logit_scale * self.embed_images(images, img_flat) @ self.embed_texts(text_features, txt_flat).t()
 
@@ -90,7 +92,7 @@ class NetConfig:
     amp: str = "off"
     channels_last: bool = False
 
-    def as_dict(self):
+    def as_dict(self) -> dict:
         return asdict(self)
 
 
@@ -103,7 +105,7 @@ class NetworkFactory:
         self._external_weights = config.image_checkpoint is not None or (
             config.image_pretrained is not False and not is_convnet(config.image_encoder))
 
-    def build(self, seed, device="cpu"):
+    def build(self, seed: int, device: Union[str, torch.device] = "cpu") -> DualEncoder:
         c = self.config
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed if c.image_trainable else 0)  # a frozen random encoder is shared by all nets

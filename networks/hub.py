@@ -9,12 +9,12 @@ import socket
 from urllib.parse import urlparse
 
 
-def offline_requested():
+def offline_requested() -> bool:
     return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
 
 
 @functools.lru_cache(maxsize=None)
-def hub_reachable(timeout=3.0):
+def hub_reachable(timeout: float = 3.0) -> bool:
     if offline_requested():
         return False
     host = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co")).hostname
@@ -25,6 +25,6 @@ def hub_reachable(timeout=3.0):
         return False
 
 
-def looks_like_path(name):
+def looks_like_path(name: str) -> bool:
     """A hub id is 'name' or 'owner/name'; anything else is meant as a local path."""
     return name.startswith((".", "/", "~")) or name.count("/") > 1

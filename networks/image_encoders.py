@@ -1,5 +1,6 @@
 """Image encoders: the CPU ConvNet or any timm model by name, pretrained from timm or a local file."""
 import os
+from typing import Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -12,7 +13,7 @@ from .hub import hub_reachable
 ALIASES = {"nfnet": "nfnet_l0"}
 
 
-def is_convnet(name):
+def is_convnet(name: str) -> bool:
     return parse_convnet(name) is not None
 
 
@@ -32,7 +33,7 @@ def _read_state_dict(path):
     return {k.removeprefix("module."): v for k, v in state.items()}
 
 
-def load_checkpoint(model, path):
+def load_checkpoint(model: nn.Module, path: str) -> None:
     """Load a local state dict; classifier weights may be absent or extra, nothing else may."""
     if not os.path.isfile(path):
         raise UserError(f"--image_checkpoint {path}: no such file")
@@ -52,11 +53,11 @@ class SiLU(nn.Module):
     create_graph, so the memory-constant matching's pass 2 would not replay pass 1 bit for bit (as GroupNorm
     in convnet.py)."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x * torch.sigmoid(x)
 
 
-def replay_safe(model):
+def replay_safe(model: nn.Module) -> nn.Module:
     """Swap the activations whose backward changes under create_graph (nn.SiLU, NFNet's) for plain-op ones
     (timm's own SiLU/Swish classes too, whichever a timm version builds)."""
     for module in list(model.modules()):
@@ -66,7 +67,8 @@ def replay_safe(model):
     return model
 
 
-def build_image_encoder(name, image_size, pretrained=None, checkpoint=None):
+def build_image_encoder(name: str, image_size: int, pretrained: Optional[bool] = None,
+                        checkpoint: Optional[str] = None) -> Tuple[nn.Module, int]:
     """(module, output dim). pretrained=None means: timm weights for timm models, none for the ConvNet."""
     conv = parse_convnet(name)
     if conv is not None:

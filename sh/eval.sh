@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Evaluate distilled subsets (SPEC section 6) with fresh students, mean ± std over runs.
+# Evaluate distilled subsets (SPEC section 6) with fresh students, mean ± std over runs, under a recipe's protocol.
 #
 #   bash sh/eval.sh                                  # synthetic demo: the files sh/distill.sh writes,
 #                                                    # plus a random baseline of the same total size
@@ -19,17 +19,12 @@ case "$dataset" in
     for f in "${ckpts[@]}"; do
       [ -f "$f" ] || { echo "$f not found: run 'bash sh/distill.sh' first" >&2; exit 1; }
     done
-    python evaluate.py --dataset synthetic --image_trainable --loss_type InfoNCE \
-      --ckpt_path "${ckpts[@]}" --baseline random \
-      --num_eval 5 --epoch_eval_train 100 --batch_train 128 \
+    python evaluate.py --config recipes/synthetic_demo.yaml --ckpt_path "${ckpts[@]}" --baseline random \
       --out "$run/eval.json" "$@"
     ;;
   flickr|coco|cc3m)
     [ $# -gt 0 ] || { echo "usage: bash sh/eval.sh $dataset DISTILLED.pt [DISTILLED.pt ...] [evaluate.py flags]" >&2; exit 2; }
-    python evaluate.py --dataset "$dataset" \
-      --image_encoder nfnet --text_encoder bert --image_trainable --image_size 224 --loss_type WBCE \
-      --num_eval 5 --epoch_eval_train 100 --batch_train 128 \
-      --ckpt_path "$@"
+    python evaluate.py --config "recipes/${dataset}_500.yaml" --ckpt_path "$@"
     ;;
   *)
     echo "usage: bash sh/eval.sh [synthetic | flickr|coco|cc3m DISTILLED.pt ...]" >&2

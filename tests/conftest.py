@@ -5,7 +5,7 @@ import torch
 
 import buffer
 from distill_utils.method.student import RetrievalData
-from distill_utils.files.buffers import buffer_dir
+from distill_utils.files.buffers import BufferDir
 from networks.dual_encoder import NetConfig, NetworkFactory
 from tests.helpers import TEXT_DIM, WORDS, TensorImages, tiny_flags
 
@@ -58,7 +58,7 @@ def expert_dir(tmp_path_factory, tiny_data, tiny_text_encoder):
         buffer.main(args)
     except SystemExit as e:
         assert e.code in (0, None)
-    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", tiny_text_encoder, "InfoNCE")
+    return BufferDir.of_network(str(root), "synthetic", "convnet_w8_d2_e32", tiny_text_encoder, "InfoNCE").path
 
 
 @pytest.fixture

@@ -1,11 +1,12 @@
 """Helpers shared by the test modules (fixtures live in conftest.py): the tiny settings, running an entry point
 in-process, reading and changing flags by name, the distillation run of the end-to-end tests, hand-made files."""
 import importlib.util
-import json
 import os
 
 import torch
 
+from common.io import save_json
+from distill_utils.files.buffers import MANIFEST, BufferDir
 from distill_utils.files.subset_file import DistilledSubset
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from distill_utils.method.matching import minibatch_schedule
@@ -202,13 +203,14 @@ def trajectory(shapes, timestamps, seed):
 
 
 def write_buffer(directory, pairs=2, experts=2, timestamps=6, manifest=None):
-    """A normal/ directory of `pairs` img/txt files, each holding `experts` trajectories."""
+    """A normal/ directory of `pairs` img/txt files, each holding `experts` trajectories (and `manifest`, written as
+    given: the tests use partial ones)."""
     os.makedirs(directory, exist_ok=True)
+    buf = BufferDir(str(directory))
     for n in range(pairs):
-        for side, shapes in (("img", IMG_SHAPES), ("txt", TXT_SHAPES)):
-            trajs = [trajectory(shapes, timestamps, seed=100 * n + 10 * e + len(side) + len(shapes)) for e in range(experts)]
-            torch.save(trajs, os.path.join(directory, f"{side}_replay_buffer_{n}.pt"))
+        img, txt = ([trajectory(shapes, timestamps, seed=100 * n + 10 * e + len(side) + len(shapes)) for e in range(experts)]
+                    for side, shapes in (("img", IMG_SHAPES), ("txt", TXT_SHAPES)))
+        buf.save_pair(n, img, txt)
     if manifest is not None:
-        with open(os.path.join(directory, "manifest.json"), "w") as f:
-            json.dump(manifest, f)
-    return str(directory)
+        save_json(manifest, os.path.join(directory, MANIFEST))
+    return buf.path

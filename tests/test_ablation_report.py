@@ -1,49 +1,23 @@
-"""bench.ablation's report: a level not rerun keeps its section of the earlier report, and rows, modes and the
-verdict's best rows are picked on val, never on test."""
+"""bench.ablation: the report's tables come from the results store alone (today's tables from the stored rows, bit
+for bit), the prose around them is left alone; rows, modes and the best rows are picked on val, never on test; a
+rerun's rows replace the stored ones and a budget kept from another run says so; every step's command line is the
+demo's recipe with overrides and resolves to the flags the benchmark used before the recipes were files."""
 import argparse
+import importlib
 import json
 import os
 
-from bench import ablation
-from distill_utils.evaluation.protocol import COLUMNS
+import pytest
 
-OLD = """# Results
+import buffer
+import evaluate
+from bench.ablation import collect, facts, plan, report, store
+from bench.ablation.runner import Bench
+from distill_utils import settings
+from distill_utils.evaluation.summary import COLUMNS
+from tests.helpers import ROOT
 
-Regenerate with `python -m bench.ablation` (these figures: 267 min of single-thread steps in all, 2026-11-26). Every row.
-
-## `synthetic`
-
-Expert learning curve:
-
-| method | mean |
-|---|---|
-| ST | 56.1 ± 3.9 |
-
-## `synthetic_hard`
-
-| method | mean |
-|---|---|
-| ST | 40.4 ± 3.5 |
-
-## Does phasing pay off?
-
-The bar: no backticks here.
-
-- `synthetic`, N = 50: best phased 51.9 vs ST 58.2
-- `synthetic_hard`, N = 50: best phased 34.0 vs ST 40.4
-
-How the same phased subsets add up (`synthetic`, N = 50): D_1 alone 35.5.
-
-## The paper's ablation order
-
-- paper (Table 4, Flickr30k): BASE < EMA
-- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)
-- measured, `synthetic_hard`, N = 50: BASE (27.7) < ST (40.4)
-
-## Settings
-
-- experts: `buffer.py --num_experts 2`
-"""
+distill = importlib.import_module("distill_ptm-st")
 
 
 def _report(test, val):
@@ -59,154 +33,170 @@ def _write(path, obj, lines=False):
         f.write("".join(json.dumps(r) + "\n" for r in obj) if lines else json.dumps(obj))
 
 
-def _bench(tmp_path, level="synthetic_hard", n=50):
-    """A finished level and budget (default `synthetic_hard`, N = 50) with ST, PTM+ST (both modes) and the
-    baselines, all made up."""
+def _bench(tmp_path, level="synthetic_hard", n=50, rows=("ST", "PTM+ST", "PTM+ST, conditioned"), seconds=60):
+    """A finished level and budget with ST, PTM+ST (both modes) and the baselines, all made up."""
     a = argparse.Namespace(workdir=str(tmp_path / "work"), out=str(tmp_path / "results.md"), levels=[level],
-                           sizes=[n], rows=["ST", "PTM+ST", "PTM+ST, conditioned"], num_eval=3, jobs=2, device="cpu")
-    bench = ablation.Bench(a)
+                           sizes=[n], rows=list(rows), num_eval=3, jobs=2, device="cpu")
+    bench = Bench(a)
     curve = [{"expert": e, "epoch": ep, "r_mean": 10.0 * ep} for e in range(2) for ep in range(11)]
     _write(os.path.join(bench.traj(level), "normal", "metrics.jsonl"), curve, lines=True)
     evals = {f"random_N{n}": _report(10, 11), f"prototype_N{n}": _report(15, 17), "full": _report(80, 79),
              f"ST_N{n}": _report(45, 40),  # the best test, the worst val
              f"PTM+ST_sequential_N{n}": _report(44, 41), f"PTM+ST_union_N{n}": _report(30, 42)}
-    for name, report in evals.items():
-        _write(bench.eval_path(level, name), {"results": {"x": report}})
+    for name, r in evals.items():
+        _write(bench.eval_path(level, name), {"results": {"x": r}})
     for run in ("shortcut", "phased_shortcut"):
         done = {"event": "phase_done", "seconds_per_iteration": 2.0, "peak_memory_mb": 900}
         _write(os.path.join(bench.run_dir(level, run, n), "metrics.jsonl"), [done], lines=True)
-    for step, seconds in ((f"{level}_experts_0", 60), (f"{level}_eval_ST_N{n}", 30)):
-        with open(os.path.join(bench.work, "logs", f"{step}.seconds"), "w") as f:
-            f.write(f"{seconds}\n")
-        with open(os.path.join(bench.work, "logs", f"{step}.load"), "w") as f:
-            f.write("1.00 3.00\n")
+    for step in (f"{level}_experts_0", f"{level}_eval_ST_N{n}"):
+        for ext, text in ((".seconds", f"{seconds}\n"), (".load", "1.00 3.00\n")):
+            with open(os.path.join(bench.work, "logs", step + ext), "w") as f:
+                f.write(text)
     return bench
 
 
-def test_level_not_rerun_is_carried_over_and_the_rerun_one_regenerated(tmp_path):
-    bench = _bench(tmp_path)
-    with open(bench.a.out, "w") as f:
-        f.write(OLD)
-    ablation.write_report(bench)
-    new = open(bench.a.out).read()
-    old_section = OLD[OLD.index("## `synthetic`"):OLD.index("## `synthetic_hard`")]
-    assert old_section.replace("## `synthetic`\n", "") in new  # the rows, verbatim
-    assert "carried over unchanged from the earlier report (267 min of single-thread steps in all, 2026-11-26)" in new
-    for line in ("- `synthetic`, N = 50: best phased 51.9 vs ST 58.2", "How the same phased subsets add up "
-                 "(`synthetic`, N = 50): D_1 alone 35.5.", "- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)"):
-        assert new.count(line) == 1
-    # the rerun level is regenerated from the workdir, never carried: its old figures are gone
-    assert "40.4" not in new and "34.0" not in new
-    assert "*Run:*" in new.split("## `synthetic_hard`")[1].split("###")[0]
-    assert "1-min load average 2.0 (min 1.0, max 3.0)" in new
-    assert "| PTM+ST, conditioned | not finished in this run |" in new
-    # a second report over the first keeps the carried section once, with one provenance line
-    ablation.write_report(bench)
-    again = open(bench.a.out).read()
-    assert again == new and again.count("*Run:*") == 2
+PROSE = "# Results\n\nWritten by people.\n\n{begin}\nold tables\n{end}\n## Does phasing pay off?\n\n- a verdict\n"
 
 
-def test_modes_and_verdict_pick_on_val_not_test(tmp_path):
+def test_todays_tables_are_regenerated_from_the_stored_rows():
+    text = open(os.path.join(ROOT, "docs", "results.md")).read()
+    records = store.read()
+    assert report.fill(text, records, "docs/results.md") == text
+    lines = text.split("\n")
+    assert lines[lines.index(report.BEGIN) + 1:lines.index(report.END)] == report.tables(records)
+    assert all(r.get("source") for r in records)  # every stored row so far came from the markdown report
+
+
+def test_the_report_fills_its_tables_from_the_store_and_leaves_the_prose(tmp_path):
     bench = _bench(tmp_path)
-    mode, report, _ = ablation.chosen(bench, "synthetic_hard", "PTM+ST", 50)
-    assert mode == "union" and report["final"]["mean"]["r_mean"] == 30  # val 42 > 41, though test 30 < 44
-    picked = ablation.picked_rows(bench, "synthetic_hard", 50)
-    assert set(picked) == {"ST", "PTM+ST"}
-    assert ablation.best_phased(bench, "synthetic_hard", 50) == "PTM+ST"
-    text = ablation.verdict("synthetic_hard", 50, picked, _report(80, 79))
-    assert "best phased (on val) PTM+ST [union] 30.0 ± 1.0 vs best single-phase ST 45.0 ± 1.0: gap -15.0, phased " \
-           "below by more than 2 std (2.0)" in text
-    assert "70% of the full set's 80.0 is 56.0: best distilled 45.0 does not reach it" in text
+    path = tmp_path / "store.jsonl"
+    store.write(collect.records(bench), path)
+    out = tmp_path / "results.md"
+    out.write_text(PROSE.format(begin=report.BEGIN, end=report.END))
+    report.write(store.read(path), str(out))
+    text = out.read_text()
+    assert text.startswith("# Results\n\nWritten by people.\n\n") and text.endswith("## Does phasing pay off?\n\n- a verdict\n")
+    assert "old tables" not in text and "## `synthetic_hard`" in text and "### N = 50 pairs" in text
+    assert "1-min load average 2.0 (min 1.0, max 3.0)" in text and "2 min of single-thread steps, 2 at a time" in text
+    assert "| ST | - | 45.0 ± 1.0 | 45.0 ± 1.0 |" in text and "| 40.0 |  | 2.00 | 900 |" in text
+    assert "| PTM+ST | union | 30.0 ± 1.0 |" in text and "| 42.0 | 44.0 / - / 30.0 | 2.00 | 900 |" in text
+    assert "| random real pairs | - | 10.0 ± 1.0 |" in text and "| full train set (2000 pairs) | - | 80.0 ± 1.0 |" in text
+    assert "PTM+ST, conditioned" not in text  # not finished: not stored, not shown
+    report.write(store.read(path), str(out))
+    assert out.read_text() == text
+    (tmp_path / "new.md").unlink(missing_ok=True)
+    report.write(store.read(path), str(tmp_path / "new.md"))  # a new report: a title and the tables
+    assert report.tables(store.read(path))[0] in (tmp_path / "new.md").read_text()
+    (tmp_path / "bare.md").write_text("# no markers\n")
+    with pytest.raises(SystemExit, match="has no tables to fill"):
+        report.write(store.read(path), str(tmp_path / "bare.md"))
+
+
+def test_a_rerun_replaces_its_rows_and_a_budget_from_another_run_says_so(tmp_path):
+    old = collect.records(_bench(tmp_path / "a", "synthetic", 20))
+    new = collect.records(_bench(tmp_path / "b", "synthetic", 50, rows=("ST",), seconds=120))
+    both = store.merged(old, new)
+    assert {r["n"] for r in both if r["kind"] == "row"} == {20, 50}
+    curves = [r for r in both if r["kind"] == "curve"]
+    assert len(curves) == 1 and curves[0]["run"] == new[0]["id"]  # the level's curve: the latest run's
+    assert len(store.runs(both)) == 2  # the curve's run (the new one) and the run N = 20 came from
+    text = "\n".join(report.tables(both))
+    twenty = text[text.index("### N = 20 pairs"):]
+    assert twenty.startswith("### N = 20 pairs\n\n*Run:* from another run than the level's curve: ")
+    assert "*Run:*" not in text[text.index("### N = 50 pairs"):text.index("### N = 20 pairs")]
+    assert text.index("### N = 50 pairs") < text.index("### N = 20 pairs")
+    again = store.merged(both, new)
+    assert again == both
+    replaced = store.merged(both, [{**r, "val": 99.0} if r.get("label") == "ST" and r.get("n") == 20 else r
+                                   for r in old])
+    assert [r["val"] for r in store.rows(replaced, "synthetic", 20, "main") if r["label"] == "ST"] == [99.0]
+
+
+def test_modes_rows_and_the_verdict_are_picked_on_val_not_test(tmp_path):
+    bench = _bench(tmp_path)
+    mode, chosen, _ = collect.chosen(bench, "synthetic_hard", "PTM+ST", 50)
+    assert mode == "union" and chosen["final"]["mean"]["r_mean"] == 30  # val 42 > 41, though test 30 < 44
+    assert set(collect.picked_rows(bench, "synthetic_hard", 50)) == {"ST", "PTM+ST"}
+    assert collect.best_phased(bench, "synthetic_hard", 50) == "PTM+ST"
+    records = collect.records(bench)
+    v = facts.verdict(store.rows(records, "synthetic_hard", 50, "main"))
+    assert (v["phased"]["label"], v["single"]["label"], v["gap"], v["bar"], v["target"]) == ("PTM+ST", "ST", -15.0,
+                                                                                            2.0, 56.0)
+    lines = facts.lines(records)
+    assert lines[0].startswith("`synthetic_hard`, N = 50: best phased (on val) PTM+ST [union] 30.0 ± 1.0 vs best "
+                               "single-phase ST 45.0 ± 1.0: gap -15.0")
+    assert lines[1] == "  order: PTM+ST (30.0) < ST (45.0)"
+    assert "  PTM+ST_sequential_N50: 44.0 ± 1.0 (val 41.0)" in lines
     # a second single-phase row with the better val is picked even though its test score is lower
-    picked["ST, late [0,3)"] = ("-", _report(20, 60))
-    assert "best single-phase ST, late [0,3) 20.0" in ablation.verdict("synthetic_hard", 50, picked, None)
+    late = {**store.rows(records, "synthetic_hard", 50, "main")[2], "label": "ST, late [0,3)", "val": 60.0}
+    late["mean"] = {**late["mean"], "r_mean": 20.0}
+    assert facts.verdict(store.rows(records, "synthetic_hard", 50, "main") + [late])["single"]["label"] == "ST, late [0,3)"
 
 
 def test_lever_runs_and_rows():
-    run = ablation.RUNS["late_0-3_3-6_40+60"]
-    assert run.phases == [(ablation.LATE, 0, 3), (ablation.LATE, 3, 6)] and run.split == 0.4
+    run = plan.RUNS["late_0-3_3-6_40+60"]
+    assert run.phases == [(plan.LATE, 0, 3), (plan.LATE, 3, 6)] and run.split == 0.4
     assert run.conditioning == "cumulative" and run.ema
-    rows = dict((name, (r, kind)) for name, r, kind in ablation.ROWS)
+    rows = {name: (r, kind) for name, r, kind in plan.ROWS}
     assert rows["PTM+ST+EMA, conditioned, late [0,3) then [3,6), split 40/60"] == ("late_0-3_3-6_40+60", "final")
-    assert rows["ST, late [3,6)"] == ("late_3-6", "final_raw") and not ablation.phased("ST+EMA, late [0,6)")
-    assert ablation.modes("PTM+ST, conditioned, late [0,3) then [6,9)") == ("cumulative", "union")
-    split = ablation.RUNS["conditioned_60+40"]  # the standard windows, 30 + 20 pairs at N = 50
-    assert split._replace(split=0.5) == ablation.RUNS["conditioned"] and split.split == 0.6
-    assert "PTM+ST, conditioned, split 60/40" in ablation.LEVER_ROWS
+    assert rows["ST, late [3,6)"] == ("late_3-6", "final_raw") and not plan.phased("ST+EMA, late [0,6)")
+    assert plan.modes("PTM+ST, conditioned, late [0,3) then [6,9)") == ("cumulative", "union")
+    split = plan.RUNS["conditioned_60+40"]  # the standard windows, 30 + 20 pairs at N = 50
+    assert split._replace(split=0.5) == plan.RUNS["conditioned"] and split.split == 0.6
+    assert "PTM+ST, conditioned, split 60/40" in plan.LEVER_ROWS
 
 
-OLD_BUDGETS = """# Results
-
-## `synthetic`
-
-*Run:* 2026-11-20 10:00-14:00 UTC, 267 min of single-thread steps.
-
-Expert learning curve (old).
-
-### N = 50 pairs
-
-| method | mean |
-|---|---|
-| ST | 56.1 ± 3.9 |
-
-### N = 20 pairs
-
-| ST | not finished in this run |
-
-## Does phasing pay off?
-
-- `synthetic`, N = 50: best phased 51.9 vs ST 58.2
-- `synthetic`, N = 20: not judged, the single-phase or the phased rows did not finish in this run
-
-How the same phased subsets add up (`synthetic`, N = 50): D_1 alone 35.5.
-
-## The paper's ablation order
-
-- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)
-- measured, `synthetic`, N = 20: ST (30.5)
-"""
+# the flag lists of bench/ablation.py before the recipes were files
+OLD_EXPERTS = ["--num_experts", "2", "--lr_teacher_img", "0.1", "--lr_teacher_txt", "0.1", "--batch_train", "128",
+               "--eval_freq", "1", "--loss_type", "InfoNCE"]
+OLD_DISTILL = ["--syn_steps", "8", "--expert_epochs", "1", "--lr_teacher_img", "0.03", "--lr_teacher_txt", "0.03",
+               "--lr_img", "100", "--lr_txt", "10", "--lr_sim", "0.01", "--lr_lr", "1e-3", "--sim_type", "full",
+               "--loss_type", "InfoNCE", "--num_eval", "0", "--checkpoint_it", "25"]
+OLD_PROTOCOL = ["--loss_type", "InfoNCE", "--epoch_eval_train", "100", "--batch_train", "128", "--select_on", "val"]
 
 
-def test_budget_not_rerun_is_carried_over_within_a_rerun_level(tmp_path):
-    """`--levels synthetic --sizes 20`: N = 20 regenerated from the workdir, N = 50 kept with its provenance."""
-    bench = _bench(tmp_path, "synthetic", 20)
-    with open(bench.a.out, "w") as f:
-        f.write(OLD_BUDGETS)
-    ablation.write_report(bench)
-    new = open(bench.a.out).read()
-    fifty = new[new.index("### N = 50 pairs"):new.index("### N = 20 pairs")]
-    assert "*Run:* not rerun in the latest run of the benchmark; carried over unchanged from the earlier report " \
-           "(2026-11-20 10:00-14:00 UTC, 267 min of single-thread steps)." in fifty
-    assert "| ST | 56.1 ± 3.9 |" in fifty and new.count("### N = 50 pairs") == 1
-    assert "Expert learning curve (old)" not in new  # the level's head is regenerated (new curve, new *Run:*)
-    assert "| ST | - | 45.0 ± 1.0 |" in new[new.index("### N = 20 pairs"):]
-    for line in ("- `synthetic`, N = 50: best phased 51.9 vs ST 58.2", "How the same phased subsets add up "
-                 "(`synthetic`, N = 50): D_1 alone 35.5.", "- measured, `synthetic`, N = 50: BASE (39.2) < ST (56.1)"):
-        assert new.count(line) == 1
-    assert "not judged" not in new and "ST (30.5)" not in new  # N = 20's old lines are replaced
-    assert "- `synthetic`, N = 20: best phased (on val) PTM+ST [union] 30.0 ± 1.0 vs best single-phase ST" in new
-    for part in ("- `synthetic`, N = {}: best", "measured, `synthetic`, N = {}"):  # budget by budget, 50 first
-        assert new.index(part.format(50)) < new.index(part.format(20))
-    ablation.write_report(bench)
-    assert open(bench.a.out).read() == new
-    # the report from the finished steps alone (--report_only, every budget) carries N = 50 the same way
-    bench.a.sizes = None
-    ablation.write_report(ablation.Bench(bench.a))
-    assert open(bench.a.out).read() == new
+def _old_data(bench, level):
+    return ["--dataset", level, "--ann_root", os.path.join(bench.work, "data", level), "--feature_cache",
+            os.path.join(bench.work, "cache"), "--text_encoder", "minilm", "--image_trainable", "--device", "cpu"]
 
 
-def test_control_note_separates_the_budget_split_from_the_later_teacher(tmp_path):
-    bench = _bench(tmp_path, "synthetic", 50)
-    for name, report in (("PTM+ST_conditioned_both_phases_0_2_cumulative_N50", _report(40, 35)),
-                         ("PTM+ST_conditioned_both_phases_0_2_union_N50", _report(38, 36)),  # val picks union
-                         ("PTM+ST_conditioned_cumulative_N50", _report(42, 39)),
-                         ("PTM+ST_conditioned_union_N50", _report(41, 30)),
-                         ("PTM+ST+EMA_conditioned_both_phases_0_2_cumulative_N50", _report(43, 35)),
-                         ("PTM+ST+EMA_conditioned_both_phases_0_2_union_N50", _report(20, 30)),
-                         ("PTM+ST+EMA_conditioned_cumulative_N50", _report(44.5, 39)),
-                         ("PTM+ST+EMA_conditioned_union_N50", _report(41, 30))):
-        _write(bench.eval_path("synthetic", name), {"results": {"x": report}})
-    text = ablation.control_note(bench, "synthetic", 50)[0]
-    assert "same start window [0,2) give 38.0, against 45.0 for one phase" in text and "[1,3) (PTM+ST, conditioned)" in text
-    assert "costs 7.0; the later teacher then moves it +4.0. With EMA: 43.0 and 44.5, so the later teacher moves it " \
-           "+1.5." in text
+def _resolved(script, argv):
+    module = {"buffer.py": buffer, "distill_ptm-st.py": distill, "evaluate.py": evaluate}[script]
+    old_cwd = os.getcwd()
+    os.chdir(ROOT)  # the recipe's path is relative to the repository, where the bench runs its steps
+    try:
+        args = vars(settings.parse_args(module.make_parser(), [x for a in argv for x in (a() if callable(a) else [a])]))
+    finally:
+        os.chdir(old_cwd)
+    return {k: v for k, v in args.items() if k != "config"}
+
+
+def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(tmp_path):
+    a = argparse.Namespace(workdir=str(tmp_path), out=None, levels=list(plan.LEVELS), sizes=None, rows=None,
+                           num_eval=3, jobs=2, device="cpu")
+    bench = Bench(a)
+    for level, spec in plan.LEVELS.items():
+        step = bench.expert_jobs(level)[0]
+        old = [*_old_data(bench, level), "--image_encoder", "convnet", "--buffer_path", os.path.join(bench.work, "buffer"),
+               "--train_epochs", str(spec["epochs"]), *OLD_EXPERTS]
+        assert step[2:4] == ("--config", plan.RECIPE) and _resolved("buffer.py", step[2:-1]) == _resolved("buffer.py", old)
+        for n in spec["sizes"]:
+            for step in bench.distill_jobs(level, n):
+                name = step[0].split("_distill_")[1].rsplit("_N", 1)[0]
+                run = plan.RUNS[name]
+                new = _resolved("distill_ptm-st.py", step[2:-1])
+                sizes = [n] if len(run.phases) == 1 else [round(n * run.split), n - round(n * run.split)]
+                old = [*_old_data(bench, level), "--image_encoder", "convnet", *OLD_DISTILL, "--subset_num",
+                       str(len(run.phases)), "--buffer_path", *[os.path.join(bench.traj(level), t) for t, _, _ in run.phases], "--min_start_epoch",
+                       *[str(lo) for _, lo, _ in run.phases], "--max_start_epoch", *[str(hi) for _, _, hi in run.phases],
+                       "--num_queries", *map(str, sizes), "--Iteration", *["100"] * len(run.phases), "--eval_it", "100",
+                       "--mini_batch_size", "10", "--ema_decay", "0.97" if run.ema else "0", "--phase_conditioning",
+                       run.conditioning, "--matching", run.matching, "--runs_dir", os.path.join(bench.work, "runs"),
+                       "--name", f"{name}_N{n}"]
+                assert new == _resolved("distill_ptm-st.py", old), name
+            for step in bench.evaluation_jobs(level, n):
+                encoder = step[step.index("--image_encoder") + 1]
+                rest = list(step[step.index("--out"):-1])
+                old = [*_old_data(bench, level), "--image_encoder", encoder, *OLD_PROTOCOL, "--num_eval", "3",
+                       "--seed", "0", *rest]
+                assert _resolved("evaluate.py", step[2:-1]) == _resolved("evaluate.py", old), step[0]

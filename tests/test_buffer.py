@@ -4,7 +4,7 @@ import os
 import torch
 
 import buffer
-from distill_utils.files.buffers import buffer_dir, list_pairs
+from distill_utils.files.buffers import BufferDir
 from tests.helpers import flag_value, run_cli
 
 
@@ -15,7 +15,7 @@ def _buffer_args(tiny_args, root, *extra):
 
 def _out_dir(root, tiny_args):
     text_encoder = flag_value(tiny_args, "--text_encoder")
-    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", text_encoder, "InfoNCE")
+    return BufferDir.of_network(str(root), "synthetic", "convnet_w8_d2_e32", text_encoder, "InfoNCE").path
 
 
 def test_buffer_run_writes_published_compatible_files(tiny_args, tmp_path, capsys):
@@ -23,7 +23,7 @@ def test_buffer_run_writes_published_compatible_files(tiny_args, tmp_path, capsy
     assert code == 0, err
     out_dir = _out_dir(tmp_path, tiny_args)
     manifest = json.load(open(os.path.join(out_dir, "manifest.json")))
-    pairs = list_pairs(out_dir)
+    pairs = BufferDir(out_dir).pairs()
     assert [n for n, _, _ in pairs] == [0, 1]
     for _, img_path, txt_path in pairs:
         for path, side in ((img_path, "img_params"), (txt_path, "txt_params")):
@@ -47,7 +47,7 @@ def test_rerun_trains_only_missing_experts_and_mismatch_is_refused(tiny_args, tm
     os.remove(os.path.join(out_dir, "txt_replay_buffer_1.pt"))
     assert run_cli(buffer.main, _buffer_args(tiny_args, tmp_path), capsys)[0] == 0
     assert os.path.getmtime(os.path.join(out_dir, "img_replay_buffer_0.pt")) == before
-    assert len(list_pairs(out_dir)) == 2
+    assert len(BufferDir(out_dir).pairs()) == 2
     code, err = run_cli(buffer.main, _buffer_args(tiny_args, tmp_path, "--num_experts", "3", "--train_epochs", "3"), capsys)
     assert code == 2 and "train_epochs" in err and len(err.strip().splitlines()) == 1
 

@@ -4,6 +4,7 @@ import pytest
 import torch
 
 from distill_utils.method.conditioning import ConditionedSet, condition
+from distill_utils.method.learnable_set import LearnableSet
 from distill_utils.method.matching import MATCHING, minibatch_schedule
 from distill_utils.files.subset_file import DistilledSubset
 from tests.helpers import distill, distill_args, grads_of, rel_err, run_cli, saved_tensors, tiny_matching
@@ -43,6 +44,7 @@ def test_batch_is_the_joined_set_in_index_order(sim_kind):
         assert torch.equal(x, x_all[idx]) and torch.equal(y, y_all[idx])
         assert torch.allclose(s, s_all[idx[:, None], idx], atol=1e-15)
     assert condition(syn, [], "cumulative") is syn and condition(syn, frozen, "none") is syn
+    assert isinstance(syn, LearnableSet) and isinstance(view, LearnableSet)  # the interface the matching takes
 
 
 def _reference(student, frozen, syn, start, target, schedule, exact):

@@ -9,12 +9,12 @@ import buffer
 import evaluate
 from common.errors import UserError
 from common.io import save_json
-from distill_utils import cli_args
-from distill_utils.config import DataConfig, DistillConfig, ExpertConfig, NetworkSpec, from_flags
+from distill_utils import settings
+from distill_utils.config import DataConfig, DistillConfig, EvalProtocol, ExpertConfig, NetworkSpec, from_flags
 from distill_utils.distill_loop import PhaseRun, RunContext
-from distill_utils.evaluation.protocol import EvalProtocol, check_subset
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
 from distill_utils.files.run_dir import RunDir
+from distill_utils.files.subset_file import check_subset
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from distill_utils.method.similarity import make_similarity
 from distill_utils.phases import Phase
@@ -32,7 +32,7 @@ def flags(tiny_text_encoder, tmp_path):
 
 
 def _parsed(script, flags):
-    return cli_args.finalize(script.make_parser().parse_args(flags))
+    return settings.parse_args(script.make_parser(), flags)
 
 
 def test_every_entry_script_builds_the_same_network_and_data_settings(flags):

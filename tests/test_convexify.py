@@ -9,7 +9,8 @@ import torch
 
 from convexify import main
 from distill_utils.method.shortcut import shortcut_trajectory
-from distill_utils.files.buffers import ExpertStream
+from distill_utils.files.buffers import BufferDir
+from distill_utils.files.expert_stream import ExpertStream
 from tests.helpers import IMG_SHAPES, TXT_SHAPES, trajectory, write_buffer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -56,7 +57,7 @@ def test_published_buffer_without_manifest_reads_through_expert_stream(tmp_path)
     assert not (tmp_path / "convexified_0_3").exists()
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["kind"] == "convexified" and manifest["timestamps"] == 3 and "source_command" not in manifest
-    stream = ExpertStream(str(out), seed=0)
+    stream = ExpertStream(BufferDir(str(out)), seed=0)
     seen = set()
     for _ in range(6):
         img, txt, path = stream.next()

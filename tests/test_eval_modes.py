@@ -5,15 +5,16 @@ import pytest
 import torch
 
 import evaluate
-from distill_utils.evaluation import protocol as evaluation
-from distill_utils.evaluation.protocol import (EvalProtocol, PlannedEpoch, SubsetSource, arrange, evaluate_sequence,
-                                      training_plan)
+from distill_utils.config import EvalProtocol
+from distill_utils.evaluation import training as evaluation
+from distill_utils.evaluation.sources import SubsetSource, arrange
+from distill_utils.evaluation.training import PlannedEpoch, evaluate_sequence, training_plan
 from tests.helpers import FAST, random_subset, run_cli
 
 
 def _source(n, seed, lr, name):
     subset = random_subset(n, seed)
-    subset.lr_img, subset.lr_txt = lr, 2 * lr
+    subset.student_lr_img, subset.student_lr_txt = lr, 2 * lr
     return SubsetSource(subset, name)
 
 

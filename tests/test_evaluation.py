@@ -7,7 +7,10 @@ import torch
 import buffer
 import evaluate
 from distill_utils.evaluation.coresets import nearest_distinct
-from distill_utils.evaluation.protocol import EvalProtocol, SubsetSource, eval_epochs, evaluate_sequence, format_table
+from distill_utils.config import EvalProtocol
+from distill_utils.evaluation.sources import SubsetSource
+from distill_utils.evaluation.summary import format_table
+from distill_utils.evaluation.training import eval_epochs, evaluate_sequence
 from distill_utils.files.run_log import RunLog
 from tests.helpers import FAST, TEXT_DIM, our_file, random_subset, run_cli, with_flag, write_published
 

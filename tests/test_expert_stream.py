@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from common.errors import UserError
-from distill_utils.files.buffers import ExpertStream, save_pair
+from distill_utils.files.buffers import BufferDir
+from distill_utils.files.expert_stream import ExpertStream
 
 EXPERTS_PER_FILE = {0: 2, 1: 1, 2: 3}  # file n holds this many experts
 
@@ -16,8 +17,8 @@ def tag(n, e, side):
 @pytest.fixture
 def buffer(tmp_path):
     for n, count in EXPERTS_PER_FILE.items():
-        save_pair(str(tmp_path), n, [tag(n, e, 0) for e in range(count)], [tag(n, e, 1) for e in range(count)])
-    return str(tmp_path)
+        BufferDir(str(tmp_path)).save_pair(n, [tag(n, e, 0) for e in range(count)], [tag(n, e, 1) for e in range(count)])
+    return BufferDir(str(tmp_path))
 
 
 def visited(stream, k):
@@ -64,20 +65,19 @@ def test_a_checkpoint_of_another_set_of_files_is_refused(buffer, tmp_path):
     state = ExpertStream(buffer, seed=3).state_dict()
     fewer = tmp_path / "fewer"
     fewer.mkdir()
-    save_pair(str(fewer), 0, [tag(0, 0, 0)], [tag(0, 0, 1)])
+    BufferDir(str(fewer)).save_pair(0, [tag(0, 0, 0)], [tag(0, 0, 1)])
     with pytest.raises(UserError, match=r"holds experts \[0\].*made with \[0, 1, 2\]"):
-        ExpertStream(str(fewer), seed=3).load_state_dict(state)
-
+        ExpertStream(BufferDir(str(fewer)), seed=3).load_state_dict(state)
 
 
 def test_files_are_mapped_and_the_next_one_is_announced_for_read_ahead(buffer, monkeypatch):
     """A file is loaded memory-mapped (its tensors read when touched), and loading it asks the kernel to read ahead
     both twins of the next file of the pass."""
     import os
-    from distill_utils.files import buffers
+    from distill_utils.files import expert_stream
     mapped, announced = [], []
-    real_load = buffers.load_experts
-    monkeypatch.setattr(buffers, "load_experts", lambda path, mmap=False: mapped.append(mmap) or real_load(path, mmap))
+    real_load = expert_stream.load_experts
+    monkeypatch.setattr(expert_stream, "load_experts", lambda path, mmap=False: mapped.append(mmap) or real_load(path, mmap))
     monkeypatch.setattr(os, "posix_fadvise", lambda fd, offset, length, advice: announced.append(
         (os.path.basename(os.readlink(f"/proc/self/fd/{fd}")), advice)))
     assert visited(ExpertStream(buffer, seed=0), 1) == expected(0, 1)[:1]

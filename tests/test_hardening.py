@@ -19,7 +19,7 @@ from distill_utils.files import claims
 from common import io
 from common.errors import UserError
 from common.procs import host_id
-from distill_utils.files.buffers import buffer_dir, list_pairs
+from distill_utils.files.buffers import BufferDir
 from tests.helpers import FAST, TEXT_DIM, distill, distill_args, flag_value, our_file, run_cli, with_flag, write_buffer, write_published
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -200,8 +200,8 @@ def _buffer(tiny_args, root, *extra):
 
 
 def _buffer_dir(root, tiny_args):
-    return buffer_dir(str(root), "synthetic", "convnet_w8_d2_e32", flag_value(tiny_args, "--text_encoder"),
-                      "InfoNCE")
+    return BufferDir.of_network(str(root), "synthetic", "convnet_w8_d2_e32", flag_value(tiny_args, "--text_encoder"),
+                                "InfoNCE").path
 
 
 def test_leftover_claims_and_manifest_never_make_a_buffer_look_complete(tiny_args, tmp_path, capsys):
@@ -213,7 +213,7 @@ def test_leftover_claims_and_manifest_never_make_a_buffer_look_complete(tiny_arg
         json.dump({"dataset": "synthetic", "image_encoder": "convnet_w4", "lr_teacher_img": 5.0}, f)
     code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path), capsys)
     assert code == 0, err
-    assert [n for n, _, _ in list_pairs(out)] == [0, 1]
+    assert [n for n, _, _ in BufferDir(out).pairs()] == [0, 1]
     assert json.load(open(os.path.join(out, "manifest.json")))["lr_teacher_img"] == 0.1
     assert not [f for f in os.listdir(out) if f.startswith(".claim_") and f != ".claim_0"]
 
@@ -224,7 +224,7 @@ def test_adding_experts_of_other_settings_is_refused(flag, value, tiny_args, tmp
     assert run_cli(buffer.main, _buffer(tiny_args, tmp_path, "--num_experts", "1"), capsys)[0] == 0
     code, err = run_cli(buffer.main, _buffer(tiny_args, tmp_path, flag, value), capsys)
     _one_line(code, err, flag.lstrip("-"), "another --buffer_path")
-    assert [n for n, _, _ in list_pairs(_buffer_dir(tmp_path, tiny_args))] == [0]
+    assert [n for n, _, _ in BufferDir(_buffer_dir(tmp_path, tiny_args)).pairs()] == [0]
 
 
 def test_a_diverging_expert_is_not_saved(tiny_args, tmp_path, capsys):

@@ -44,7 +44,7 @@ def test_starts_from_random_real_pairs_and_the_identity(kind):
         a, left, right = syn.sim_params
         assert torch.equal(a, torch.ones(4)) and torch.equal(left, torch.randn(4, 2, generator=g))
         assert torch.equal(right, torch.zeros(4, 2))
-    assert (syn.lr_img.item(), syn.lr_txt.item()) == pytest.approx((0.05, 0.03)) and len(syn) == 4
+    assert (syn.student_lr_img.item(), syn.student_lr_txt.item()) == pytest.approx((0.05, 0.03)) and len(syn) == 4
 
 
 def test_batch_is_the_minibatch_rows_and_similarity_block_and_differentiable():
@@ -93,7 +93,7 @@ def test_two_steps_are_sgd_with_momentum_per_tensor_lrs_then_the_ema():
         shadow[i] = OPT.ema_decay * shadow[i] + (1 - OPT.ema_decay) * p2
         assert torch.allclose(syn.tensors()[i].detach(), p2, atol=1e-6), i
         assert torch.allclose(syn.ema.shadow[i], shadow[i], atol=1e-6), i
-    assert syn.lr_txt.item() == pytest.approx(OPT.clamp_lr)  # 0.01 - 0.1 * (0.5 * 0.2) < 0.01: clamped
+    assert syn.student_lr_txt.item() == pytest.approx(OPT.clamp_lr)  # 0.01 - 0.1 * (0.5 * 0.2) < 0.01: clamped
 
 
 def test_subset_holds_the_ema_or_the_raw_tensors_and_the_matrix_of_its_parameters():
@@ -105,7 +105,7 @@ def test_subset_holds_the_ema_or_the_raw_tensors_and_the_matrix_of_its_parameter
         image, text, a, left, right, lr_img, lr_txt = (v.detach() for v in values)
         assert torch.equal(sub.image, image) and torch.equal(sub.text, text) and sub.config == {"phase": 0}
         assert torch.allclose(sub.similarity, torch.diag(a) + left @ right.t() / 2)
-        assert (sub.lr_img, sub.lr_txt) == (lr_img.item(), lr_txt.item())
+        assert (sub.student_lr_img, sub.student_lr_txt) == (lr_img.item(), lr_txt.item())
     assert not torch.equal(syn.subset({}, ema=True).image, syn.subset({}, ema=False).image)
 
 

@@ -1,10 +1,9 @@
 """The levels of the built-in dataset: `synthetic` generated exactly as before, `synthetic_hard` with two
 shapes per image, each through its own default directory and text-feature cache name."""
-import argparse
 import json
 import os
 
-from distill_utils import cli_args
+from distill_utils import settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
@@ -13,11 +12,9 @@ from tests.helpers import read_all
 
 
 def _args(dataset, root):
-    p = argparse.ArgumentParser()
-    cli_args.add_data_args(p)
-    cli_args.add_runtime_args(p)
-    return cli_args.finalize(p.parse_args(["--dataset", dataset, "--ann_root", root, "--device", "cpu",
-                                           "--synthetic_train_images", "12", "--synthetic_test_images", "10"]))
+    return settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", dataset, "--ann_root", root, "--device",
+                                                                  "cpu", "--synthetic_train_images", "12",
+                                                                  "--synthetic_test_images", "10"])
 
 
 def test_levels_generate_one_and_two_shapes(tmp_path):
@@ -40,8 +37,5 @@ def test_levels_generate_one_and_two_shapes(tmp_path):
 
 
 def test_default_directory_of_each_level():
-    p = argparse.ArgumentParser()
-    cli_args.add_data_args(p)
-    cli_args.add_runtime_args(p)
-    hard = cli_args.finalize(p.parse_args(["--dataset", "synthetic_hard", "--device", "cpu"]))
+    hard = settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", "synthetic_hard", "--device", "cpu"])
     assert hard.ann_root == hard.image_root == "data/synthetic_hard"

@@ -20,7 +20,7 @@ def test_constant_gradient_equals_autograd_with_student_params_held_constant(sim
     ours = grads_of(syn)
 
     # independent: rebuild theta_i from pass 1 as constants, then autograd of the same objective
-    lr_img, lr_txt = (t.detach().clone().requires_grad_(True) for t in (syn.lr_img, syn.lr_txt))
+    lr_img, lr_txt = (t.detach().clone().requires_grad_(True) for t in (syn.student_lr_img, syn.student_lr_txt))
     data = [t.detach().clone().requires_grad_(True) for t in [syn.image, syn.text, *syn.sim_params]]
     thetas, img, txt = [], start[0].clone(), start[1].clone()
     with torch.no_grad():
@@ -210,7 +210,7 @@ def _true_loss(student, syn, start, target, schedule):
     for idx in schedule:
         x, y, s = (t.detach() for t in syn.batch(idx))
         _, gi, gt = student.grads(img.detach().requires_grad_(True), txt.detach().requires_grad_(True), x, y, s)
-        img, txt = img - syn.lr_img.detach() * gi, txt - syn.lr_txt.detach() * gt
+        img, txt = img - syn.student_lr_img.detach() * gi, txt - syn.student_lr_txt.detach() * gt
     return ((img - target[0]).pow(2).sum() / (start[0] - target[0]).pow(2).sum()
             + (txt - target[1]).pow(2).sum() / (start[1] - target[1]).pow(2).sum()).item()
 
@@ -232,8 +232,8 @@ def test_adjoint_matches_finite_differences_of_the_matching_loss(sim_kind):
     net, student, syn, start, target, schedule = tiny_matching(sim_kind)
     net.eval()
     with torch.no_grad():
-        syn.lr_img.fill_(0.5)
-        syn.lr_txt.fill_(0.5)  # large steps: the dependence of theta_i on the data matters
+        syn.student_lr_img.fill_(0.5)
+        syn.student_lr_txt.fill_(0.5)  # large steps: the dependence of theta_i on the data matters
     match_adjoint(student, syn, start, target, schedule)
     adjoint = grads_of(syn)
     syn.zero_grad()

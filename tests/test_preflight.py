@@ -10,7 +10,7 @@ import buffer
 import prepare_data
 from common.errors import UserError
 from distill_utils import footprint
-from distill_utils.files.buffers import buffer_dir
+from distill_utils.files.buffers import BufferDir
 from distill_utils.paper_recipe import SIZES, paper_recipe
 from networks.dual_encoder import NetConfig, NetworkFactory
 from tests import distributed as forms

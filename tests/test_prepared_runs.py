@@ -10,7 +10,7 @@ import prepare_data
 from distill_utils.datasets.annotations import load_retrieval_split, load_train_pairs
 from distill_utils.datasets.image_cache import ImageCache
 from distill_utils.datasets.images import ImageStore, read_image
-from distill_utils.files.buffers import buffer_dir
+from distill_utils.files.buffers import BufferDir
 from tests import distributed as forms
 from tests.helpers import distill, run_cli
 

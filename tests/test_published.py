@@ -8,7 +8,7 @@ import pytest
 
 import prepare_data
 from distill_utils.files import buffers
-from distill_utils.files.buffer_dir import BufferDir
+from distill_utils.files.buffers import BufferDir
 from distill_utils.files.published import REPO_ID
 from networks.dual_encoder import NetConfig, NetworkFactory
 from tests import distributed as forms

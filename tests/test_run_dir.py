@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from common.errors import UserError
-from distill_utils.files import buffers
+from distill_utils.files.buffers import BufferDir
+from distill_utils.files.expert_stream import ExpertStream
 from distill_utils.files.run_dir import RunDir
 from distill_utils.files.subset_file import load_subset
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
@@ -84,7 +85,7 @@ def _buffer(tmp_path):
     directory = str(tmp_path / "buf")
     os.makedirs(directory)
     for n in range(2):
-        buffers.save_pair(directory, n, [[[torch.randn(2)] for _ in range(3)]] * 2, [[[torch.randn(2)] for _ in range(3)]] * 2)
+        BufferDir(directory).save_pair(n, [[[torch.randn(2)] for _ in range(3)]] * 2, [[[torch.randn(2)] for _ in range(3)]] * 2)
     return directory
 
 
@@ -102,7 +103,7 @@ def test_checkpoint_round_trip_restores_subset_experts_generator_and_rng(tmp_pat
     run, directory = _open(tmp_path), _buffer(tmp_path)
     run.start(None)
     phase = Phase(0, directory, 0, 1, 3, 5)
-    syn, stream, generator = _syn(0), buffers.ExpertStream(directory, 0), torch.Generator().manual_seed(3)
+    syn, stream, generator = _syn(0), ExpertStream(BufferDir(directory), 0), torch.Generator().manual_seed(3)
     syn.image.grad = torch.ones_like(syn.image)
     syn.step()
     for _ in range(3):
@@ -118,7 +119,7 @@ def test_checkpoint_round_trip_restores_subset_experts_generator_and_rng(tmp_pat
     torch.manual_seed(99)
     resumed = RunDir.open(str(tmp_path), "synthetic", "r", {**CONFIG, "resume": True}, True, DEFAULTS)
     ckpt = resumed.read_checkpoint(num_phases=1)
-    syn2, stream2, gen2 = _syn(1), buffers.ExpertStream(directory, 0), torch.Generator().manual_seed(0)
+    syn2, stream2, gen2 = _syn(1), ExpertStream(BufferDir(directory), 0), torch.Generator().manual_seed(0)
     assert resumed.restore(ckpt, phase, syn2, stream2, gen2, torch.device("cpu")) == 2
     assert all(torch.equal(a, b) for a, b in zip(syn.tensors(), syn2.tensors()))
     assert all(torch.equal(a, b) for a, b in zip(syn.ema.shadow, syn2.ema.shadow))

@@ -3,7 +3,7 @@ embedding of a split."""
 import torch
 
 from distill_utils.evaluation.coresets import pair_embeddings
-from distill_utils.evaluation.protocol import RealPairSource
+from distill_utils.evaluation.sources import RealPairSource
 from distill_utils.method.experts import real_batches
 from distill_utils.method.student import identity_batches
 from tests.helpers import TEXT_DIM, TensorImages

@@ -5,6 +5,7 @@ Val/test file: [{"image": rel_path, "caption": [str, ...]}, ...] (one entry per 
 """
 import os
 from dataclasses import dataclass
+from typing import Iterable, Tuple
 
 import torch
 
@@ -33,7 +34,7 @@ LAYOUTS = {
 SYNTHETIC_LEVELS = {"synthetic": {"max_objects": 1}, "synthetic_hard": {"max_objects": 2}}
 
 
-def default_roots(dataset):
+def default_roots(dataset: str) -> Tuple[str, str]:
     """(image_root, ann_root) where the paper's README puts the data."""
     if dataset in SYNTHETIC_LEVELS:
         return f"data/{dataset}", f"data/{dataset}"
@@ -88,7 +89,7 @@ def _caption(path, i, caption, max_words):
     return text
 
 
-def load_train_pairs(dataset, ann_root, image_root, max_words=30):
+def load_train_pairs(dataset: str, ann_root: str, image_root: str, max_words: int = 30) -> TrainPairs:
     path, entries = _annotation(dataset, "train", ann_root)
     for i, entry in enumerate(entries):
         _check_entry(path, i, entry, str)
@@ -99,7 +100,8 @@ def load_train_pairs(dataset, ann_root, image_root, max_words=30):
     )
 
 
-def load_retrieval_split(dataset, split, ann_root, image_root, max_words=30):
+def load_retrieval_split(dataset: str, split: str, ann_root: str, image_root: str, max_words: int = 30
+                         ) -> RetrievalSplit:
     path, entries = _annotation(dataset, split, ann_root)
     image_paths, texts, txt2img, img2txt = [], [], [], []
     for img_id, entry in enumerate(entries):
@@ -112,7 +114,7 @@ def load_retrieval_split(dataset, split, ann_root, image_root, max_words=30):
     return RetrievalSplit(f"{dataset}_{split}", image_paths, texts, torch.tensor(txt2img), img2txt)
 
 
-def check_images_exist(paths, flag="--image_root"):
+def check_images_exist(paths: Iterable[str], flag: str = "--image_root") -> None:
     """Fail early, with one line, if any image file is missing."""
     for path in dict.fromkeys(paths):
         if not os.path.isfile(path):

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+from typing import List, Optional
 
 from PIL import Image, ImageDraw
 
@@ -58,7 +59,7 @@ def _all_scenes(max_objects):
     return scenes
 
 
-def caption(scene, rng):
+def caption(scene: tuple, rng: random.Random) -> str:
     bg, objects = scene
     phrases = [rng.choice(OBJECT_TEMPLATES).format(size=rng.choice(WORDS[size]), colour=colour,
                                                    shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
@@ -83,7 +84,7 @@ def _polygon(shape, cx, cy, r, angle):
     return [(cx + r * (x * c - y * s), cy + r * (x * s + y * c)) for x, y in pts]
 
 
-def draw(scene, px, rng, supersample=4):
+def draw(scene: tuple, px: int, rng: random.Random, supersample: int = 4) -> Image.Image:
     """Render a scene at `px` x `px` (drawn larger, then downsampled for smooth edges)."""
     bg, objects = scene
     size = px * supersample
@@ -128,8 +129,9 @@ def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng)
         json.dump(entries, f, indent=0)
 
 
-def generate(out_dir, seed=0, train_images=1000, test_images=200, val_images=None, captions_per_train_image=2,
-             captions_per_test_image=5, image_px=64, max_objects=1):
+def generate(out_dir: str, seed: int = 0, train_images: int = 1000, test_images: int = 200,
+             val_images: Optional[int] = None, captions_per_train_image: int = 2, captions_per_test_image: int = 5,
+             image_px: int = 64, max_objects: int = 1) -> None:
     """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct."""
     val_images = test_images if val_images is None else val_images
     rng = random.Random(seed)
@@ -146,7 +148,7 @@ def generate(out_dir, seed=0, train_images=1000, test_images=200, val_images=Non
     _write_split(out_dir, "test", test, captions_per_test_image, False, image_px, rng)
 
 
-def ensure_synthetic(root, **params):
+def ensure_synthetic(root: str, **params: int) -> str:
     """Generate the dataset at `root` unless it is already there with the same parameters."""
     meta = {"generator": "ptm-st synthetic", "version": VERSION, **params}
     meta_path = os.path.join(root, "synthetic_meta.json")
@@ -172,7 +174,7 @@ def ensure_synthetic(root, **params):
 
 
 @cli_main
-def main(argv=None):
+def main(argv: Optional[List[str]] = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default="data/synthetic", help="output directory (created; must not hold other data)")
     p.add_argument("--seed", type=int, default=0, help="generator seed: same seed, same dataset")

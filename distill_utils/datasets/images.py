@@ -1,4 +1,6 @@
 """Decoded, resized, normalised images: in memory for small sets, streamed for large ones."""
+from typing import TYPE_CHECKING, Iterator, List, Optional, Tuple
+
 import torch
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
@@ -7,13 +9,16 @@ from tqdm import tqdm
 
 from common.errors import UserError
 
+if TYPE_CHECKING:
+    from distill_utils.datasets.image_cache import ImageCache
+
 # CLIP's normalisation, as in BLIP/LoRS/PTM-ST.
 MEAN = (0.48145466, 0.4578275, 0.40821073)
 STD = (0.26862954, 0.26130258, 0.27577711)
 IN_MEMORY_LIMIT_BYTES = 2 * 1024**3
 
 
-def read_image(path, image_size):
+def read_image(path: str, image_size: int) -> torch.Tensor:
     """Decode and resize one image to a uint8 tensor [3, S, S]."""
     try:
         with Image.open(path) as img:
@@ -28,7 +33,7 @@ def read_image(path, image_size):
     return transforms.functional.pil_to_tensor(img)
 
 
-def normalize(uint8_images):
+def normalize(uint8_images: torch.Tensor) -> torch.Tensor:
     """uint8 [..., 3, H, W] -> float, CLIP-normalised."""
     x = uint8_images.float().div_(255.0)
     mean = torch.tensor(MEAN, device=x.device).view(3, 1, 1)
@@ -36,7 +41,7 @@ def normalize(uint8_images):
     return (x - mean) / std
 
 
-def denormalize(images):
+def denormalize(images: torch.Tensor) -> torch.Tensor:
     """Inverse of `normalize` (to [0, 1], for drawing)."""
     mean = torch.tensor(MEAN, device=images.device).view(3, 1, 1)
     std = torch.tensor(STD, device=images.device).view(3, 1, 1)
@@ -72,7 +77,8 @@ class ImageStore:
     """Images addressed by pair index. Each distinct file is decoded once when kept in memory; with an image cache
     (image_cache.ImageCache) holding every file, pixels are read from it instead of decoding."""
 
-    def __init__(self, paths, image_size, in_memory=None, workers=0, cache=None):
+    def __init__(self, paths: List[str], image_size: int, in_memory: Optional[bool] = None, workers: int = 0,
+                 cache: Optional["ImageCache"] = None):
         self.paths, self.image_size, self.workers = list(paths), image_size, workers
         unique = list(dict.fromkeys(self.paths))
         self._slot = torch.tensor([{p: k for k, p in enumerate(unique)}[p] for p in self.paths])
@@ -91,7 +97,7 @@ class ImageStore:
     def __len__(self):
         return len(self.paths)
 
-    def get(self, indices):
+    def get(self, indices: torch.Tensor) -> torch.Tensor:
         """Normalised images [B, 3, S, S] for pair indices (a LongTensor)."""
         if self.pixels is not None:
             return normalize(self.pixels[self._slot[indices]])
@@ -99,7 +105,7 @@ class ImageStore:
             return normalize(self.cache.read(self._cache_rows[self._slot[indices]]))
         return normalize(torch.stack([read_image(self.paths[i], self.image_size) for i in indices.tolist()]))
 
-    def batches(self, order, batch_size):
+    def batches(self, order: torch.Tensor, batch_size: int) -> Iterator[Tuple[torch.Tensor, torch.Tensor]]:
         """Yield (images, indices) over `order` in chunks; streams through worker processes when not in memory."""
         chunks = torch.split(order, batch_size)
         if self.pixels is not None or self.workers == 0 or self._cache_rows is not None:

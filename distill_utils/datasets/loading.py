@@ -3,6 +3,7 @@ The functions take a config.DataConfig (where the dataset lies, image size, text
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -12,6 +13,9 @@ from distill_utils.datasets.images import ImageStore
 from distill_utils.method.student import RetrievalData
 from distill_utils.datasets.builtin import ensure_synthetic
 from distill_utils.datasets.text_features import text_features
+
+if TYPE_CHECKING:  # config.py imports the settings table, which imports this package's neighbours
+    from distill_utils.config import DataConfig
 
 
 @dataclass
@@ -24,7 +28,7 @@ class TrainData:
         return len(self.pairs)
 
 
-def prepare(data):
+def prepare(data: "DataConfig") -> None:
     """Make sure the dataset is on disk (the synthetic one is generated on first use)."""
     if data.dataset in SYNTHETIC_LEVELS:
         ensure_synthetic(data.ann_root, seed=data.data_seed, train_images=data.synthetic_train_images,
@@ -49,14 +53,14 @@ def _open_cache(image_root, image_size, version):  # the train and test splits s
     return ImageCache.find(image_root, image_size)
 
 
-def load_train(data):
+def load_train(data: "DataConfig") -> TrainData:
     pairs = load_train_pairs(data.dataset, data.ann_root, data.image_root)
     check_images_exist(pairs.image_paths)
     feats = text_features(pairs.captions, data.text_encoder, data.feature_cache, pairs.name, _device_for_text(data))
     return TrainData(pairs, _images(data, pairs.image_paths), feats)
 
 
-def load_split(data, split):
+def load_split(data: "DataConfig", split: str) -> RetrievalData:
     ann = load_retrieval_split(data.dataset, split, data.ann_root, data.image_root)
     check_images_exist(ann.image_paths)
     feats = text_features(ann.texts, data.text_encoder, data.feature_cache, ann.name, _device_for_text(data))

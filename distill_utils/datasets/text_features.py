@@ -7,26 +7,27 @@ of weights and files together) are read when captions, encoder name and weights 
 """
 import hashlib
 import os
+from typing import List, Optional
 
 import torch
 from tqdm import tqdm
 
 from networks.names import slug
-from networks.text_encoders import build_text_encoder, fingerprint, remember_weights_digest, weights_digest
+from networks.text_encoders import TextEncoder, build_text_encoder, fingerprint, remember_weights_digest, weights_digest
 from common.errors import UserError
 from common.io import ensure_writable_dir, load_torch, save_torch
 
 
-def captions_digest(texts):
+def captions_digest(texts: List[str]) -> str:
     return hashlib.sha256("\n".join(texts).encode()).hexdigest()
 
 
-def cache_path(cache_dir, tag, encoder_spec):
+def cache_path(cache_dir: str, tag: str, encoder_spec: str) -> str:
     name = f"{tag}__{slug(encoder_spec)[:40]}-{hashlib.sha1(encoder_spec.encode()).hexdigest()[:8]}.pt"
     return os.path.join(cache_dir, "text_features", name)
 
 
-def encode_texts(encoder, texts, batch_size=256):
+def encode_texts(encoder: TextEncoder, texts: List[str], batch_size: int = 256) -> torch.Tensor:
     chunks = [encoder.encode(texts[i:i + batch_size])
               for i in tqdm(range(0, len(texts), batch_size), desc="text features", leave=False)]
     return torch.cat(chunks)
@@ -44,7 +45,8 @@ def _valid(cached, key, n):
             and bool(torch.isfinite(features).all()))
 
 
-def text_features(texts, encoder_spec, cache_dir, tag, device="cpu", encoder=None):
+def text_features(texts: List[str], encoder_spec: str, cache_dir: str, tag: str, device: str = "cpu",
+                  encoder: Optional[TextEncoder] = None) -> torch.Tensor:
     """Features [len(texts), D] (float32, CPU) for `texts`, from the cache when it is valid.
 
     Where the encoder is not installed (a GPU machine the features were carried to), a cache made for the

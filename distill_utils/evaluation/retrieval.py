@@ -4,12 +4,14 @@ A query's rank is the number of wrong candidates scoring at least as high as its
 candidate: ties count against the query, so a constant model scores 0, never 100.
 IR (image retrieval): text query -> its one image. TR (text retrieval): image query -> any of its captions.
 """
+from typing import Dict
+
 import torch
 
 KS = (1, 5, 10)
 
 
-def ranks(scores, positives, chunk=1024):
+def ranks(scores: torch.Tensor, positives: torch.Tensor, chunk: int = 1024) -> torch.Tensor:
     """scores [Q, C]; positives bool [Q, C] (at least one per row) -> LongTensor [Q] of 0-based ranks."""
     out = []
     for s, pos in zip(torch.split(scores, chunk), torch.split(positives, chunk)):
@@ -18,14 +20,14 @@ def ranks(scores, positives, chunk=1024):
     return torch.cat(out)
 
 
-def positives_matrix(txt2img, num_images):
+def positives_matrix(txt2img: torch.Tensor, num_images: int) -> torch.Tensor:
     """bool [num_images, num_texts]: image i is the source of text t."""
     pos = torch.zeros(num_images, len(txt2img), dtype=torch.bool)
     pos[txt2img, torch.arange(len(txt2img))] = True
     return pos
 
 
-def retrieval_metrics(sims_i2t, txt2img):
+def retrieval_metrics(sims_i2t: torch.Tensor, txt2img: torch.Tensor) -> Dict[str, float]:
     """sims_i2t [n_images, n_texts] -> dict of txt_r1/5/10, img_r1/5/10, their means and r_mean (percent)."""
     sims_i2t = sims_i2t.float().cpu()
     pos = positives_matrix(txt2img.cpu(), sims_i2t.shape[0])
@@ -40,6 +42,6 @@ def retrieval_metrics(sims_i2t, txt2img):
     return result
 
 
-def format_metrics(m):
+def format_metrics(m: Dict[str, float]) -> str:
     return (f"IR@1/5/10 {m['img_r1']:.1f}/{m['img_r5']:.1f}/{m['img_r10']:.1f}  "
             f"TR@1/5/10 {m['txt_r1']:.1f}/{m['txt_r5']:.1f}/{m['txt_r10']:.1f}  mean {m['r_mean']:.2f}")

@@ -1,20 +1,26 @@
-"""Expert trajectory buffers (SPEC section 3), compatible with the published PTM-ST buffers.
+"""Expert trajectory buffers (SPEC section 3), compatible with the published PTM-ST buffers: the file format, and
+`BufferDir`, the one API of a buffer directory (the scripts, bench/ and the tests read and write buffers through it).
 
 <buffer_path>/<dataset>/<image_encoder>_<text_encoder>/<loss_type>/normal/ holds pairs
 img_replay_buffer_<n>.pt / txt_replay_buffer_<n>.pt. Each file is a list of experts; an expert
 is a list of timestamps; a timestamp is a list of parameter tensors in module.parameters()
 order. manifest.json beside them records how they were made; published buffers have none.
+The processes that fill a directory (buffer.py) claim its experts (claims.py); a distillation reads one
+through files/expert_stream.py.
 """
-import contextlib
 import os
 import re
+import time
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
 from common.errors import UserError
 from common.io import create_exclusive, json_text, load_json_object, load_torch, save_json, save_torch
-from distill_utils.rng import pass_order_seed
+from distill_utils.files.claims import Claim, claim_next, live_claims
+from networks.dual_encoder import DualEncoder
 from networks.names import same_setting, slug
+from networks.params import ParamLayout
 
 MANIFEST = "manifest.json"
 FORMAT = "ptm-st-buffer/1"
@@ -25,34 +31,10 @@ IDENTITY_FIELDS = ("dataset", "image_encoder", "text_encoder", "image_size", "im
 # Fields that change the experts; compared where the manifest records them (older manifests do not).
 TRAINING_FIELDS = ("lr_teacher_img", "lr_teacher_txt", "mom", "l2", "batch_train", "image_pretrained",
                    "image_checkpoint", "text_encoder_weights", "data_seed", "synthetic_train_images")
+POLL_S = 10.0  # how often a process that has nothing left to claim looks whether the others have finished
 
 
-def buffer_dir(buffer_path, dataset, image_encoder, text_encoder, loss_type):
-    return os.path.join(buffer_path, dataset, f"{slug(image_encoder)}_{slug(text_encoder)}", loss_type, "normal")
-
-
-def pair_paths(directory, n):
-    return (os.path.join(directory, f"img_replay_buffer_{n}.pt"), os.path.join(directory, f"txt_replay_buffer_{n}.pt"))
-
-
-def list_pairs(directory, flag="--buffer_path"):
-    """[(n, img_path, txt_path)] sorted by n; refuses an empty directory or unmatched files."""
-    if not os.path.isdir(directory):
-        raise UserError(f"{flag} {directory}: no such directory")
-    found = {"img": set(), "txt": set()}
-    for name in os.listdir(directory):
-        m = _FILE.match(name)
-        if m:
-            found[m.group(1)].add(int(m.group(2)))
-    if not found["img"] and not found["txt"]:
-        raise UserError(f"{flag} {directory}: no img_replay_buffer_<n>.pt / txt_replay_buffer_<n>.pt files")
-    unmatched = sorted(found["img"] ^ found["txt"])
-    if unmatched:
-        n = unmatched[0]
-        side = "txt" if n in found["img"] else "img"
-        raise UserError(f"{flag} {directory}: {side}_replay_buffer_{n}.pt is missing (img and txt files must pair up)")
-    return [(n, *pair_paths(directory, n)) for n in sorted(found["img"])]
-
+# --- one buffer file ---
 
 def _check_structure(obj, path):
     """A file must be a list of experts, each a list of timestamps, each a list of floating-point tensors
@@ -76,14 +58,13 @@ def _check_structure(obj, path):
     return obj
 
 
-def load_experts(path, mmap=False):
+def load_experts(path: str, mmap: bool = False) -> list:
     return _check_structure(load_torch(path, what="buffer file", mmap=mmap), path)
 
 
-def describe_file(path):
-    """(experts, timestamps per expert, shapes of one timestamp) of a buffer file, read without loading its
-    tensors (memory-mapped): cheap even for 20 experts x 32.8M parameters."""
-    experts = load_experts(path, mmap=True)
+def check_experts(experts: list, path: str) -> Tuple[int, int, list]:
+    """(experts, timestamps per expert, shapes of one timestamp) of a loaded file, refused if its experts differ in
+    length or shapes."""
     length, shapes = len(experts[0]), shapes_of(experts[0][0])
     for e, expert in enumerate(experts):
         if len(expert) != length:
@@ -93,28 +74,17 @@ def describe_file(path):
     return len(experts), length, shapes
 
 
-def check_pairs(directory, img_layout, txt_layout, flag="--buffer_path"):
-    """Check every pair of a buffer directory before any work: img and txt twins agree and their shapes fit
-    the network. Returns (timestamps of the shortest expert, its file)."""
-    shortest = None
-    for _, img_path, txt_path in list_pairs(directory, flag):
-        (n_img, len_img, img_shapes), (n_txt, len_txt, txt_shapes) = describe_file(img_path), describe_file(txt_path)
-        if (n_img, len_img) != (n_txt, len_txt):
-            raise UserError(f"{flag} {directory}: {os.path.basename(img_path)} holds {n_img} experts of {len_img} "
-                            f"timestamps, its txt twin {n_txt} of {len_txt}")
-        where = f"{flag} {directory} ({os.path.basename(img_path)})"
-        check_shapes(img_shapes, img_layout, "img", where)
-        check_shapes(txt_shapes, txt_layout, "txt", where)
-        if shortest is None or len_img < shortest[0]:
-            shortest = (len_img, img_path)
-    return shortest
+def describe_file(path: str) -> Tuple[int, int, list]:
+    """check_experts of a buffer file read without loading its tensors (memory-mapped): cheap even for 20 experts
+    x 32.8M parameters."""
+    return check_experts(load_experts(path, mmap=True), path)
 
 
-def shapes_of(stamp):
+def shapes_of(stamp: Sequence[torch.Tensor]) -> List[list]:
     return [list(p.shape) for p in stamp]
 
 
-def check_shapes(found_shapes, layout, side, where):
+def check_shapes(found_shapes: Sequence, layout: ParamLayout, side: str, where: str) -> None:
     """Refuse a trajectory whose parameter shapes differ from the network's, naming both."""
     want = [list(s) for s in layout.shapes]
     if [list(s) for s in found_shapes] != want:
@@ -125,119 +95,142 @@ def check_shapes(found_shapes, layout, side, where):
                         f"network {len(want)}; first difference at #{first}: buffer {got} vs network {exp}")
 
 
-def read_manifest(directory):
-    path = os.path.join(directory, MANIFEST)
-    return load_json_object(path, what="buffer manifest") if os.path.isfile(path) else None
 
+# --- a buffer directory ---
 
-def check_manifest(directory, ours, where):
-    """Refuse a buffer whose manifest disagrees with `ours` ({field: value}) on a field both record;
-    model names are compared as models. A buffer without a manifest (published) passes."""
-    manifest = read_manifest(directory) or {}
-    for key, value in ours.items():
-        if key in manifest and value is not None and not same_setting(key, manifest[key], value):
-            raise UserError(f"{where}: experts were trained with {key}={manifest[key]!r}, this run has {value!r}")
+class BufferDir:
+    """One buffer directory: its expert files, manifest.json and the claims of the processes that fill it, checked
+    against the network of a script that reads it. `flag` names it in errors."""
 
+    def __init__(self, path: str, flag: str = "--buffer_path"):
+        self.path, self.flag = path, flag
 
-def has_experts(directory):
-    return any(_FILE.match(name) for name in os.listdir(directory))
+    @classmethod
+    def of_network(cls, root: str, dataset: str, image_encoder: str, text_encoder: str, loss_type: str) -> "BufferDir":
+        """<root>/<dataset>/<image_encoder>_<text_encoder>/<loss_type>/normal, where buffer.py writes."""
+        return cls(os.path.join(root, dataset, f"{slug(image_encoder)}_{slug(text_encoder)}", loss_type, "normal"))
 
+    def __str__(self):
+        return self.path
 
-def write_manifest(directory, manifest, live_others=False):
-    """Create manifest.json (atomically, first writer wins), or check that it agrees on IDENTITY_FIELDS and, where
-    it records them, TRAINING_FIELDS. A manifest that no expert file and no live writer (`live_others`) backs
-    was left by a run that trained nothing: it is replaced rather than obeyed."""
-    path = os.path.join(directory, MANIFEST)
-    if os.path.exists(path) and not has_experts(directory) and not live_others:
-        save_json(manifest, path)
-    elif not os.path.exists(path):
-        create_exclusive(path, json_text(manifest))  # the first writer's manifest stands
-    found = load_json_object(path, what="buffer manifest")
-    diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
-    diff += [k for k in TRAINING_FIELDS if k in found and found[k] != manifest.get(k)]
-    if diff:
-        k = diff[0]
-        raise UserError(f"--buffer_path: {path} was made with {k}={found.get(k)!r}, this run has {manifest.get(k)!r}; "
-                        "experts of different settings would be mixed: use another --buffer_path")
-    return found
+    def pair_paths(self, n: int) -> Tuple[str, str]:
+        return (os.path.join(self.path, f"img_replay_buffer_{n}.pt"),
+                os.path.join(self.path, f"txt_replay_buffer_{n}.pt"))
 
+    def pairs(self) -> List[Tuple[int, str, str]]:
+        """[(n, img_path, txt_path)] sorted by n; refuses an empty directory or unmatched files."""
+        if not os.path.isdir(self.path):
+            raise UserError(f"{self.flag} {self.path}: no such directory")
+        found = {"img": set(), "txt": set()}
+        for name in os.listdir(self.path):
+            m = _FILE.match(name)
+            if m:
+                found[m.group(1)].add(int(m.group(2)))
+        if not found["img"] and not found["txt"]:
+            raise UserError(f"{self.flag} {self.path}: no img_replay_buffer_<n>.pt / txt_replay_buffer_<n>.pt files")
+        unmatched = sorted(found["img"] ^ found["txt"])
+        if unmatched:
+            n = unmatched[0]
+            side = "txt" if n in found["img"] else "img"
+            raise UserError(f"{self.flag} {self.path}: {side}_replay_buffer_{n}.pt is missing (img and txt files must "
+                            "pair up)")
+        return [(n, *self.pair_paths(n)) for n in sorted(found["img"])]
 
-def save_pair(directory, n, img_experts, txt_experts):
-    """Write one pair atomically (txt first, so an img file always has its twin)."""
-    img_path, txt_path = pair_paths(directory, n)
-    save_torch(txt_experts, txt_path)
-    save_torch(img_experts, img_path)
+    def has_experts(self) -> bool:
+        return any(_FILE.match(name) for name in os.listdir(self.path))
 
+    # --- filling it (buffer.py) ---
 
-class ExpertStream:
-    """Cycles through a buffer's experts, holding one file memory-mapped; the file order is reshuffled each pass.
+    def expert_done(self, n: int) -> bool:
+        return os.path.exists(self.pair_paths(n)[0])  # the img file is written last
 
-    An iteration reads two timestamps of an expert, so a file is mapped rather than read: only the pages of the
-    timestamps used are read (at the paper's size 2 x 131 MB of an expert's 1.4 GB), and the next file is announced
-    to the kernel for read-ahead while this one is in use. Its position is three integers, so a resumed
-    distillation continues with the same experts.
-    """
+    def next_expert(self, num_experts: int) -> Optional[Claim]:
+        """Claim the next expert to train; waits while others train the last ones. None when none is left."""
+        said = False
+        while True:
+            claim, held = claim_next(self.path, num_experts, self.expert_done)
+            if claim is not None or not held:
+                return claim
+            if not said:
+                print(f"waiting for experts {held} that other processes are training", flush=True)
+                said = True
+            time.sleep(POLL_S)
 
-    def __init__(self, directory, seed, flag="--buffer_path"):
-        self.directory, self.seed = directory, seed
-        self.pairs = list_pairs(directory, flag)
-        self.pass_idx = self.file_pos = self.expert_pos = 0
-        self._loaded, self._counts = None, {}
+    def save_pair(self, n: int, img_experts: list, txt_experts: list) -> None:
+        """Write one pair atomically (txt first, so an img file always has its twin)."""
+        img_path, txt_path = self.pair_paths(n)
+        save_torch(txt_experts, txt_path)
+        save_torch(img_experts, img_path)
 
-    def _order(self):
-        g = torch.Generator().manual_seed(pass_order_seed(self.seed, self.pass_idx))
-        return torch.randperm(len(self.pairs), generator=g).tolist()
+    def write_manifest(self, manifest: dict, holding: Optional[int] = None) -> dict:
+        """Create manifest.json (atomically, first writer wins), or check that it agrees on IDENTITY_FIELDS and, where
+        it records them, TRAINING_FIELDS. `holding`: the expert this process has claimed. A manifest that no expert
+        file and no other live claim backs was left by a run that trained nothing: it is replaced rather than obeyed."""
+        path = os.path.join(self.path, MANIFEST)
+        live_others = holding is not None and bool(live_claims(self.path, exclude=[holding]))
+        if os.path.exists(path) and not self.has_experts() and not live_others:
+            save_json(manifest, path)
+        elif not os.path.exists(path):
+            create_exclusive(path, json_text(manifest))  # the first writer's manifest stands
+        found = load_json_object(path, what="buffer manifest")
+        diff = [k for k in IDENTITY_FIELDS if found.get(k) != manifest.get(k)]
+        diff += [k for k in TRAINING_FIELDS if k in found and found[k] != manifest.get(k)]
+        if diff:
+            k = diff[0]
+            raise UserError(f"--buffer_path: {path} was made with {k}={found.get(k)!r}, this run has "
+                            f"{manifest.get(k)!r}; experts of different settings would be mixed: use another "
+                            "--buffer_path")
+        return found
 
-    def _file(self):
-        n, img_path, txt_path = self.pairs[self._order()[self.file_pos]]
-        if self._loaded is None or self._loaded[0] != n:
-            img, txt = load_experts(img_path, mmap=True), load_experts(txt_path, mmap=True)
-            if len(img) != len(txt):
-                raise UserError(f"buffer pair {img_path}: {len(img)} img experts but {len(txt)} txt experts")
-            self._loaded = (n, img, txt, img_path)
-            self._read_ahead()
-        return self._loaded
+    def check_complete(self, num_experts: int, timestamps: int) -> None:
+        """Every expert file exists and loads with the recorded number of timestamps."""
+        for n in range(num_experts):
+            for path in self.pair_paths(n):
+                _, length, _ = describe_file(path)
+                if length != timestamps:
+                    raise UserError(f"buffer file {path}: {length} timestamps per expert, this buffer's experts have "
+                                    f"{timestamps}; move it away and rerun to retrain expert {n}")
 
-    def _read_ahead(self):
-        """Ask the kernel to start reading the next file of this pass (a hint: nothing waits for it)."""
-        if not hasattr(os, "posix_fadvise") or self.file_pos + 1 >= len(self.pairs):
-            return
-        for path in self.pairs[self._order()[self.file_pos + 1]][1:]:
-            with contextlib.suppress(OSError):
-                fd = os.open(path, os.O_RDONLY)
-                try:
-                    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_WILLNEED)
-                finally:
-                    os.close(fd)
+    # --- reading it ---
 
-    def next(self):
-        """(img_trajectory, txt_trajectory, source path) of the next expert."""
-        _, img, txt, path = self._file()
-        out = (img[self.expert_pos], txt[self.expert_pos], path)
-        self._advance(len(img))
-        return out
+    def read_manifest(self) -> Optional[dict]:
+        path = os.path.join(self.path, MANIFEST)
+        return load_json_object(path, what="buffer manifest") if os.path.isfile(path) else None
 
-    def skip(self):
-        """Move past the next expert without loading it (another torchrun rank matches it)."""
-        n, img_path, _ = self.pairs[self._order()[self.file_pos]]
-        if n not in self._counts:  # read memory-mapped, without the tensors
-            self._counts[n] = describe_file(img_path)[0]
-        self._advance(self._counts[n])
+    def check_identity(self, identity: dict, where: Optional[str] = None) -> None:
+        """Refuse a buffer whose manifest disagrees with `identity` (NetworkSpec.identity(), or any {field: value})
+        on a field both record; model names are compared as models. A buffer without a manifest (published) passes."""
+        manifest = self.read_manifest() or {}
+        for key, value in identity.items():
+            if key in manifest and value is not None and not same_setting(key, manifest[key], value):
+                raise UserError(f"{where or f'{self.flag} {self.path}'}: experts were trained with "
+                                f"{key}={manifest[key]!r}, this run has {value!r}")
 
-    def _advance(self, experts_in_file):
-        self.expert_pos += 1
-        if self.expert_pos == experts_in_file:
-            self.expert_pos, self.file_pos = 0, self.file_pos + 1
-            if self.file_pos == len(self.pairs):
-                self.file_pos, self.pass_idx = 0, self.pass_idx + 1
+    def check_network(self, net: DualEncoder) -> Tuple[int, str]:
+        """Check every pair before any work: img and txt twins agree and their shapes fit `net` (read without
+        loading the tensors). Returns (timestamps of the shortest expert, its file)."""
+        shortest = None
+        for _, img_path, txt_path in self.pairs():
+            (n_img, len_img, img_shapes), (n_txt, len_txt, txt_shapes) = describe_file(img_path), describe_file(txt_path)
+            if (n_img, len_img) != (n_txt, len_txt):
+                raise UserError(f"{self.flag} {self.path}: {os.path.basename(img_path)} holds {n_img} experts of "
+                                f"{len_img} timestamps, its txt twin {n_txt} of {len_txt}")
+            where = f"{self.flag} {self.path} ({os.path.basename(img_path)})"
+            check_shapes(img_shapes, net.img_layout, "img", where)
+            check_shapes(txt_shapes, net.txt_layout, "txt", where)
+            if shortest is None or len_img < shortest[0]:
+                shortest = (len_img, img_path)
+        return shortest
 
-    def state_dict(self):
-        return {"pass_idx": self.pass_idx, "file_pos": self.file_pos, "expert_pos": self.expert_pos,
-                "files": [n for n, _, _ in self.pairs]}
-
-    def load_state_dict(self, state):
-        files = [n for n, _, _ in self.pairs]
-        if state.get("files", files) != files:  # another set of experts would silently change the result
-            raise UserError(f"--resume: the buffer {self.directory} holds experts {files}, the checkpoint was made "
-                            f"with {state['files']}; resume with the buffer as it was")
-        self.pass_idx, self.file_pos, self.expert_pos = state["pass_idx"], state["file_pos"], state["expert_pos"]
+    def final_expert(self, net: DualEncoder, identity: dict) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(img_flat, txt_flat): the last timestamp of the first expert, checked against `net` and `identity`; a
+        buffer without a manifest (published) is checked by parameter shapes only."""
+        self.check_identity(identity)
+        _, img_path, txt_path = self.pairs()[0]
+        img, txt = load_experts(img_path)[0][-1], load_experts(txt_path)[0][-1]
+        check_shapes(shapes_of(img), net.img_layout, "img", f"{self.flag} {img_path}")
+        check_shapes(shapes_of(txt), net.txt_layout, "txt", f"{self.flag} {txt_path}")
+        img, txt = net.img_layout.flatten(img).float(), net.txt_layout.flatten(txt).float()
+        if not (torch.isfinite(img).all() and torch.isfinite(txt).all()):
+            raise UserError(f"{self.flag} {img_path} (or its txt twin): the final expert parameters hold NaN or inf")
+        return img, txt

@@ -14,6 +14,7 @@ import os
 import re
 import threading
 import time
+from typing import Callable, List, Optional, Sequence, Tuple
 
 from common.errors import UserError
 from common.io import atomic_path, create_exclusive
@@ -25,11 +26,11 @@ WRITE_GRACE_S = 10.0  # an unreadable claim younger than this may still be being
 _NAME = re.compile(r"^\.claim_(\d+)\.(\d+)$")
 
 
-def claim_path(directory, n, gen):
+def claim_path(directory: str, n: int, gen: int) -> str:
     return os.path.join(directory, f".claim_{n}.{gen}")
 
 
-def generations(directory, n):
+def generations(directory: str, n: int) -> List[int]:
     """The generations of item n's claim files present now, ascending."""
     found = []
     with contextlib.suppress(OSError):
@@ -40,7 +41,7 @@ def generations(directory, n):
     return sorted(found)
 
 
-def read_claim(path):
+def read_claim(path: str) -> Optional[dict]:
     """The owner record of a claim file; None if it vanished meanwhile; {} if it is not ours to read."""
     try:
         with open(path) as f:
@@ -52,7 +53,7 @@ def read_claim(path):
     return record if isinstance(record, dict) else {}
 
 
-def is_stale(record, now=None, path=None):
+def is_stale(record: Optional[dict], now: Optional[float] = None, path: Optional[str] = None) -> bool:
     """Expired, malformed (and not just being written), or owned by a process of this host that no longer runs."""
     if not record and path is not None:
         with contextlib.suppress(OSError):
@@ -70,7 +71,7 @@ def is_stale(record, now=None, path=None):
 class Claim:
     """Ownership of item n (generation `gen`) with a renewed lease; a context manager that releases it."""
 
-    def __init__(self, directory, n, gen, lease_s=LEASE_S, renew_s=RENEW_S):
+    def __init__(self, directory: str, n: int, gen: int, lease_s: float = LEASE_S, renew_s: float = RENEW_S):
         self.directory, self.n, self.gen = directory, n, gen
         self.path = claim_path(directory, n, gen)
         self.lease_s, self.renew_s = lease_s, renew_s
@@ -80,7 +81,7 @@ class Claim:
     def _record(self):
         return json.dumps({**me(), "n": self.n, "gen": self.gen, "expires": time.time() + self.lease_s}) + "\n"
 
-    def create(self):
+    def create(self) -> bool:
         """Create the claim file exclusively and complete; False if this generation exists already."""
         return create_exclusive(self.path, self._record())
 
@@ -92,12 +93,12 @@ class Claim:
                 with open(tmp, "w") as f:
                     f.write(self._record())
 
-    def start(self):
+    def start(self) -> "Claim":
         self._thread = threading.Thread(target=self._renew, name=f"claim-{self.n}", daemon=True)
         self._thread.start()
         return self
 
-    def release(self):
+    def release(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
@@ -111,7 +112,7 @@ class Claim:
         self.release()
 
 
-def try_claim(directory, n, lease_s=LEASE_S, renew_s=RENEW_S):
+def try_claim(directory: str, n: int, lease_s: float = LEASE_S, renew_s: float = RENEW_S) -> Optional[Claim]:
     """A started Claim of item n, or None while another live process holds it."""
     gens = generations(directory, n)
     gen = 0
@@ -134,7 +135,7 @@ def try_claim(directory, n, lease_s=LEASE_S, renew_s=RENEW_S):
     return claim.start()
 
 
-def live_claims(directory, exclude=()):
+def live_claims(directory: str, exclude: Sequence[int] = ()) -> List[int]:
     """Items whose newest claim is live (held by a running owner), other than `exclude`."""
     items = set()
     with contextlib.suppress(OSError):
@@ -152,7 +153,8 @@ def live_claims(directory, exclude=()):
     return held
 
 
-def claim_next(directory, limit, done, lease_s=LEASE_S, renew_s=RENEW_S):
+def claim_next(directory: str, limit: int, done: Callable[[int], bool], lease_s: float = LEASE_S,
+               renew_s: float = RENEW_S) -> Tuple[Optional[Claim], List[int]]:
     """(Claim of the lowest item < limit that is neither done(n) nor held, or None; the items others hold)."""
     held = []
     for n in range(limit):

@@ -32,7 +32,7 @@ def hub_cache():
 
 def remote_layout(dataset, image_encoder, text_encoder):
     """(the buffer folder in the repository, the annotation files in it)."""
-    local = buffers.buffer_dir("", dataset, image_encoder, text_encoder, LOSS)
+    local = buffers.BufferDir.of_network("", dataset, image_encoder, text_encoder, LOSS).path
     layout = LAYOUTS[dataset]
     return local.strip("/"), [f"Annotation/{name}" for name in (layout.train, layout.val, layout.test)]
 
@@ -91,7 +91,7 @@ def file_records(directory):
     """{file name: {"bytes", "sha256"}} of a buffer directory's expert files; a file the hub cache names by a
     sha256 must have that content."""
     records = {}
-    for _, *paths in buffers.list_pairs(directory):
+    for _, *paths in buffers.BufferDir(directory).pairs():
         for path in paths:
             digest = sha256(path)
             cached_as = os.path.basename(os.path.realpath(path))
@@ -106,7 +106,7 @@ def check_shapes(directory, image_encoder, image_size, text_width):
     """Check every expert file against the network (image encoder trained, as the published experts were): the
     text width is read from the buffer's text head when the text encoder is not known here. Returns (timestamps
     of the shortest expert, experts)."""
-    pairs = buffers.list_pairs(directory)
+    pairs = buffers.BufferDir(directory).pairs()
     _, length, txt_shapes = buffers.describe_file(pairs[0][2])
     in_buffer = txt_shapes[0][1] if len(txt_shapes[0]) == 2 else None
     if text_width is not None and in_buffer is not None and in_buffer != text_width:
@@ -114,19 +114,19 @@ def check_shapes(directory, image_encoder, image_size, text_width):
                         f"gives {text_width}-d")
     net = NetworkFactory(NetConfig(image_encoder, image_size, text_width or in_buffer, True,
                                    image_pretrained=False)).build(seed=0)
-    shortest, _ = buffers.check_pairs(directory, net.img_layout, net.txt_layout)
+    shortest, _ = buffers.BufferDir(directory).check_network(net)
     return shortest, sum(buffers.describe_file(img)[0] for _, img, _ in pairs)
 
 
 def fetch_buffers(dataset, image_encoder, text_encoder, image_size, buffer_path, copy, revision, text_width, snap):
     """Link or copy the published experts into --buffer_path (or check those already there); returns a summary."""
     prefix, _ = remote_layout(dataset, image_encoder, text_encoder)
-    target = buffers.buffer_dir(buffer_path, dataset, image_encoder, text_encoder, LOSS)
-    manifest = buffers.read_manifest(target) if os.path.isdir(target) else None
+    target = buffers.BufferDir.of_network(buffer_path, dataset, image_encoder, text_encoder, LOSS).path
+    manifest = buffers.BufferDir(target).read_manifest() if os.path.isdir(target) else None
     if manifest is not None and "published" not in manifest:
         raise UserError(f"--buffer_path {target}: holds experts trained here (its manifest.json says so), not the "
                         "published ones; use another --buffer_path")
-    in_place = os.path.isdir(target) and buffers.has_experts(target)
+    in_place = os.path.isdir(target) and buffers.BufferDir(target).has_experts()
     if not in_place and os.path.isdir(target) and os.listdir(target):
         raise UserError(f"--buffer_path {target}: exists without expert files; remove it and run this again")
     work = target if in_place else temporary_path(target)
@@ -137,7 +137,7 @@ def fetch_buffers(dataset, image_encoder, text_encoder, image_size, buffer_path,
         os.makedirs(work)
     try:
         if not in_place:
-            for _, img, txt in buffers.list_pairs(source, flag=f"hub folder {prefix} of {REPO_ID}"):
+            for _, img, txt in buffers.BufferDir(source, flag=f"hub folder {prefix} of {REPO_ID}").pairs():
                 for path in (img, txt):
                     _place(path, os.path.join(work, os.path.basename(path)), copy)
         timestamps, experts = check_shapes(work, image_encoder, image_size, text_width)
@@ -185,8 +185,8 @@ def fetch_published(dataset, image_encoder, text_encoder, image_size, buffer_pat
                     revision="main", text_width=None):
     """Put the published buffers and annotations of `dataset` in place; returns the summary lines."""
     prefix, annotations = remote_layout(dataset, image_encoder, text_encoder)
-    target = buffers.buffer_dir(buffer_path, dataset, image_encoder, text_encoder, LOSS)
-    have_buffers = os.path.isdir(target) and buffers.has_experts(target)
+    target = buffers.BufferDir.of_network(buffer_path, dataset, image_encoder, text_encoder, LOSS).path
+    have_buffers = os.path.isdir(target) and buffers.BufferDir(target).has_experts()
     have_annotations = all(os.path.exists(os.path.join(ann_root, os.path.basename(a))) for a in annotations)
     snap = None
     if not (have_buffers and have_annotations):

@@ -3,6 +3,7 @@ settings), metrics.jsonl, the saved subsets with their pictures and captions, an
 --resume continues a killed run so that it ends exactly where an uninterrupted one would."""
 import json
 import os
+from typing import TYPE_CHECKING, Optional
 
 import torch
 
@@ -11,8 +12,14 @@ from common.io import atomic_path, ensure_writable_dir, load_json_object, load_t
 from distill_utils import parallel
 from distill_utils.files.pictures import save_captions, save_image_grid
 from distill_utils.files.run_log import RunLog, read_records
-from distill_utils.files.subset_file import load_subset, save_subset
+from distill_utils.files.subset_file import DistilledSubset, load_subset, save_subset
 from distill_utils.rng import rng_state, set_rng_state
+
+if TYPE_CHECKING:  # named in hints only
+    from distill_utils.datasets.loading import TrainData
+    from distill_utils.files.expert_stream import ExpertStream
+    from distill_utils.method.learnable_set import SyntheticSet
+    from distill_utils.phases import Phase
 
 CONFIG, LOG, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
 # Options that may change when a run is resumed: they do not alter its result.
@@ -25,17 +32,17 @@ class RunDir:
     """Owns one run directory; `open` checks it, `start` claims it, then the run saves, logs and checkpoints
     through it. Under torchrun every rank opens it and reads from it, rank 0 alone writes (`writer`)."""
 
-    def __init__(self, path, name, config, resume):
+    def __init__(self, path: str, name: str, config: dict, resume: bool):
         self.path, self.name, self.config, self.resume = path, name, config, resume
         self.last_save = None  # the newest saved subset: named when the run stops on a non-finite value
         self._log = None
         self.writer = parallel.is_main()
 
-    def file(self, name):
+    def file(self, name: str) -> str:
         return os.path.join(self.path, name)
 
     @classmethod
-    def open(cls, runs_dir, dataset, name, config, resume, defaults):
+    def open(cls, runs_dir: str, dataset: str, name: str, config: dict, resume: bool, defaults: dict) -> "RunDir":
         """A new run, or with `resume` one started with the same `config` (settings missing from its config.json
         were added since: the run ran with their `defaults`). Nothing is written here: config.json only once the
         run can start (`start`), so a failed start blocks nothing."""
@@ -60,7 +67,7 @@ class RunDir:
             ensure_writable_dir(run.path, "--runs_dir")
         return run
 
-    def start(self, checkpoint, wandb="disabled"):
+    def start(self, checkpoint: Optional[dict], wandb: str = "disabled") -> None:
         """The run can start: from here on the directory is this run's. A new run writes config.json; a resumed
         one drops the log records written after its checkpoint (all of them without one)."""
         if self.writer and self.resume:
@@ -69,13 +76,13 @@ class RunDir:
             save_json(self.config, self.file(CONFIG))
         self._log = RunLog(self.path, self.config, wandb, name=self.name)
 
-    def log(self, record, echo=None):
+    def log(self, record: dict, echo: Optional[str] = None) -> None:
         self._log.log(record, echo=echo)
 
-    def close(self):
+    def close(self) -> None:
         self._log.close()
 
-    def truncate_log(self, phase, iteration):
+    def truncate_log(self, phase: int, iteration: int) -> None:
         """Drop the records written after (phase, iteration) and any line a kill tore: the resumed run writes
         them again."""
         path = self.file(LOG)
@@ -87,7 +94,7 @@ class RunDir:
 
     # --- subsets ---
 
-    def save_subset(self, subset, stem, train):
+    def save_subset(self, subset: DistilledSubset, stem: str, train: "TrainData") -> str:
         """distilled_<stem>.pt with images_<stem>.png and captions_<stem>.txt (the nearest real caption of each
         synthetic text); returns the .pt path."""
         path = self.file(f"distilled_{stem}.pt")
@@ -98,7 +105,7 @@ class RunDir:
         self.last_save = path
         return path
 
-    def save_final(self, phase_index, final, raw=None):
+    def save_final(self, phase_index: int, final: DistilledSubset, raw: Optional[DistilledSubset] = None) -> None:
         """distilled_<p>_final.pt (the EMA subset) and, when given, distilled_<p>_final_raw.pt (without EMA)."""
         if not self.writer:
             return
@@ -106,12 +113,12 @@ class RunDir:
         if raw is not None:
             save_subset(raw, self.file(f"distilled_{phase_index}_final_raw.pt"))
 
-    def load_final(self, phase_index):
+    def load_final(self, phase_index: int) -> DistilledSubset:
         return load_subset(self.file(f"distilled_{phase_index}_final.pt"))
 
     # --- checkpoints ---
 
-    def write_checkpoint(self, phase_index, iteration, states, device):
+    def write_checkpoint(self, phase_index: int, iteration: int, states: dict, device: torch.device) -> None:
         """`states`: the state dicts of what the phase continues from (syn, experts, amp_guard, generator); the
         global RNG states are added here."""
         if not self.writer:
@@ -120,7 +127,7 @@ class RunDir:
         save_torch({"phase": phase_index, "iteration": iteration, **states, "rng": rng, "cuda_rng": cuda_rng,
                     "last_save": self.last_save}, self.file(CHECKPOINT))
 
-    def read_checkpoint(self, num_phases):
+    def read_checkpoint(self, num_phases: int) -> Optional[dict]:
         """The checkpoint of a resumed run (None for a new run or if there is none), refused in one line if it is
         not one of ours or lies beyond the run's phases."""
         path = self.file(CHECKPOINT)
@@ -140,7 +147,8 @@ class RunDir:
                             f"0..{num_phases - 1}; move it away to restart the run")
         return ckpt
 
-    def restore(self, ckpt, phase, syn, stream, generator, device):
+    def restore(self, ckpt: dict, phase: "Phase", syn: "SyntheticSet", stream: "ExpertStream",
+                generator: torch.Generator, device: torch.device) -> int:
         """Continue phase `phase` from `ckpt`: the subset, the expert stream, the generator and the global RNGs.
         A checkpoint that does not fit the phase's subset is refused, never half-loaded. Returns its iteration."""
         where = f"checkpoint {self.file(CHECKPOINT)}"

@@ -3,11 +3,12 @@ optionally, to Weights & Biases."""
 import json
 import os
 import time
+from typing import List, Optional
 
 from distill_utils import parallel
 
 
-def end_torn_line(path):
+def end_torn_line(path: str) -> None:
     """A writer killed mid-line leaves a record without its newline: end it, so the next record starts a line."""
     try:
         with open(path, "rb+") as f:
@@ -18,7 +19,7 @@ def end_torn_line(path):
         pass
 
 
-def read_records(path):
+def read_records(path: str) -> List[dict]:
     """The records of a metrics.jsonl; a line torn by a kill is skipped."""
     records = []
     with open(path) as f:
@@ -33,7 +34,8 @@ def read_records(path):
 
 
 class RunLog:
-    def __init__(self, run_dir, config=None, wandb_mode="disabled", name=None, project="ptm-st"):
+    def __init__(self, run_dir: Optional[str], config: Optional[dict] = None, wandb_mode: str = "disabled",
+                 name: Optional[str] = None, project: str = "ptm-st"):
         if not parallel.is_main():  # under torchrun, rank 0 alone logs
             run_dir, wandb_mode = None, "disabled"
         self.path = os.path.join(run_dir, "metrics.jsonl") if run_dir else None
@@ -45,7 +47,7 @@ class RunLog:
             self.wandb = wandb.init(project=project, name=name, config=config, mode=wandb_mode,
                                     dir=run_dir, resume="allow")
 
-    def log(self, record, step=None, echo=None):
+    def log(self, record: dict, step: Optional[int] = None, echo: Optional[str] = None) -> None:
         record = {"time": round(time.time(), 3), **({"step": step} if step is not None else {}), **record}
         if self.path:
             with open(self.path, "a") as f:
@@ -55,6 +57,6 @@ class RunLog:
         if echo:
             print(echo, flush=True)
 
-    def close(self):
+    def close(self) -> None:
         if self.wandb is not None:
             self.wandb.finish()

@@ -1,13 +1,16 @@
 """Distilled subsets on disk: the published format (`image`, `text`, `similarity_params`,
 `similarity_mat`, `syn_lr_img`, `syn_lr_txt`) plus, in ours, a `config` dict describing the phase
-and the network it was distilled for."""
+and the network it was distilled for; `check_subset` refuses a file an evaluation network cannot train on."""
+import math
 from dataclasses import dataclass, field
+from typing import List
 
 import torch
 
 from common.errors import UserError
 from common.io import load_torch, save_torch
 from distill_utils.method.similarity import lowrank_matrix
+from networks.names import same_model
 
 REQUIRED = ("image", "text", "syn_lr_img", "syn_lr_txt")
 
@@ -17,8 +20,8 @@ class DistilledSubset:
     image: torch.Tensor       # [N, 3, H, W], normalised pixels
     text: torch.Tensor        # [N, D], text-encoder features
     similarity: torch.Tensor  # [N, N], soft targets
-    lr_img: float
-    lr_txt: float
+    student_lr_img: float     # the learned student lrs (the file's syn_lr_img, syn_lr_txt)
+    student_lr_txt: float
     similarity_params: list = field(default_factory=list)
     config: dict = field(default_factory=dict)
 
@@ -57,7 +60,7 @@ def _matrix_from_params(params, path, n):
                     f"and R [N, r] (lowrank), N = {n}; found shapes {[tuple(p.shape) for p in params]}")
 
 
-def load_subset(path):
+def load_subset(path: str) -> DistilledSubset:
     obj = load_torch(path, what="distilled file")
     if not isinstance(obj, dict) or any(k not in obj for k in REQUIRED):
         missing = [k for k in REQUIRED if not isinstance(obj, dict) or k not in obj]
@@ -85,9 +88,54 @@ def load_subset(path):
                            _as_lr(obj["syn_lr_txt"], path, "syn_lr_txt"), params, dict(config))
 
 
-def save_subset(subset, path):
+def save_subset(subset: DistilledSubset, path: str) -> None:
     save_torch({"image": subset.image.detach().cpu(), "text": subset.text.detach().cpu(),
                 "similarity_params": [p.detach().cpu() for p in subset.similarity_params],
                 "similarity_mat": subset.similarity.detach().cpu(),
-                "syn_lr_img": torch.tensor(float(subset.lr_img)), "syn_lr_txt": torch.tensor(float(subset.lr_txt)),
+                "syn_lr_img": torch.tensor(float(subset.student_lr_img)),
+                "syn_lr_txt": torch.tensor(float(subset.student_lr_txt)),
                 "config": subset.config}, path)
+
+
+def check_subset(subset: DistilledSubset, path: str, expected: dict) -> List[str]:
+    """Refuse a distilled file the evaluation network cannot train on; returns notes worth printing.
+
+    `expected`: dataset, image_encoder, text_encoder, image_size, image_trainable, text_dim of the
+    evaluation. Image size and text dimension are checked on the tensors; with a `config` (our format)
+    also dataset and text encoder. A different image encoder is cross-architecture evaluation: allowed.
+    """
+    where = f"distilled file {path}"
+    for key, t in (("image", subset.image), ("text", subset.text), ("similarity", subset.similarity)):
+        if not torch.isfinite(t).all():
+            raise UserError(f"{where}: '{key}' holds NaN or inf values")
+    if not all(math.isfinite(lr) and lr >= 0 for lr in (subset.student_lr_img, subset.student_lr_txt)):
+        raise UserError(f"{where}: learned lrs must be finite and >= 0, found {subset.student_lr_img}, "
+                        f"{subset.student_lr_txt}")
+    size = expected["image_size"]
+    if tuple(subset.image.shape[-2:]) != (size, size):
+        raise UserError(f"{where}: images are {subset.image.shape[-2]}x{subset.image.shape[-1]}, "
+                        f"the evaluation network takes {size}x{size} (--image_size)")
+    if subset.text.shape[1] != expected["text_dim"]:
+        raise UserError(f"{where}: text features are {subset.text.shape[1]}-d, --text_encoder "
+                        f"{expected['text_encoder']} gives {expected['text_dim']}-d")
+    cfg = subset.config
+    if not cfg:
+        return [f"{path}: no config (published format): checked image size and text dimension only"]
+    ours, theirs = expected.get("text_encoder_weights"), cfg.get("text_encoder_weights")
+    if ours and theirs and ours != theirs:
+        raise UserError(f"{where}: distilled with other text-encoder weights than --text_encoder "
+                        f"{expected['text_encoder']} (the features would not match)")
+    if "text_encoder" in cfg and not same_model(cfg["text_encoder"], expected["text_encoder"]):
+        raise UserError(f"{where}: distilled with text encoder {cfg['text_encoder']!r}, this evaluation uses "
+                        f"{expected['text_encoder']!r} (--text_encoder)")
+    if "dataset" in cfg and cfg["dataset"] != expected["dataset"]:
+        raise UserError(f"{where}: distilled from dataset {cfg['dataset']!r}, "
+                        f"this evaluation is on {expected['dataset']!r}")
+    notes = []
+    if "image_encoder" in cfg and not same_model(cfg["image_encoder"], expected["image_encoder"]):
+        notes.append(f"{path}: cross-architecture evaluation: distilled with image encoder {cfg['image_encoder']!r}, "
+                     f"evaluated with {expected['image_encoder']!r}")
+    if "image_trainable" in cfg and bool(cfg["image_trainable"]) != expected["image_trainable"]:
+        notes.append(f"{path}: distilled with image_trainable={cfg['image_trainable']}, evaluated with "
+                     f"image_trainable={expected['image_trainable']}")
+    return notes

@@ -7,13 +7,20 @@ uses strict float32.
 The strict run happens first and the global RNG is rewound before the levers' one, so a check leaves the run
 exactly where a run without checks would be; on failure the strict gradient is kept.
 """
+from typing import Callable, Dict, Optional, Sequence, Tuple
+
+import torch
+
 from distill_utils import speed
+from distill_utils.method.learnable_set import LearnableSet
+from distill_utils.method.matching import MatchResult
+from distill_utils.method.student import Student
 from distill_utils.rng import rng_state, set_rng_state
 
 DATA = "image", "text", "similarity"
 
 
-def relative_error(value, reference):
+def relative_error(value: torch.Tensor, reference: torch.Tensor) -> float:
     """||value - reference|| / ||reference|| (0 when both are zero), in float64."""
     value, reference = value.double(), reference.double()
     ref = reference.norm()
@@ -22,7 +29,7 @@ def relative_error(value, reference):
     return ((value - reference).norm() / ref).item()
 
 
-def gradient_errors(grads, reference):
+def gradient_errors(grads: Sequence[torch.Tensor], reference: Sequence[torch.Tensor]) -> Dict[str, float]:
     """{image, text, similarity, lr_img, lr_txt}: relative errors of gradients against `reference`, both in
     SyntheticSet.tensors() order; similarity is the largest over the similarity parameters."""
     errors = [relative_error(g, r) for g, r in zip(grads, reference)]
@@ -33,17 +40,19 @@ def gradient_errors(grads, reference):
 class AmpGuard:
     """amp: the --amp dtype ('off' for none); tf32, nondeterministic: the CUDA kernel levers the run set."""
 
-    def __init__(self, student, amp, tolerance, check_every, state=None, tf32=False, nondeterministic=False):
+    def __init__(self, student: Student, amp: str, tolerance: float, check_every: int, state: Optional[dict] = None,
+                 tf32: bool = False, nondeterministic: bool = False):
         self.student, self.amp, self.tolerance, self.check_every = student, amp, tolerance, check_every
         self.kernels = dict(tf32=tf32, nondeterministic=nondeterministic)
         self.levers = "+".join([amp] * (amp != "off") + [k for k, on in self.kernels.items() if on])
         self.enabled = bool(self.levers)
         self.active = self.enabled and (state or {}).get("active", True)
 
-    def state_dict(self):
+    def state_dict(self) -> dict:
         return {"active": self.active}
 
-    def match(self, match, syn, start, target, schedule, iteration):
+    def match(self, match: Callable, syn: LearnableSet, start: tuple, target: tuple, schedule: list, iteration: int
+              ) -> Tuple[MatchResult, Optional[dict]]:
         """(MatchResult, check record or None): one matching step, setting syn's .grad."""
         device = syn.image.device
         self.student.amp = self.amp if self.active else "off"
@@ -75,8 +84,8 @@ class AmpGuard:
         return result, record
 
 
-def describe(record):
+def describe(record: dict) -> str:
     """One line for the console."""
-    return (f"{record.get('levers', record['amp'])} gradient vs strict float32 at iteration {record['iteration']}: largest relative error "
-            f"{record['amp_rel_err_max']:.2e} (tolerance {record['amp_tolerance']:g})"
+    return (f"{record.get('levers', record['amp'])} gradient vs strict float32 at iteration {record['iteration']}: "
+            f"largest relative error {record['amp_rel_err_max']:.2e} (tolerance {record['amp_tolerance']:g})"
             + ("; float32 from now on" if record.get("amp_fallback") else ""))

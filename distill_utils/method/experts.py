@@ -1,14 +1,23 @@
 """Expert training (SPEC section 3): SGD with the contrastive loss on real pairs, recording the
 img and txt parameters at epoch 0 and after every epoch."""
+from typing import TYPE_CHECKING, Iterator, List, Tuple
+
 import torch
 from tqdm import trange
 
 from common.errors import UserError
 from distill_utils.evaluation.retrieval import format_metrics
-from distill_utils.method.student import Student, evaluate_retrieval, identity_batches, make_sgd, train_epoch
+from distill_utils.datasets.loading import TrainData
+from distill_utils.files.run_log import RunLog
+from distill_utils.method.student import (RetrievalData, Student, evaluate_retrieval, identity_batches, make_sgd,
+                                          train_epoch)
+from networks.dual_encoder import DualEncoder
+
+if TYPE_CHECKING:  # config.py imports the settings table, which imports the method modules
+    from distill_utils.config import ExpertConfig
 
 
-def real_batches(train, order, batch_size, device):
+def real_batches(train: TrainData, order: torch.Tensor, batch_size: int, device: torch.device) -> Iterator[tuple]:
     """(images, text features, identity targets) over `order`; a short last batch is dropped, as in the paper."""
     chunks = list(torch.split(order, batch_size))
     if len(chunks) > 1 and len(chunks[-1]) < batch_size:
@@ -16,7 +25,9 @@ def real_batches(train, order, batch_size, device):
     return identity_batches(train, order, batch_size, device)
 
 
-def train_expert(net, train, test, cfg, device, seed, log, expert_id, eval_untrained=False):
+def train_expert(net: DualEncoder, train: TrainData, test: RetrievalData, cfg: "ExpertConfig", device: torch.device,
+                 seed: int, log: RunLog, expert_id: int, eval_untrained: bool = False
+                 ) -> Tuple[List[List[torch.Tensor]], List[List[torch.Tensor]]]:
     """Train one expert from `net`'s initial parameters as `cfg` (config.ExpertConfig) says; returns
     (img_timestamps, txt_timestamps)."""
     torch.manual_seed(seed)  # dropout masks

@@ -1,4 +1,6 @@
 """Multilabel contrastive losses with soft targets (LoRS/PTM-ST): logits [B, B] against a target matrix [B, B]."""
+from typing import Callable
+
 import torch
 import torch.nn.functional as F
 
@@ -24,7 +26,7 @@ def _symmetric(fn):
     return lambda logits, targets: 0.5 * (fn(logits, targets) + fn(logits.t(), targets.t()))
 
 
-def wbce(logits, targets):
+def wbce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """BCE averaged separately over positives (target > 0.5) and negatives, then averaged: balances the one
     positive per row against B-1 negatives."""
     loss = -targets * F.logsigmoid(logits) - (1 - targets) * F.logsigmoid(-logits)
@@ -43,5 +45,5 @@ LOSSES = {
 }
 
 
-def contrastive_loss(loss_type):
+def contrastive_loss(loss_type: str) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
     return LOSSES[loss_type]

@@ -33,10 +33,16 @@ adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse s
 """
 import math
 from dataclasses import dataclass
+from typing import List, Sequence, Tuple
 
 import torch
 
+from distill_utils.method.learnable_set import LearnableSet
+from distill_utils.method.student import Student
 from distill_utils.rng import rng_state, set_rng_state
+
+Params = Tuple[torch.Tensor, torch.Tensor]  # (img_flat, txt_flat)
+Schedule = Sequence[torch.Tensor]  # the minibatch indices of each student step
 
 
 @dataclass
@@ -50,7 +56,7 @@ class MatchResult:
     replay_txt: torch.Tensor = None
 
 
-def minibatch_schedule(n, batch_size, steps, generator):
+def minibatch_schedule(n: int, batch_size: int, steps: int, generator: torch.Generator) -> List[torch.Tensor]:
     """Index tensors for `steps` minibatches: consecutive chunks of a permutation, reshuffled when exhausted."""
     schedule, perm, pos = [], torch.randperm(n, generator=generator), 0
     for _ in range(steps):
@@ -65,13 +71,14 @@ def _sq(v):
     return torch.dot(v, v)
 
 
-def match_constant(student, syn, start, target, schedule):
+def match_constant(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule
+                   ) -> MatchResult:
     """Set .grad of the synthetic set's tensors from one matching step in the memory-constant form.
 
     start, target: (img_flat, txt_flat) of the expert at T and at T + expert_epochs, on the device.
     """
     device = syn.image.device
-    lr_img, lr_txt = syn.lr_img.item(), syn.lr_txt.item()
+    lr_img, lr_txt = syn.student_lr_img.item(), syn.student_lr_txt.item()
     rng = rng_state(device)
 
     # pass 1: the student's steps, no graph kept
@@ -102,18 +109,19 @@ def match_constant(student, syn, start, target, schedule):
         torch.autograd.backward(torch.dot(c_img, g_img) + torch.dot(c_txt, g_txt), inputs=inputs)
         r_img, r_txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
 
-    syn.lr_img.grad = -2 * torch.dot(g_sum_img, gap_img) / dist_img
-    syn.lr_txt.grad = -2 * torch.dot(g_sum_txt, gap_txt) / dist_txt
+    syn.student_lr_img.grad = -2 * torch.dot(g_sum_img, gap_img) / dist_img
+    syn.student_lr_txt.grad = -2 * torch.dot(g_sum_txt, gap_txt) / dist_txt
     return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt, r_img, r_txt)
 
 
-def match_unrolled(student, syn, start, target, schedule):
+def match_unrolled(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule
+                   ) -> MatchResult:
     """Set .grad of the synthetic set's tensors by back-propagating through all steps (exact)."""
     img, txt = start[0].clone().requires_grad_(True), start[1].clone().requires_grad_(True)
     for idx in schedule:
         x, y, s = syn.batch(idx)
         _, g_img, g_txt = student.grads(img, txt, x, y, s, create_graph=True)
-        img, txt = img - syn.lr_img * g_img, txt - syn.lr_txt * g_txt
+        img, txt = img - syn.student_lr_img * g_img, txt - syn.student_lr_txt * g_txt
     loss_img = _sq(img - target[0]) / _sq(start[0] - target[0])
     loss_txt = _sq(txt - target[1]) / _sq(start[1] - target[1])
     loss = loss_img + loss_txt
@@ -152,9 +160,9 @@ def _plain_step(student, syn, img, txt, idx, lrs):
     return (img_i - lrs[0] * g_img).detach(), (txt_i - lrs[1] * g_txt).detach()
 
 
-def matching_loss(student, syn, start, target, schedule):
+def matching_loss(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule) -> float:
     """The matching loss at the student's end point, forward only: the function every mode differentiates."""
-    lrs, (img, txt) = (syn.lr_img.item(), syn.lr_txt.item()), start
+    lrs, (img, txt) = (syn.student_lr_img.item(), syn.student_lr_txt.item()), start
     for idx in schedule:
         img, txt = _plain_step(student, syn, img, txt, idx, lrs)
     return (_sq(img - target[0]) / _sq(start[0] - target[0]) + _sq(txt - target[1]) / _sq(start[1] - target[1])).item()
@@ -177,10 +185,11 @@ def _reverse_step(graph, lam, dlr, lrs, inputs):
     return (lam[0] + img_i.grad, lam[1] + txt_i.grad), dlr
 
 
-def match_adjoint(student, syn, start, target, schedule, store="cpu"):
+def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule,
+                  store: str = "cpu") -> MatchResult:
     """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
     device = syn.image.device
-    lrs = (syn.lr_img.item(), syn.lr_txt.item())
+    lrs = (syn.student_lr_img.item(), syn.student_lr_txt.item())
     last = len(schedule) - 1  # steps 0..last-1 run twice, step `last` once with its graph
     points, rngs = _PointStore(device, store, last), []
 
@@ -216,7 +225,7 @@ def match_adjoint(student, syn, start, target, schedule, store="cpu"):
             lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
     set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
 
-    syn.lr_img.grad, syn.lr_txt.grad = dlr
+    syn.student_lr_img.grad, syn.student_lr_txt.grad = dlr
     return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
 
 

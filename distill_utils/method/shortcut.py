@@ -8,6 +8,8 @@ K = end - start - 1 steps. For layer l, with d_l(p) = ||theta_l(p+1) - theta_l(p
 
 so the endpoints are kept and each layer advances in proportion to the distance it really travelled.
 """
+from typing import List, Optional, Sequence
+
 import torch
 
 
@@ -22,7 +24,8 @@ def _f64(stamp):
     return [p.detach().to(torch.float64) for p in stamp]
 
 
-def shortcut_betas(traj, start=0, end=None):
+def shortcut_betas(traj: Sequence[Sequence[torch.Tensor]], start: int = 0, end: Optional[int] = None
+                   ) -> List[torch.Tensor]:
     """beta as a float64 tensor of shape (layers, K + 1); column t is timestamp start + t."""
     window = _window(traj, start, end)
     prev, steps = _f64(window[0]), []
@@ -38,7 +41,8 @@ def shortcut_betas(traj, start=0, end=None):
     return beta
 
 
-def shortcut_trajectory(traj, start=0, end=None):
+def shortcut_trajectory(traj: Sequence[Sequence[torch.Tensor]], start: int = 0, end: Optional[int] = None
+                        ) -> List[List[torch.Tensor]]:
     """The shortcut of traj over [start, end): end - start timestamps, each a list of new tensors in the input dtypes.
 
     The first and last timestamps are copies of traj[start] and traj[end - 1]; the others are computed in float64.

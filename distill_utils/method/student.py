@@ -1,12 +1,18 @@
 """Training a dual encoder from external flat parameters: the one code path for experts,
 distillation students and evaluation students."""
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Dict, Iterable, Iterator, Optional, Tuple
 
 import torch
+from torch import Tensor
 
 from distill_utils.method.losses import contrastive_loss
 from distill_utils.evaluation.retrieval import retrieval_metrics
 from distill_utils.speed import autocast
+from networks.dual_encoder import DualEncoder
+
+if TYPE_CHECKING:  # datasets/loading.py imports RetrievalData from here
+    from distill_utils.datasets.loading import TrainData
 
 
 class Student:
@@ -16,20 +22,20 @@ class Student:
     the loss in float32. fp16 training scales the loss (one GradScaler per student, kept across epochs).
     """
 
-    def __init__(self, net, loss_type, amp=None):
+    def __init__(self, net: DualEncoder, loss_type: str, amp: Optional[str] = None):
         self.net, self.loss_type = net, loss_type
         self.criterion = contrastive_loss(loss_type)
         self.amp = getattr(net, "amp", "off") if amp is None else amp
         self.scaler = None
 
-    def loss(self, img_flat, txt_flat, images, texts, targets):
+    def loss(self, img_flat: Tensor, txt_flat: Tensor, images: Tensor, texts: Tensor, targets: Tensor) -> Tensor:
         if self.amp == "off":
             return self.criterion(self.net.logits(images, texts, img_flat, txt_flat), targets)
         with autocast(images.device, self.amp):
             logits = self.net.logits(images, texts, img_flat, txt_flat)
         return self.criterion(logits.float(), targets)
 
-    def backward_step(self, loss, optimizer):
+    def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """loss.backward() and optimizer.step(), through a GradScaler under fp16 (skips steps with inf grads)."""
         if self.amp != "fp16":
             loss.backward()
@@ -41,25 +47,29 @@ class Student:
         self.scaler.step(optimizer)
         self.scaler.update()
 
-    def grads(self, img_flat, txt_flat, images, texts, targets, create_graph=False):
+    def grads(self, img_flat: Tensor, txt_flat: Tensor, images: Tensor, texts: Tensor, targets: Tensor,
+              create_graph: bool = False) -> Tuple[Tensor, Tensor, Tensor]:
         """(loss, d loss / d img_flat, d loss / d txt_flat) at the given parameters."""
         loss = self.loss(img_flat, txt_flat, images, texts, targets)
         g_img, g_txt = torch.autograd.grad(loss, (img_flat, txt_flat), create_graph=create_graph)
         return loss, g_img, g_txt
 
 
-def make_sgd(img_flat, txt_flat, lr_img, lr_txt, momentum, weight_decay):
+def make_sgd(img_flat: Tensor, txt_flat: Tensor, lr_img: float, lr_txt: float, momentum: float,
+             weight_decay: float) -> torch.optim.SGD:
     return torch.optim.SGD([{"params": [img_flat], "lr": lr_img}, {"params": [txt_flat], "lr": lr_txt}],
                            lr=lr_img, momentum=momentum, weight_decay=weight_decay)
 
 
-def identity_batches(train, order, batch_size, device):
+def identity_batches(train: "TrainData", order: Tensor, batch_size: int, device: torch.device
+                     ) -> Iterator[Tuple[Tensor, Tensor, Tensor]]:
     """(images, text features, identity targets) of the real pairs `order` of a TrainData, in chunks of batch_size."""
     for images, idx in train.images.batches(order, batch_size):
         yield images.to(device), train.text_features[idx].to(device), torch.eye(len(idx), device=device)
 
 
-def train_epoch(student, img_flat, txt_flat, optimizer, batches):
+def train_epoch(student: Student, img_flat: Tensor, txt_flat: Tensor, optimizer: torch.optim.Optimizer,
+                batches: Iterable[Tuple[Tensor, Tensor, Tensor]]) -> float:
     """One pass of SGD over `batches` of (images, text features, target matrix); returns the mean loss."""
     student.net.train()
     total, count = 0.0, 0
@@ -80,7 +90,8 @@ class RetrievalData:
 
 
 @torch.no_grad()
-def embed_split(net, img_flat, txt_flat, data, device, batch_size=256, text_batch_size=4096):
+def embed_split(net: DualEncoder, img_flat: Tensor, txt_flat: Tensor, data: RetrievalData, device: torch.device,
+                batch_size: int = 256, text_batch_size: int = 4096) -> Tuple[Tensor, Tensor]:
     """(image embeddings, text embeddings) of every image in `data.images` and every row of `data.text_features`,
     in eval mode."""
     was_training = net.training
@@ -92,6 +103,7 @@ def embed_split(net, img_flat, txt_flat, data, device, batch_size=256, text_batc
     return img, txt
 
 
-def evaluate_retrieval(net, img_flat, txt_flat, data, device, batch_size=256):
+def evaluate_retrieval(net: DualEncoder, img_flat: Tensor, txt_flat: Tensor, data: RetrievalData, device: torch.device,
+                       batch_size: int = 256) -> Dict[str, float]:
     img, txt = embed_split(net, img_flat, txt_flat, data, device, batch_size)
     return retrieval_metrics(img @ txt.t(), data.txt2img)

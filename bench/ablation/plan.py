@@ -1,0 +1,107 @@
+"""What the ablation measures: the distillation runs, the rows they give, the dataset levels and budgets, and the
+command lines of every step, built from the demo's recipe (recipes/synthetic_demo.yaml) with overrides."""
+import re
+from typing import NamedTuple
+
+ENCODER, CROSS_ENCODER, TEXT = "convnet", "convnet_w32_d4_gn", "minilm"  # the recipe's encoders; the cross check's
+RECIPE = "recipes/synthetic_demo.yaml"
+NUM_EXPERTS = 2
+# what each step changes in the recipe (the rest, e.g. the distillation's lrs and minibatches, is the recipe's)
+EXPERTS = ["--config", RECIPE, "--num_experts", str(NUM_EXPERTS), "--eval_freq", "1"]
+ITERATIONS = 100  # per phase, as the paper's recipes give each phase its own iteration count
+DISTILL = ["--config", RECIPE, "--num_eval", "0", "--checkpoint_it", "25", "--eval_it", str(ITERATIONS)]
+EMA = "0.97"  # the recipe's; runs without EMA override it with 0
+PROTOCOL = ["--config", RECIPE, "--select_on", "val", "--seed", "0"]
+SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
+LATE = "convexified_0_11"  # `synthetic_hard`'s whole expert run (11 timestamps) as one shortcut window
+
+
+class Run(NamedTuple):
+    """A distillation run: phases as (trajectory, min start, max start); split: the first phase's share of N."""
+    phases: list
+    ema: bool = False
+    conditioning: str = "none"
+    matching: str = "constant"
+    split: float = 0.5
+
+
+RUNS = {"normal": Run([("normal", 0, 2)], ema=True),
+        "phased": Run([("normal", 0, 2), ("normal", 1, 3)]),
+        "shortcut": Run(SHORTCUT_PHASES[:1]),
+        "phased_shortcut": Run(SHORTCUT_PHASES, ema=True),
+        "conditioned": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative"),
+        "shortcut_exact": Run(SHORTCUT_PHASES[:1], matching="adjoint"),
+        "conditioned_exact": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative", matching="adjoint")}
+# the levers of `synthetic_hard`: start windows on LATE where its experts still improve, the same windows as
+# one phase (at the full budget), and the budget split between two conditioned phases: (starts, first share)
+LEVERS = [([(0, 3)], 1), ([(3, 6)], 1), ([(0, 6)], 1), ([(0, 3), (3, 6)], 0.5), ([(0, 3), (6, 9)], 0.5),
+          ([(0, 3), (3, 6)], 0.4), ([(0, 3), (3, 6)], 0.6)]
+
+
+def _lever(starts, split):
+    """(run name, row label) of a lever: e.g. late_0-3_3-6_20+30, 'late [0,3) then [3,6), 20+30 of 50'."""
+    name = "late_" + "_".join(f"{lo}-{hi}" for lo, hi in starts)
+    label = "late " + " then ".join(f"[{lo},{hi})" for lo, hi in starts)
+    if split != 0.5 and len(starts) > 1:
+        name += f"_{round(100 * split)}+{round(100 * (1 - split))}"
+        label += f", split {round(100 * split)}/{round(100 * (1 - split))}"
+    return name, label
+
+
+for starts, split in LEVERS:
+    name, _ = _lever(starts, split)
+    RUNS[name] = Run([(LATE, lo, hi) for lo, hi in starts], ema=True, split=split,
+                     conditioning="cumulative" if len(starts) > 1 else "none")
+# ablation rows: (name, run, files). The EMA never feeds back into the optimisation, so a run with EMA
+# also yields the row without it: its distilled_<p>_final_raw.pt files.
+ROWS = [("BASE", "normal", "final_raw"), ("EMA", "normal", "final"), ("PTM", "phased", "final"),
+        ("ST", "shortcut", "final"), ("PTM+ST", "phased_shortcut", "final_raw"),
+        ("PTM+ST+EMA", "phased_shortcut", "final"), ("PTM+ST, conditioned", "conditioned", "final_raw"),
+        ("PTM+ST+EMA, conditioned", "conditioned", "final"), ("ST, exact gradient", "shortcut_exact", "final"),
+        ("PTM+ST+EMA, conditioned, exact gradient", "conditioned_exact", "final")]
+for starts, split in LEVERS:
+    name, label = _lever(starts, split)
+    kind = "PTM+ST{}, conditioned" if len(starts) > 1 else "ST{}"
+    ROWS += [(f"{kind.format('')}, {label}", name, "final_raw"), (f"{kind.format('+EMA')}, {label}", name, "final")]
+for split in (0.6, 0.4):  # the budget split between the standard windows' conditioned phases
+    tag = f"{round(100 * split)}/{round(100 * (1 - split))}"
+    RUNS[f"conditioned_{tag.replace('/', '+')}"] = RUNS["conditioned"]._replace(split=split)
+    ROWS += [(f"PTM+ST, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final_raw"),
+             (f"PTM+ST+EMA, conditioned, split {tag}", f"conditioned_{tag.replace('/', '+')}", "final")]
+# a control on `synthetic`: two conditioned phases on the same start window, so the budget split is there and the
+# later teacher is not; it tells which of the two costs the phased rows their points
+RUNS["conditioned_same"] = RUNS["conditioned"]._replace(phases=[SHORTCUT_PHASES[0]] * 2)
+CONTROL_ROWS = ["PTM+ST, conditioned, both phases [0,2)", "PTM+ST+EMA, conditioned, both phases [0,2)"]
+ROWS += [(CONTROL_ROWS[0], "conditioned_same", "final_raw"), (CONTROL_ROWS[1], "conditioned_same", "final")]
+LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
+STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS]
+# dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
+LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD + CONTROL_ROWS, 20: STANDARD}},
+          "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
+                             "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
+                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS]}}}
+AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under --protocol authors (`synthetic`)
+CROSS_SIZE = 50  # the cross-architecture check runs at this budget
+
+
+def row(name):
+    """(name, run, files) of a row."""
+    return next(r for r in ROWS if r[0] == name)
+
+
+def run_of(name):
+    return RUNS[row(name)[1]]
+
+
+def modes(name):
+    """The eval modes a phased row is meant for, one picked on val: the paper's sequential or the union for
+    subsets distilled alone; the cumulative training they were distilled for or the union for conditioned ones."""
+    return ("cumulative", "union") if run_of(name).conditioning == "cumulative" else ("sequential", "union")
+
+
+def phased(name):
+    return len(run_of(name).phases) > 1
+
+
+def slug(name):
+    return re.sub(r"[^A-Za-z0-9+.=@-]+", "_", name).strip("_")
