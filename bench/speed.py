@@ -77,11 +77,24 @@ def flops_of(fn):
     return counter.get_total_flops()
 
 
+def write_expert(directory, img, txt):
+    """Save one expert (img and txt trajectories) in `directory` and return an ExpertStream over it, through whichever buffer API the
+    checkout on the path has (BufferDir since the refactor of issue 23; module functions before it)."""
+    try:
+        from distill_utils.files.buffers import BufferDir
+        from distill_utils.files.expert_stream import ExpertStream
+    except ImportError:
+        from distill_utils.files.buffers import ExpertStream, save_pair
+        save_pair(directory, 0, [img], [txt])
+        return ExpertStream(directory, seed=0)
+    BufferDir(directory).save_pair(0, [img], [txt])
+    return ExpertStream(BufferDir(directory), seed=0)
+
+
 class Workload:
     """One fixed set of inputs, built from seeds only: the same in every checkout whose code builds it the same way."""
 
     def __init__(self, a, tmp):
-        from distill_utils.files.buffers import ExpertStream, save_pair
         from distill_utils.method.learnable_set import SynOptim, SyntheticSet
         from distill_utils.method.similarity import make_similarity
         from distill_utils.method.student import Student
@@ -103,8 +116,7 @@ class Workload:
                 [p.detach().clone() for p in self.net.txt_module.parameters()]
         stamps = [[[p + 0.01 * k * torch.randn(p.shape, generator=g).to(**like) for p in side_]
                    for k in range(3)] for side_ in start]
-        save_pair(tmp, 0, [[[p.cpu() for p in s] for s in stamps[0]]], [[[p.cpu() for p in s] for s in stamps[1]]])
-        self.stream = ExpertStream(tmp, seed=0)
+        self.stream = write_expert(tmp, *[[[p.cpu() for p in stamp] for stamp in side_] for side_ in stamps])
         self.schedule_gen = torch.Generator().manual_seed(1)
 
     def segment(self):
@@ -129,8 +141,9 @@ class Workload:
         return matching_loss(self.student, self.syn, start, target, schedule)
 
     def grads(self):
-        s = self.syn
-        return dict(zip(GRADS, (s.image.grad, s.text.grad, s.sim_params[0].grad, s.lr_img.grad, s.lr_txt.grad)))
+        s = self.syn  # the learned student lrs were named lr_img/lr_txt before the refactor of issue 23
+        lrs = (s.student_lr_img, s.student_lr_txt) if hasattr(s, "student_lr_img") else (s.lr_img, s.lr_txt)
+        return dict(zip(GRADS, (s.image.grad, s.text.grad, s.sim_params[0].grad, *(lr.grad for lr in lrs))))
 
 
 def medians(runs):
