@@ -18,73 +18,42 @@ sh/distill.sh): data, text encoder, the buffers and their timestamps, free disk 
 written and GPU memory.
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
+import argparse
 import os
 from dataclasses import replace
 
+import torch
+
 from common.errors import UserError, cli_main
-from distill_utils import cli_args, preflight
+from distill_utils import cli_args, preflight, settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets import convert
-from distill_utils.datasets.annotations import SYNTHETIC_LEVELS, load_retrieval_split, load_train_pairs
+from distill_utils.datasets.annotations import REAL_DATASETS, SYNTHETIC_LEVELS, load_retrieval_split, load_train_pairs
 from distill_utils.datasets.image_cache import build_cache, cache_bytes
 from distill_utils.datasets.loading import prepare
 from distill_utils.files.published import REPO_ID, fetch_published
 from distill_utils.footprint import check_disk, human_bytes
-from distill_utils.paper_recipe import SIZES, paper_recipe
+from distill_utils.paper_recipe import paper_recipe
 from networks.text_encoders import text_width
 
-REAL = ("flickr", "coco", "cc3m")
-
-
-def _output_args(p):
-    p.add_argument("--out", required=True, help="the dataset root to write (must not exist, or be empty)")
-    p.add_argument("--copy", action="store_true", help="copy the image files into the root (default: link their folders)")
-    p.add_argument("--cache", type=int, nargs="?", const=224, metavar="SIZE",
-                   help="also write the decoded image cache at SIZE px (default SIZE: 224, the paper's)")
-    p.add_argument("--workers", type=int, default=0, help="image decoding worker processes for --cache (default: 0)")
+COMMANDS = {  # command: (its script in settings.TABLE, its --help line)
+    "flickr": (settings.PREPARE_FLICKR, "Flickr30k: Karpathy's split file or results_20130124.token, and its images"),
+    "coco": (settings.PREPARE_COCO, "COCO: Karpathy's dataset_coco.json and train2014/, val2014/"),
+    "cc3m": (settings.PREPARE_CC3M, "CC3M as img2dataset writes it: webdataset shards or parquet files"),
+    "cache": (settings.PREPARE_CACHE, "write the decoded image cache of an existing dataset"),
+    "buffers": (settings.PREPARE_BUFFERS,
+                f"the published experts and annotations from the Hugging Face Hub ({REPO_ID})"),
+    "check": (settings.PREPARE_CHECK, "check a machine against the paper's recipe of a dataset, in seconds"),
+}
 
 
 def make_parser():
-    p = cli_args.Parser(description=__doc__)
-    sub = p.add_subparsers(dest="command", required=True, metavar="{flickr,coco,cc3m,cache,buffers,check}")
-    g = sub.add_parser("flickr", help="Flickr30k: Karpathy's split file or results_20130124.token, and its images")
-    src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--karpathy", help="Karpathy's dataset_flickr30k.json (the paper's splits)")
-    src.add_argument("--token", help="Flickr30k's results_20130124.token (no splits: 5%% held out for each of val and test)")
-    g.add_argument("--images", required=True, help="the folder holding the Flickr30k .jpg files")
-    _output_args(g)
-    g = sub.add_parser("coco", help="COCO: Karpathy's dataset_coco.json and train2014/, val2014/")
-    g.add_argument("--karpathy", required=True, help="Karpathy's dataset_coco.json")
-    g.add_argument("--images", required=True, help="the folder holding train2014/ and val2014/")
-    _output_args(g)
-    g = sub.add_parser("cc3m", help="CC3M as img2dataset writes it: webdataset shards or parquet files")
-    src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", nargs="+", metavar="PATTERN", help="webdataset .tar shards ('dir/{00000..00331}.tar', globs)")
-    src.add_argument("--parquet", nargs="+", metavar="FILES", help="parquet files, images inside or in the folder beside each")
-    val = g.add_mutually_exclusive_group()
-    val.add_argument("--val_shards", nargs="+", metavar="PATTERN",
-                     help="shards of the validation data, written as both val and test (default: a fixed, seeded 5%% "
-                          "of the pairs is held out for each)")
-    val.add_argument("--val_parquet", nargs="+", metavar="FILES", help="parquet files of the validation data, as --val_shards")
-    _output_args(g)
-    g = sub.add_parser("cache", help="write the decoded image cache of an existing dataset")
-    cli_args.add_data_args(g)
-    g.set_defaults(seed=0, device="cpu")
-    g = sub.add_parser("buffers", help=f"the published experts and annotations from the Hugging Face Hub ({REPO_ID})")
-    g.add_argument("--dataset", required=True, choices=REAL, help="whose buffers and annotations")
-    g.add_argument("--buffer_path", default="buffer", help="root of the buffers, as buffer.py's (default: buffer)")
-    g.add_argument("--ann_root", default="data/Annotation", help="where the annotation files go (default: data/Annotation)")
-    g.add_argument("--image_encoder", default="nfnet", help="image encoder of the experts (default: nfnet, the published)")
-    g.add_argument("--text_encoder", default="bert", help="text encoder of the experts (default: bert, the published)")
-    g.add_argument("--image_size", type=int, default=224, help="image side the experts were trained at (default: 224)")
-    g.add_argument("--copy", action="store_true", help="copy the files (default: link them to the Hugging Face cache)")
-    g.add_argument("--revision", default="main", help="revision of the hub repository (default: main)")
-    g = sub.add_parser("check", help="check a machine against the paper's recipe of a dataset, in seconds")
-    cli_args.add_data_args(g)
-    g.add_argument("--size", type=int, default=500, choices=SIZES, help="distilled pairs of the recipe (default: 500)")
-    g.add_argument("--buffer_path", default="buffer", help="root of the buffers (default: buffer)")
-    g.set_defaults(seed=0, device="auto")  # the GPU memory check looks at the GPU this machine would use
-    return p
+    return settings.command_parser(COMMANDS, __doc__)
+
+
+def data_config(args: argparse.Namespace, device: torch.device) -> DataConfig:
+    """The data settings of `args` on `device` (the commands take no --device)."""
+    return from_flags(DataConfig, argparse.Namespace(**vars(args), device=device))
 
 
 def report(dataset, root, splits, cache_size):
@@ -96,10 +65,20 @@ def report(dataset, root, splits, cache_size):
         print(f"image cache: {root}/image_cache_{cache_size}px ({n:,} images, {human_bytes(cache_bytes(n, cache_size))})")
 
 
+def run_convert(args):
+    out = dict(copy=args.copy, cache_size=args.cache, workers=args.workers)
+    if args.command == "cc3m":
+        splits = convert.convert_cc3m(args.out, args.shards or (), args.parquet or (), args.val_shards or (),
+                                      args.val_parquet or (), **out)
+    elif args.command == "flickr" and args.token:
+        splits = convert.convert_token(args.token, args.images, args.out, **out)
+    else:
+        splits = convert.convert_karpathy(args.command, args.karpathy, args.images, args.out, **out)
+    report(args.command, args.out, splits, args.cache)
+
+
 def run_cache(args):
-    args = cli_args.finalize(args)
-    data = from_flags(DataConfig, args)
-    prepare(data)
+    prepare(data_config(args, torch.device("cpu")))
     train = load_train_pairs(args.dataset, args.ann_root, args.image_root)
     splits = [load_retrieval_split(args.dataset, s, args.ann_root, args.image_root) for s in ("val", "test")]
     paths = list(dict.fromkeys(p for s in [train, *splits] for p in s.image_paths))
@@ -110,46 +89,33 @@ def run_cache(args):
     print(f"image cache: {out} ({len(rel):,} images, {human_bytes(cache_bytes(len(rel), args.image_size))})")
 
 
+def run_buffers(args):
+    for line in fetch_published(args.dataset, args.image_encoder, args.text_encoder, args.image_size,
+                                args.buffer_path, args.ann_root, args.copy, args.revision,
+                                text_width(args.text_encoder)):
+        print(line)
+
+
 def run_check(args):
-    args = cli_args.finalize(args)
     if args.dataset in SYNTHETIC_LEVELS:
-        raise UserError(f"--dataset {args.dataset}: the paper's recipes are for {', '.join(REAL)}")
+        raise UserError(f"--dataset {args.dataset}: the paper's recipes are for {', '.join(REAL_DATASETS)}")
     recipe = replace(paper_recipe(args.dataset, args.size), text_encoder=args.text_encoder, image_size=args.image_size)
     print(f"checking the paper's {args.dataset} {args.size}-pair recipe: {recipe.num_experts} experts x "
           f"{recipe.train_epochs} epochs of {recipe.image_encoder} + {recipe.text_encoder} at {recipe.image_size}px, "
           f"phases {' then '.join(f'convexified_{s}_{e}' for s, e in recipe.windows)}")
-    preflight.check_recipe(recipe, from_flags(DataConfig, args), args.buffer_path, args.device)
+    device = cli_args.resolve_device("auto")  # the GPU memory check looks at the GPU this machine would use
+    preflight.check_recipe(recipe, data_config(args, device), args.buffer_path, device)
     print("all checks passed")
+
+
+RUN = {"flickr": run_convert, "coco": run_convert, "cc3m": run_convert, "cache": run_cache, "buffers": run_buffers,
+       "check": run_check}
 
 
 @cli_main
 def main(argv=None):
-    args = make_parser().parse_args(argv)
-    if args.command in ("flickr", "coco", "cc3m"):
-        if args.cache is not None and not 16 <= args.cache <= 4096:
-            raise UserError(f"--cache {args.cache}: expected an image side from 16 to 4096 pixels")
-        cli_args.non_negative(args, "workers")
-        cli_args.at_most(args, workers=256)
-        out = dict(copy=args.copy, cache_size=args.cache, workers=args.workers)
-        if args.command == "cc3m":
-            splits = convert.convert_cc3m(args.out, args.shards or (), args.parquet or (), args.val_shards or (),
-                                          args.val_parquet or (), **out)
-        elif args.command == "flickr" and args.token:
-            splits = convert.convert_token(args.token, args.images, args.out, **out)
-        else:
-            splits = convert.convert_karpathy(args.command, args.karpathy, args.images, args.out, **out)
-        report(args.command, args.out, splits, args.cache)
-    elif args.command == "cache":
-        run_cache(args)
-    elif args.command == "buffers":
-        cli_args.positive(args, "image_size")
-        cli_args.at_most(args, image_size=4096)
-        for line in fetch_published(args.dataset, args.image_encoder, args.text_encoder, args.image_size,
-                                    args.buffer_path, args.ann_root, args.copy, args.revision,
-                                    text_width(args.text_encoder)):
-            print(line)
-    else:
-        run_check(args)
+    args = settings.parse_args(make_parser(), argv)
+    RUN[args.command](args)
 
 
 if __name__ == "__main__":

@@ -30,7 +30,9 @@ class Parser(argparse.ArgumentParser):
 @dataclass(frozen=True)
 class Setting:
     """One flag, --<name>: its default, help, the scripts that take it, the --help group it is listed under and the
-    check every value must pass (`check`: positive | non_negative | fraction | seed; `at_most`: a bound)."""
+    check every value must pass (`check`: positive | non_negative | fraction | seed | image_side; `at_most`: a
+    bound). The flags of a script that share a `one_of` name are mutually exclusive (with `required`: one of them
+    must be given; a script that takes only one of them takes it as a plain flag)."""
     name: str
     default: Any
     help: str
@@ -39,25 +41,30 @@ class Setting:
     type: Optional[Callable] = None  # bool: a --name / --no-name switch
     choices: Optional[Sequence] = None
     nargs: Optional[str] = None
+    const: Any = None  # the value of a bare --name, with nargs="?"
     check: Optional[str] = None
     at_most: Optional[int] = None
     required: bool = False
     metavar: Optional[str] = None
+    one_of: Optional[str] = None
 
     @property
     def switch(self) -> bool:
         return self.type is bool
 
-    def add_to(self, group: argparse._ArgumentGroup) -> None:
+    def add_to(self, group: argparse._ArgumentGroup, exclusive: bool = False) -> None:
+        """Add the flag to `group` (`exclusive`: a mutually exclusive group, which says whether it is required)."""
         shown = " ".join(map(str, self.default)) if isinstance(self.default, list) else self.default
         hidden = shown is None or shown is False or shown == ""  # no default worth printing (0 is one)
         text = self.help + ("" if hidden else f" (default: {'on' if shown is True else shown})")
+        text = text.replace("%", "%%")  # argparse formats help with %
         if self.switch:
             group.add_argument(f"--{self.name}", action=argparse.BooleanOptionalAction, default=self.default, help=text)
             return
         extra = {k: v for k, v in (("type", self.type), ("choices", self.choices), ("nargs", self.nargs),
-                                   ("metavar", self.metavar)) if v is not None}
-        group.add_argument(f"--{self.name}", default=self.default, help=text, required=self.required, **extra)
+                                   ("const", self.const), ("metavar", self.metavar)) if v is not None}
+        group.add_argument(f"--{self.name}", default=self.default, help=text, required=self.required and not exclusive,
+                           **extra)
 
     def validate(self, args: argparse.Namespace) -> None:
         if self.check:
@@ -66,15 +73,25 @@ class Setting:
             at_most(args, **{self.name: self.at_most})
 
 
+def add_settings(p: argparse.ArgumentParser, table: Sequence[Setting], script: str) -> None:
+    """Add every Setting of `table` that names `script` to `p`, listed under its group."""
+    own = [s for s in table if script in s.scripts]
+    groups, exclusive = {}, {}
+    for s in own:
+        if s.group not in groups:
+            groups[s.group] = p.add_argument_group(s.group)
+        if s.one_of is None or sum(t.one_of == s.one_of for t in own) == 1:
+            s.add_to(groups[s.group])
+            continue
+        if s.one_of not in exclusive:
+            exclusive[s.one_of] = groups[s.group].add_mutually_exclusive_group(required=s.required)
+        s.add_to(exclusive[s.one_of], exclusive=True)
+
+
 def build_parser(table: Sequence[Setting], script: str, description: Optional[str]) -> Parser:
     """The parser of `script`: every Setting of `table` that names it, listed under its group."""
     p = Parser(description=description)
-    groups = {}
-    for s in table:
-        if script in s.scripts:
-            if s.group not in groups:
-                groups[s.group] = p.add_argument_group(s.group)
-            s.add_to(groups[s.group])
+    add_settings(p, table, script)
     return p
 
 
@@ -142,7 +159,15 @@ def check_seed(args: argparse.Namespace, *names: str) -> None:
                 raise UserError(f"--{name} {value}: expected an integer in [0, 2**32)")
 
 
-CHECKS = {"positive": positive, "non_negative": non_negative, "fraction": fraction, "seed": check_seed}
+def image_side(args: argparse.Namespace, *names: str) -> None:
+    for name in names:
+        for value in _values(args, name):
+            if not 16 <= value <= 4096:
+                raise UserError(f"--{name} {value}: expected an image side from 16 to 4096 pixels")
+
+
+CHECKS = {"positive": positive, "non_negative": non_negative, "fraction": fraction, "seed": check_seed,
+          "image_side": image_side}
 
 
 def check_run_name(name: str, flag: str = "--name") -> str:
@@ -169,18 +194,21 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _fill(args: argparse.Namespace, **defaults: Any) -> None:
+    """Give each of these settings the script takes and was not given its default."""
+    for name, value in defaults.items():
+        if hasattr(args, name) and getattr(args, name) in (None, ""):
+            setattr(args, name, value)
+
+
 def finalize(args: argparse.Namespace, settings: Iterable[Setting] = ()) -> argparse.Namespace:
     """Fill the dataset-dependent defaults, then check every value: finite, and as its Setting in `settings` says."""
     if hasattr(args, "dataset"):
         synthetic = args.dataset in SYNTHETIC_LEVELS
         image_root, ann_root = default_roots(args.dataset)
-        args.ann_root = args.ann_root or ann_root
-        args.image_root = args.image_root or (args.ann_root if synthetic else image_root)
-        if args.image_size is None:
-            args.image_size = 32 if synthetic else 224
-        args.text_encoder = args.text_encoder or ("minilm" if synthetic else "bert")
-        if hasattr(args, "image_encoder"):
-            args.image_encoder = args.image_encoder or ("convnet" if synthetic else "nfnet")
+        _fill(args, ann_root=ann_root)
+        _fill(args, image_root=args.ann_root if synthetic else image_root, image_size=32 if synthetic else 224,
+              text_encoder="minilm" if synthetic else "bert", image_encoder="convnet" if synthetic else "nfnet")
     all_finite(args)
     for setting in settings:
         setting.validate(args)

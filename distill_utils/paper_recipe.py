@@ -1,6 +1,6 @@
-"""The paper's recipe per dataset and budget, as sh/buffer.sh and sh/distill.sh run it (tests/test_prepare_check.py
-reads those scripts' command lines and holds this table to them): what `prepare_data.py check` checks a machine
-against before the first step."""
+"""The paper's recipe per dataset and budget, as sh/buffer.sh and sh/distill.sh run it (tests/test_preflight.py
+reads those scripts' command lines, with the recipes they name, and holds this table to them): what
+`prepare_data.py check` checks a machine against before the first step."""
 from dataclasses import dataclass, replace
 
 from common.errors import UserError

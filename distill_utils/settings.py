@@ -5,14 +5,15 @@ From the table come each script's parser (`parser`), the parsing of a command li
 --config FILE: recipes.py) and the defaults of the typed settings in config.py (`with_defaults`). Two settings
 may share a flag name in different scripts when they mean different things (--buffer_path: the buffers' root in
 buffer.py, each phase's expert directory in distillation, the prototype baseline's experts in evaluate.py).
+Each subcommand of prepare_data.py is a script of the table (prepare_<command>; `command_parser`).
 """
 import argparse
 import sys
-from typing import Callable, Optional, Sequence
+from typing import Callable, Dict, Optional, Sequence, Tuple
 
 from distill_utils import recipes
-from distill_utils.cli_args import Parser, Setting as S, build_parser, finalize
-from distill_utils.datasets.annotations import LAYOUTS
+from distill_utils.cli_args import Parser, Setting as S, add_settings, build_parser, finalize
+from distill_utils.datasets.annotations import LAYOUTS, REAL_DATASETS
 from distill_utils.evaluation.coresets import BASELINES
 from distill_utils.evaluation.sources import EVAL_MODES
 from distill_utils.evaluation.summary import SELECTIONS
@@ -20,15 +21,21 @@ from distill_utils.evaluation.training import PROTOCOLS
 from distill_utils.method.conditioning import CONDITIONING
 from distill_utils.method.losses import LOSS_TYPES
 from distill_utils.method.matching import MATCHING, STORES
+from distill_utils.paper_recipe import SIZES
 from distill_utils.speed import AMP_DTYPES
 
 BUFFER, CONVEXIFY, DISTILL, EVALUATE = "buffer", "convexify", "distill", "evaluate"
 TRAINING = (BUFFER, DISTILL, EVALUATE)  # the scripts that train networks on a dataset
 EVALUATING = (DISTILL, EVALUATE)  # the scripts that evaluate distilled data
+# prepare_data.py's subcommands
+PREPARE_FLICKR, PREPARE_COCO, PREPARE_CC3M = CONVERT = ("prepare_flickr", "prepare_coco", "prepare_cc3m")
+PREPARE_CACHE, PREPARE_BUFFERS, PREPARE_CHECK = "prepare_cache", "prepare_buffers", "prepare_check"
+READING = TRAINING + (PREPARE_CACHE, PREPARE_CHECK)  # the scripts that read a dataset
 RECIPE, DATA, NETWORK, TRAIN = "recipe", "data", "network", "training (experts and students)"
 EXPERTS, PHASES, DISTILLATION = "experts", "phases (one value per phase)", "distillation"
 TARGETS, PROTOCOL, SAVING = "what to evaluate", "evaluation protocol", "saving and resuming"
 RUNTIME, SPEED, WINDOW = "runtime", "speed", "shortcut window"
+SOURCES, OUTPUT, PUBLISHED, PAPER = "the distributed files", "output", "the published files", "the paper's recipe"
 
 TABLE = [
     S("config", None, "a recipe: a YAML file of these settings (keys: the flag names; `phases` as a list of records; "
@@ -36,25 +43,28 @@ TABLE = [
       "line override it (recipes/, distill_utils/recipes.py)", TRAINING, RECIPE, metavar="FILE"),
     # data
     S("dataset", "synthetic", "dataset (synthetic: the built-in one; synthetic_hard: its harder level, two shapes "
-      "per image)", TRAINING, DATA, choices=list(LAYOUTS)),
+      "per image)", READING, DATA, choices=list(LAYOUTS)),
+    S("dataset", None, "whose published buffers and annotations", (PREPARE_BUFFERS,), DATA, choices=REAL_DATASETS,
+      required=True),
     S("image_root", None, "image directory (default: data/synthetic, or distill_utils/data/<Flickr30k|COCO|CC3M>)",
-      TRAINING, DATA),
+      READING, DATA),
     S("ann_root", None, "directory of the annotation JSON files (default: data/synthetic, or data/Annotation)",
-      TRAINING, DATA),
-    S("image_size", None, "image side in pixels (default: 32 for synthetic, 224 otherwise)", TRAINING, DATA, type=int,
-      check="positive", at_most=4096),
+      READING + (PREPARE_BUFFERS,), DATA),
+    S("image_size", None, "image side in pixels (default: 32 for synthetic, 224 otherwise)",
+      READING + (PREPARE_BUFFERS,), DATA, type=int, check="positive", at_most=4096),
     S("text_encoder", None, "bert | distilbert | minilm | <hub name> | <local model dir> | openclip:ARCH[@WEIGHTS] "
-      "(default: minilm for synthetic, bert otherwise)", TRAINING, DATA),
-    S("feature_cache", "cache", "directory of the cached text features", TRAINING, DATA),
-    S("workers", 0, "image decoding worker processes", TRAINING, DATA, type=int, check="non_negative", at_most=256),
-    S("data_seed", 0, "seed of the synthetic dataset generator", TRAINING, DATA, type=int, check="seed"),
-    S("synthetic_train_images", 1000, "synthetic: train images, 2 captions each", TRAINING, DATA, type=int,
+      "(default: minilm for synthetic, bert otherwise)", READING + (PREPARE_BUFFERS,), DATA),
+    S("feature_cache", "cache", "directory of the cached text features", READING, DATA),
+    S("workers", 0, "image decoding worker processes", READING + CONVERT, DATA, type=int, check="non_negative",
+      at_most=256),
+    S("data_seed", 0, "seed of the synthetic dataset generator", READING, DATA, type=int, check="seed"),
+    S("synthetic_train_images", 1000, "synthetic: train images, 2 captions each", READING, DATA, type=int,
       check="positive"),
-    S("synthetic_test_images", 200, "synthetic: val and test images, 5 captions each", TRAINING, DATA, type=int,
+    S("synthetic_test_images", 200, "synthetic: val and test images, 5 captions each", READING, DATA, type=int,
       check="positive"),
     # network
     S("image_encoder", None, "convnet[_wW][_dD][_eE][_in|_gn|_nonorm] | nfnet | <timm model name> (default: convnet "
-      "for synthetic, nfnet otherwise)", TRAINING, NETWORK),
+      "for synthetic, nfnet otherwise)", TRAINING + (PREPARE_BUFFERS,), NETWORK),
     S("image_pretrained", None, "start the image encoder from timm's pretrained weights (default: yes for timm "
       "models, no for convnet)", TRAINING, NETWORK, type=bool),
     S("image_checkpoint", None, "local weights file (.pt/.pth/.safetensors) for the image encoder", TRAINING, NETWORK),
@@ -75,7 +85,7 @@ TABLE = [
     # experts (buffer.py)
     S("num_experts", 5, "experts wanted in the buffer directory", (BUFFER,), EXPERTS, type=int, check="positive"),
     S("train_epochs", 10, "epochs per expert", (BUFFER,), EXPERTS, type=int, check="positive"),
-    S("buffer_path", "buffer", "root of the buffers", (BUFFER,), EXPERTS),
+    S("buffer_path", "buffer", "root of the buffers", (BUFFER, PREPARE_BUFFERS, PREPARE_CHECK), EXPERTS),
     S("mom", 0.0, "expert SGD momentum", (BUFFER,), EXPERTS, type=float, check="non_negative"),
     S("l2", 0.0, "expert SGD weight decay", (BUFFER,), EXPERTS, type=float, check="non_negative"),
     S("eval_freq", 5, "report test retrieval every N epochs", (BUFFER,), EXPERTS, type=int, check="positive"),
@@ -188,7 +198,35 @@ TABLE = [
       required=True),
     S("out_dir", None, "output directory; must not exist yet (default: <parent of normal_dir>/convexified_<start>_"
       "<end>)", (CONVEXIFY,), WINDOW),
+    # prepare_data.py flickr | coco | cc3m: the files of a dataset as it is distributed ...
+    S("karpathy", None, "Karpathy's split file, dataset_flickr30k.json or dataset_coco.json (the paper's splits)",
+      (PREPARE_FLICKR, PREPARE_COCO), SOURCES, required=True, one_of="source"),
+    S("token", None, "Flickr30k's results_20130124.token (no splits: 5% held out for each of val and test)",
+      (PREPARE_FLICKR,), SOURCES, required=True, one_of="source"),
+    S("images", None, "the folder of the images: Flickr30k's .jpg files, or COCO's train2014/ and val2014/",
+      (PREPARE_FLICKR, PREPARE_COCO), SOURCES, required=True),
+    S("shards", None, "webdataset .tar shards ('dir/{00000..00331}.tar', globs)", (PREPARE_CC3M,), SOURCES,
+      nargs="+", metavar="PATTERN", required=True, one_of="source"),
+    S("parquet", None, "parquet files, images inside or in the folder beside each", (PREPARE_CC3M,), SOURCES,
+      nargs="+", metavar="FILES", required=True, one_of="source"),
+    S("val_shards", None, "shards of the validation data, written as both val and test (default: a fixed, seeded 5% "
+      "of the pairs is held out for each)", (PREPARE_CC3M,), SOURCES, nargs="+", metavar="PATTERN",
+      one_of="validation"),
+    S("val_parquet", None, "parquet files of the validation data, as --val_shards", (PREPARE_CC3M,), SOURCES,
+      nargs="+", metavar="FILES", one_of="validation"),
+    # ... and the dataset root they write
+    S("out", None, "the dataset root to write (must not exist, or be empty)", CONVERT, OUTPUT, required=True),
+    S("copy", False, "copy the files instead of linking to them (the image folders; buffers: the files in the "
+      "Hugging Face cache)", CONVERT + (PREPARE_BUFFERS,), OUTPUT, type=bool),
+    S("cache", None, "also write the decoded image cache at SIZE px (default SIZE: 224, the paper's)", CONVERT,
+      OUTPUT, type=int, nargs="?", const=224, metavar="SIZE", check="image_side"),
+    # prepare_data.py buffers: the published experts and annotations
+    S("revision", "main", "revision of the hub repository", (PREPARE_BUFFERS,), PUBLISHED),
+    # prepare_data.py check: the paper's recipe checked
+    S("size", 500, "distilled pairs of the recipe", (PREPARE_CHECK,), PAPER, type=int, choices=SIZES),
 ]
+
+
 def of(script: str) -> dict:
     """{name: Setting} of the settings `script` takes, in table order."""
     return {s.name: s for s in TABLE if script in s.scripts}
@@ -196,14 +234,28 @@ def of(script: str) -> dict:
 
 def parser(script: str, description: str = None) -> Parser:
     p = build_parser(TABLE, script, description)
-    p.script = script
+    p.script, p.commands = script, {}
+    return p
+
+
+def command_parser(commands: Dict[str, Tuple[str, str]], description: str = None) -> Parser:
+    """The parser of a script of subcommands, {command: (its script in the table, its --help line)}: each command
+    takes the settings of its script."""
+    p = Parser(description=description)
+    p.script, p.commands = None, {command: script for command, (script, _) in commands.items()}
+    sub = p.add_subparsers(dest="command", required=True, metavar="{" + ",".join(commands) + "}")
+    for command, (script, line) in commands.items():
+        add_settings(sub.add_parser(command, help=line, description=line), TABLE, script)
     return p
 
 
 def parse_args(p: Parser, argv: Optional[Sequence[str]] = None) -> argparse.Namespace:
     """The settings of a command line: its recipe (--config) first, the flags given over it; then the dataset-
-    dependent defaults and every check of the table (cli_args.finalize)."""
+    dependent defaults and every check of the table (cli_args.finalize). With subcommands, those of the command."""
     argv = sys.argv[1:] if argv is None else list(argv)
+    if p.commands:
+        args = p.parse_args(argv)
+        return finalize(args, of(p.commands[args.command]).values())
     own, before = of(p.script), []
     path = p.parse_known_args(argv)[0].config if "config" in own else None
     if path:

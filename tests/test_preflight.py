@@ -9,7 +9,7 @@ import torch
 import buffer
 import prepare_data
 from common.errors import UserError
-from distill_utils import footprint
+from distill_utils import footprint, settings
 from distill_utils.files.buffers import BufferDir
 from distill_utils.paper_recipe import SIZES, paper_recipe
 from networks.dual_encoder import NetConfig, NetworkFactory
@@ -52,7 +52,7 @@ def test_check_from_nothing_plans_the_buffers_and_their_size_from_the_network(pr
 
 def test_check_reports_every_failure_and_ends_in_one_error_line(prepared, tmp_path, tiny_text_encoder, capsys,
                                                                 monkeypatch):
-    normal = buffer_dir(str(tmp_path / "buffer"), "flickr", "nfnet", tiny_text_encoder, "InfoNCE")
+    normal = BufferDir.of_network(str(tmp_path / "buffer"), "flickr", "nfnet", tiny_text_encoder, "InfoNCE").path
     os.makedirs(normal)
     for n in range(2):  # published-style experts (no manifest) of 5 timestamps: too short for convexify --end 6
         for side in ("img", "txt"):
@@ -66,9 +66,9 @@ def test_check_reports_every_failure_and_ends_in_one_error_line(prepared, tmp_pa
     assert "FAILED buffers" in out and "--end 6 needs more" in out and "FAILED disk" in out
 
 
-def test_the_recipe_table_is_what_the_shell_recipes_run(tmp_path):
-    """Runs sh/buffer.sh and sh/distill.sh with a `python` that records its arguments; parses them with the
-    scripts' own parsers and compares them with paper_recipe."""
+def test_the_recipe_table_is_what_the_shell_recipes_run(tmp_path, monkeypatch):
+    """Runs sh/buffer.sh and sh/distill.sh with a `python` that records its arguments; parses them (with the recipe
+    files they name, relative to the repository) with the scripts' own parsers and compares them with paper_recipe."""
     fake = tmp_path / "bin" / "python"
     fake.parent.mkdir()
     fake.write_text('#!/bin/sh\nprintf "%s\\n" "$@" > "$ARGS_OUT"\n')
@@ -79,14 +79,15 @@ def test_the_recipe_table_is_what_the_shell_recipes_run(tmp_path):
         subprocess.run(["bash", *command], cwd=ROOT, env=env, check=True)
         return (tmp_path / "args").read_text().splitlines()[1:]  # without the script's name
 
+    monkeypatch.chdir(ROOT)
     for dataset in ("flickr", "coco", "cc3m"):
-        b = buffer.make_parser().parse_args(argv_of("sh/buffer.sh", dataset))
+        b = settings.parse_args(buffer.make_parser(), argv_of("sh/buffer.sh", dataset))
         for size in SIZES:
             r = paper_recipe(dataset, size)
             assert (b.num_experts, b.train_epochs, b.batch_train, b.image_encoder, b.text_encoder, b.image_size,
                     b.loss_type) == (r.num_experts, r.train_epochs, r.expert_batch, r.image_encoder, r.text_encoder,
                                      r.image_size, r.loss_type)
-            d = distill.make_parser().parse_args(argv_of("sh/distill.sh", dataset, str(size)))
+            d = settings.parse_args(distill.make_parser(), argv_of("sh/distill.sh", dataset, str(size)))
             assert [os.path.basename(p) for p in d.buffer_path] == [os.path.basename(p) for p in r.shortcut_dirs("x/normal")]
             assert (tuple(d.min_start_epoch), tuple(d.max_start_epoch), tuple(d.num_queries), d.expert_epochs,
                     d.mini_batch_size, d.batch_train) == (r.min_start_epoch, r.max_start_epoch, r.num_queries,

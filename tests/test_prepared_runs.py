@@ -64,7 +64,8 @@ def test_prepared_data_runs_an_expert_epoch_and_a_two_iteration_distillation(tmp
     code, err = run_cli(buffer.main, [*data, "--buffer_path", str(tmp_path / "buffer"), "--num_experts", "1",
                                       "--train_epochs", "1", "--batch_train", "16", "--eval_freq", "1"], capsys)
     assert code == 0, err
-    normal = buffer_dir(str(tmp_path / "buffer"), "flickr", "convnet_w8_d2_e32", tiny_text_encoder, "InfoNCE")
+    normal = BufferDir.of_network(str(tmp_path / "buffer"), "flickr", "convnet_w8_d2_e32", tiny_text_encoder,
+                                  "InfoNCE").path
     code, err = run_cli(distill.main, [*data, "--buffer_path", normal, "--min_start_epoch", "0", "--max_start_epoch",
                                        "1", "--num_queries", "8", "--Iteration", "2", "--subset_num", "1",
                                        "--syn_steps", "2", "--mini_batch_size", "4", "--num_eval", "0",

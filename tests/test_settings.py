@@ -2,6 +2,7 @@
 command line it stands for, with the command line over it; the paper's and the demo's recipes are the command lines
 sh/*.sh gave before they were files."""
 import argparse
+import functools
 import json
 import os
 
@@ -11,6 +12,7 @@ import yaml
 import buffer
 import convexify
 import evaluate
+import prepare_data
 from common.errors import UserError
 from distill_utils import settings
 from distill_utils.cli_args import config_of
@@ -21,16 +23,27 @@ SCRIPTS = {settings.BUFFER: buffer, settings.CONVEXIFY: convexify, settings.DIST
            settings.EVALUATE: evaluate}
 
 
-@pytest.mark.parametrize("script", SCRIPTS)
+def command_parser(command):
+    """The parser of one subcommand of prepare_data.py."""
+    sub = next(a for a in prepare_data.make_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    return sub.choices[command]
+
+
+PARSERS = {**{script: module.make_parser for script, module in SCRIPTS.items()},
+           **{script: functools.partial(command_parser, command)
+              for command, (script, _) in prepare_data.COMMANDS.items()}}
+
+
+@pytest.mark.parametrize("script", PARSERS)
 def test_every_flag_of_every_script_is_one_declaration_of_the_table(script):
-    for action in SCRIPTS[script].make_parser()._actions:
+    for action in PARSERS[script]()._actions:
         if isinstance(action, argparse._HelpAction):
             continue
         declared = [s for s in settings.TABLE if s.name == action.dest and script in s.scripts]
         assert len(declared) == 1, action.dest
         s = declared[0]
         assert action.option_strings == [f"--{s.name}"] + ([f"--no-{s.name}"] if s.switch else [])
-        assert action.default == s.default and action.help.startswith(s.help)
+        assert action.default == s.default and action.help.startswith(s.help.replace("%", "%%"))
     names = [s.name for s in settings.TABLE if script in s.scripts]
     assert len(names) == len(set(names))
 
@@ -45,6 +58,41 @@ def test_no_script_or_module_declares_a_flag_of_its_own():
     declaring = [f for f, text in texts.items() if "add_argument(" in text and not
                  (f.startswith("distill_utils") and 'if __name__ == "__main__"' in text)]
     assert declaring == [os.path.join("distill_utils", "cli_args.py")]
+
+
+def _prepare(*argv):
+    return settings.parse_args(prepare_data.make_parser(), argv)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["flickr", "--images", "x", "--out", "y"], "one of the arguments --karpathy --token is required"),
+    (["flickr", "--karpathy", "k", "--token", "t", "--images", "x", "--out", "y"],
+     "argument --token: not allowed with argument --karpathy"),
+    (["coco", "--images", "x", "--out", "y"], "the following arguments are required: --karpathy"),  # coco: no --token
+    (["cc3m", "--out", "y"], "one of the arguments --shards --parquet is required"),
+    (["cc3m", "--shards", "s", "--val_shards", "v", "--val_parquet", "p", "--out", "y"],
+     "argument --val_parquet: not allowed with argument --val_shards"),
+    (["flickr", "--karpathy", "k", "--images", "x", "--out", "y", "--cache", "8"],
+     "--cache 8: expected an image side from 16 to 4096 pixels"),
+    (["cc3m", "--parquet", "p", "--out", "y", "--workers", "-1"], "--workers -1: expected a finite number, 0 or more"),
+    (["buffers"], "the following arguments are required: --dataset"),
+    (["buffers", "--dataset", "synthetic"], "argument --dataset: invalid choice: 'synthetic'"),
+    (["check", "--dataset", "flickr", "--image_size", "0"], "--image_size 0: expected a finite positive number"),
+])
+def test_prepare_data_commands_refuse_in_one_line_as_their_settings_say(argv, message, capsys):
+    code, err = run_cli(prepare_data.main, argv, capsys)
+    assert code == 2 and len(err.splitlines()) == 1 and message in err, err
+
+
+def test_prepare_data_commands_take_the_data_settings_and_their_defaults():
+    bare = _prepare("flickr", "--karpathy", "k", "--images", "x", "--out", "y", "--cache")
+    assert (bare.cache, bare.copy, bare.workers, bare.token) == (224, False, 0, None)
+    assert _prepare("coco", "--karpathy", "k", "--images", "x", "--out", "y").cache is None
+    published = _prepare("buffers", "--dataset", "coco")
+    assert (published.ann_root, published.image_encoder, published.text_encoder, published.image_size,
+            published.buffer_path, published.revision) == ("data/Annotation", "nfnet", "bert", 224, "buffer", "main")
+    check = _prepare("check", "--dataset", "flickr", "--image_root", "r", "--ann_root", "r")
+    assert (check.size, check.image_size, check.text_encoder, check.feature_cache) == (500, 224, "bert", "cache")
 
 
 def test_distill_help_lists_every_protocol_flag_of_evaluate(capsys):

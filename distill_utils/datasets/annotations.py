@@ -32,6 +32,7 @@ LAYOUTS = {
 # Levels of the built-in dataset: generator settings beyond the shared ones. `synthetic_hard` draws two
 # shapes per image (captions name both), so retrieval must bind attributes to objects.
 SYNTHETIC_LEVELS = {"synthetic": {"max_objects": 1}, "synthetic_hard": {"max_objects": 2}}
+REAL_DATASETS = tuple(d for d in LAYOUTS if d not in SYNTHETIC_LEVELS)  # the paper's
 
 
 def default_roots(dataset: str) -> Tuple[str, str]:
