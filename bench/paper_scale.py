@@ -15,12 +15,10 @@ against strict float32 on the same iteration (same expert, minibatches, dropout 
 over --expert_images real-sized images (InfoNCE, batches of 128, the short last batch dropped) and one
 evaluation-student epoch on the 200 pairs (SGD momentum 0.9, soft targets), with each setting.
 
-With --extrapolate (for a CPU, where the paper's step counts take too long), the table adds rows for
-other step counts, marked "~": seconds per step taken from the largest measured --steps, times the
-steps (a per-step fit from two step counts is too noisy on a shared machine); memory is not extrapolated.
-Rows go to OUT/paper_scale.jsonl as they are measured and OUT/paper_scale.md (a table for
-docs/paper_scale.md) is rewritten after each, so a run cut short keeps what it measured. A CUDA
-out-of-memory error is reported as OOM in the table and the benchmark goes on.
+--extrapolate (CPU) adds rows marked "~" for other step counts: seconds per step at the largest measured
+--steps, times the steps; memory is not extrapolated. Rows go to OUT/paper_scale.jsonl as measured and
+OUT/paper_scale.md (for docs/paper_scale.md) is rewritten after each, so a run cut short keeps what it
+measured. A CUDA out-of-memory error is reported as OOM in the table and the benchmark goes on.
 """
 import argparse
 import gc

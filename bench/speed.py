@@ -5,25 +5,18 @@ device's own dense rates; with --baseline, side by side with another checkout of
     python -m bench.speed --baseline /path/to/b1e3fad       # the same, and the same on an older checkout
     python -m bench.speed --preset paper --device cuda      # the paper's size (nfnet_l0 at 224 px, 200 pairs)
 
-Presets: `cpu` is the CPU benchmark configuration (convnet at 32 px, 384-d text features, 50 synthetic pairs,
---syn_steps 8, mini-batches of 10, InfoNCE, student lr 0.03, one thread); `paper` the paper's Flickr-500 phase 1
-(nfnet_l0 at 224 px, 768-d, 200 pairs, batches of 40, WBCE, student lr 0.1). Every flag below overrides them.
+Presets (flags override them): `cpu`, the CPU benchmark configuration (convnet at 32 px, 384-d text, 50 pairs,
+--syn_steps 8, mini-batches of 10, InfoNCE, one thread); `paper`, Flickr-500 phase 1 (nfnet_l0, 224 px, 200 pairs).
 
-An iteration is split as distill_ptm-st.py runs it: expert loading (the next expert of a buffer written to a
-temporary directory, its two timestamps cut out: `segments.expert_segment`), pass 1 (the student's steps
-without a graph, `matching_loss`: constant's pass 1 and adjoint's forward sweep), the rest of the matching
-step (constant's pass 2, adjoint's reverse sweep; measured as the whole step minus pass 1), and the update
-(SGD and EMA on the synthetic set). FLOPs are counted by torch.utils.flop_counter (convolutions and matrix
-products, backward included) and divided by the seconds; the device's rates are measured in the same run on
-a dense 3x3 convolution (128 channels, batch 10, 32 px; on CUDA batch 64, 56 px) and a square matmul (1024;
-on CUDA 8192). Expert and evaluation epochs: images per second and the seconds the counted FLOPs would take
-at the convolution rate (the compute floor).
-
-Each side runs in its own process (`--worker`), interleaved round by round, so that the rows share the
-machine's load; medians over rounds of the per-round medians. CPU time (process time) is printed beside wall
-time: on a shared machine it is the steadier of the two. With --baseline, the synthetic-data gradient of the
-first iteration (identical inputs: same seeds, network, data, expert, minibatches, dropout masks) is compared
-with the baseline's, in float32 and in float64.
+An iteration is split as distill_ptm-st.py runs it: expert loading (`segments.expert_segment` on an expert written
+to a temporary directory), pass 1 (the student's steps without a graph: constant's pass 1, adjoint's forward
+sweep), pass 2 or the reverse sweep (the whole matching step minus pass 1), and the update (SGD and EMA).
+FLOPs are counted by torch.utils.flop_counter and divided by the seconds; the device's rates are measured in the
+same run on a dense 3x3 convolution (128 channels, batch 10, 32 px; CUDA: batch 64, 56 px) and a square matmul
+(1024; CUDA: 8192). Epochs: images per second and the seconds the counted FLOPs take at the convolution rate.
+Each side runs in its own process, interleaved round by round so that both share the machine's load; CPU time
+is printed beside wall time (the steadier on a shared machine). With --baseline, the first iteration's
+synthetic-data gradient (same seeds, data, expert, minibatches, dropout masks) is compared in float32 and float64.
 """
 import argparse
 import json
@@ -216,75 +209,35 @@ def worker(a):
     print("ROW " + json.dumps(row), flush=True)
 
 
+def profile(a, top):
+    """The operators of one iteration of this checkout by self CPU time (torch.profiler), as a share of the whole."""
+    import distill_utils.startup  # noqa: F401
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Workload(a, tmp)
+        iteration(work, a.mode, 1)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            start, target = work.segment()
+            work.match(a.mode, work.schedule(), start, target)
+            work.syn.step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"\nprofile of one iteration ({total / 1e6:.3f} s under the profiler), operators by self CPU time:")
+    for e in ops[:top]:
+        print(f"  {e.key:<45} {e.self_cpu_time_total / total:6.1%}  ({e.count} calls)")
+
+
 def run_worker(a, root, dtype, grads_out, grads_only=False):
     """Run `worker` in a fresh process with `root`'s code on the path; returns its row."""
     flags = [f"--{k}={v}" for k, v in vars(a).items() if k in PRESETS["cpu"] or k in ("device", "mode", "repeats")]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--dtype={dtype}", f"--grads_out={grads_out}", *flags]
-    if a.epochs and not grads_only:
-        cmd.append("--epochs")
-    if grads_only:
-        cmd.append("--grads_only")
+    cmd += ["--epochs"] * (a.epochs and not grads_only) + ["--grads_only"] * grads_only
     env = {**os.environ, "PYTHONPATH": root, "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
     if done.returncode or not rows:
         raise SystemExit(f"worker in {root} failed:\n{done.stderr[-2000:]}")
     return json.loads(rows[0])
-
-
-def rel_errors(ours, theirs):
-    return {k: float((ours[k] - theirs[k]).norm() / theirs[k].norm()) for k in GRADS}
-
-
-def summarise(rows):
-    """Median over rounds of every numeric field (the rates and FLOPs too)."""
-    out = {k: statistics.median(r[k] for r in rows) for k in rows[0] if k != "rates"}
-    out["rates"] = {k: statistics.median(r["rates"][k] for r in rows) for k in rows[0]["rates"]}
-    return out
-
-
-def print_report(a, sides):
-    rates = sides[0][1]["rates"]
-    print(f"device rates (same run): conv {rates['conv']:.1f} GFLOP/s, matmul {rates['matmul']:.1f} GFLOP/s")
-    print("\n| side | expert loading | pass 1 | pass 2 / reverse | update | iteration | GFLOP | GFLOP/s | of conv rate |")
-    print("|---|---|---|---|---|---|---|---|---|")
-    for name, r in sides:
-        for clock in ("wall", "cpu"):
-            total = sum(r[f"{p}_{clock}"] for p in ("load", "match", "update"))
-            rate = r["flops_match"] / (r[f"match_{clock}"] + r[f"load_{clock}"]) / 1e9
-            print(f"| {name} ({clock}) | {r[f'load_{clock}']:.3f} | {r[f'pass1_{clock}']:.3f} | "
-                  f"{r[f'match_{clock}'] - r[f'pass1_{clock}']:.3f} | {r[f'update_{clock}']:.3f} | {total:.3f} | "
-                  f"{r['flops_match'] / 1e9:.1f} | {rate:.1f} | {rate / rates['conv']:.2f} |")
-    if len(sides) == 2:
-        for clock in ("wall", "cpu"):
-            total = [sum(r[f"{p}_{clock}"] for p in ("load", "match", "update")) for _, r in sides]
-            print(f"\niteration, this checkout / baseline ({clock} time): {total[0] / total[1]:.3f} "
-                  f"(speed-up {total[1] / total[0]:.2f}x)", end="")
-        print()
-    if a.epochs:
-        for name, r in sides:
-            for kind in ("expert", "eval"):
-                n, sec = r[f"{kind}_images"], r[f"{kind}_epoch_cpu"]
-                floor = r[f"{kind}_flops"] / (rates["conv"] * 1e9)
-                print(f"{name}: {kind} epoch, {n} images: {sec:.3f} s CPU ({r[f'{kind}_epoch_wall']:.3f} s wall), "
-                      f"{n / sec:.0f} images/s; {r[f'{kind}_flops'] / 1e9:.1f} GFLOP, floor at the conv rate "
-                      f"{floor:.3f} s: {floor / sec:.2f} of it")
-
-
-def report_gradients(a, roots, tmp):
-    """The first iteration's gradient against the baseline's in float32 and float64, and how far each side's float32
-    gradient is from the baseline's float64 one on the same inputs (float32 rounding)."""
-    for name, root in roots:
-        run_worker(a, root, "float64", os.path.join(tmp, f"{name}_float64.pt"), grads_only=True)
-    load = lambda name, dtype: torch.load(os.path.join(tmp, f"{name}_{dtype}.pt"), weights_only=True)
-    ours, base = roots[0][0], roots[1][0]
-    for label, x, y in (("this checkout vs baseline, float32", load(ours, "float32"), load(base, "float32")),
-                        ("this checkout vs baseline, float64", load(ours, "float64"), load(base, "float64")),
-                        ("this checkout float32 vs baseline float64", load(ours, "float32"),
-                         {k: v.float() for k, v in load(base, "float64").items()}),
-                        ("baseline float32 vs its float64 (its float32 rounding)", load(base, "float32"),
-                         {k: v.float() for k, v in load(base, "float64").items()})):
-        print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in rel_errors(x, y).items()))
 
 
 def parse_args(argv=None):
@@ -299,11 +252,12 @@ def parse_args(argv=None):
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
     p.add_argument("--epochs", action="store_true", help="also time one expert epoch and one evaluation epoch")
     p.add_argument("--baseline", help="a checkout of another revision of this repository, measured side by side")
+    p.add_argument("--profile", type=int, default=0, metavar="N",
+                   help="also print the N operators that take most of an iteration's CPU time (this checkout)")
     p.add_argument("--out", help="write the measured rows as JSON to this file")
-    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
-    p.add_argument("--grads_out", help=argparse.SUPPRESS)
-    p.add_argument("--grads_only", action="store_true", help=argparse.SUPPRESS)
+    for hidden, kw in (("worker", dict(action="store_true")), ("dtype", dict(default="float32")),
+                       ("grads_out", {}), ("grads_only", dict(action="store_true"))):
+        p.add_argument(f"--{hidden}", help=argparse.SUPPRESS, **kw)
     a = p.parse_args(argv)
     for key, value in PRESETS[a.preset].items():
         if getattr(a, key) is None:
@@ -319,6 +273,7 @@ def main(argv=None):
     a = parse_args(argv)
     if a.worker:
         return worker(a)
+    from bench.speed_report import print_report, report_gradients, summarise  # not in a worker: another checkout's path
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     roots = [("this checkout", here)] + ([("baseline", os.path.abspath(a.baseline))] if a.baseline else [])
     print(f"config: {json.dumps({k: v for k, v in vars(a).items() if k not in ('worker', 'grads_out', 'dtype')})}")
@@ -332,7 +287,9 @@ def main(argv=None):
         sides = [(name, summarise(rows[name])) for name, _ in roots]
         print_report(a, sides)
         if a.baseline:
-            report_gradients(a, roots, tmp)
+            report_gradients(a, roots, tmp, run_worker)
+    if a.profile:
+        profile(a, a.profile)
     if a.out:
         with open(a.out, "w") as f:
             json.dump({"config": vars(a), "rows": rows}, f, indent=1)
