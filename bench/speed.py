@@ -224,6 +224,11 @@ def run_worker(a, root, dtype, grads_out, grads_only=False):
         cmd.append("--epochs")
     if grads_only:
         cmd.append("--grads_only")
+    return row_of(cmd, root)
+
+
+def row_of(cmd, root):
+    """Run a worker command in `root`, its code first on the path, and return the JSON of its `ROW ` line."""
     env = {**os.environ, "PYTHONPATH": root, "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
@@ -287,13 +292,30 @@ def report_gradients(a, roots, tmp):
         print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in rel_errors(x, y).items()))
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_preset_flags(p):
+    """--preset, one override flag per preset field, --device (bench.authors shares them)."""
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="configuration (default: cpu)")
     for key, value in PRESETS["cpu"].items():
         p.add_argument(f"--{key}", type=type(value) if value is not None else int, default=None,
                        help=f"override the preset's {key}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+
+
+def apply_preset(a):
+    """Fill the fields a command line left unset from its preset; --device auto and unset threads resolved."""
+    for key, value in PRESETS[a.preset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.threads is None:
+        a.threads = torch.get_num_threads()
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return a
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_flags(p)
     p.add_argument("--mode", default="constant", help="--matching mode (default: constant)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each side once per round (default: 3)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
@@ -304,15 +326,7 @@ def parse_args(argv=None):
     p.add_argument("--dtype", default="float32", help=argparse.SUPPRESS)
     p.add_argument("--grads_out", help=argparse.SUPPRESS)
     p.add_argument("--grads_only", action="store_true", help=argparse.SUPPRESS)
-    a = p.parse_args(argv)
-    for key, value in PRESETS[a.preset].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    if a.threads is None:
-        a.threads = torch.get_num_threads()
-    if a.device == "auto":
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
-    return a
+    return apply_preset(p.parse_args(argv))
 
 
 def main(argv=None):
