@@ -1,33 +1,19 @@
 """This repository's distillation iteration side by side with the authors' own (Previsior/PTM-ST), run from a
-checkout of their repository whose path is given; nothing of it is copied here.
+checkout of their repository whose path is given; nothing of it is copied here (docs/speed_authors.md).
 
     python -m bench.authors --authors /path/to/PTM-ST                # CPU, one thread, 5 interleaved rounds
     python -m bench.authors --authors /path/to/PTM-ST --device cuda  # the same on a GPU
 
-Their iteration is the code their distill_ptm-st.py times itself (main()'s loop, from `_t0 = time.perf_counter()`
-to `_distill_time_accum_s += ...`: student built, two-pass gradient, SGD step, EMA), read from their file and run
-as it stands with two changes: its hard-coded 'cuda' strings become the benchmark's device, and wandb.log does
-nothing. Their ConvNet and ProjectionHead classes are read from their src/networks.py (whose module imports
-`clip`, BERT and timm are not needed for them) and stand in for CLIPModel_full, which has no convnet (its image
-encoders come from timm). ReparamModule, FullSimilarityGenerator, MultilabelContrastiveLoss and ModelEmaV2 are
-imported from their files.
-
-Identical inputs: this repository's worker builds the CPU benchmark configuration of bench.speed (convnet at 32 px,
-50 pairs, 384-d text features, --syn_steps 8, mini-batches of 10, InfoNCE, full similarity, constant matching) from
-seeds and saves it; the authors' worker loads that file: synthetic images, text features, similarity matrix, the
-two learned student lrs, the expert's start and target parameters (their buffer format: one tensor per parameter,
-cut from the flat vectors by this repository's parameter shapes; both networks list their parameters in the same
-order and shapes, checked, names equal but for their `classifier` = our `fc`), the optimiser's settings, and the
-minibatches (their torch.randperm is seeded so that it draws them, checked). Dropout is off on both sides (p = 0):
-their pass 2 would draw new masks. This repository's iteration also reads the expert from a buffer file; theirs
-takes it from memory.
-
-Each side runs in its own process per round, the two alternating, so that load on the machine hits both. Time:
-medians of --repeats iterations after a warm-up, wall and CPU time; peak memory: the process's peak resident set
-(VmHWM) and its rise over the resident set before the first iteration, or on CUDA torch's peak allocated memory.
-The synthetic-data gradient of the first iteration is compared between the sides in float32 and in float64 (their
-logits stay float32: their code calls .float()), and each side's float32 gradient against this repository's
-float64 one.
+Theirs: the code their distill_ptm-st.py times itself (main()'s loop from `_t0 = ...` to `_distill_time_accum_s +=`),
+read from their file and run as it stands but for its hard-coded 'cuda' (the benchmark's device) and wandb.log (a
+no-op); their ConvNet and ProjectionHead (read from src/networks.py, whose imports need `clip`) stand in for
+CLIPModel_full, which has no convnet; ReparamModule, the similarity, loss and EMA classes imported from their files.
+Identical inputs: our worker builds bench.speed's CPU configuration from seeds and saves it; theirs loads it (images,
+text features, similarity, student lrs, expert start and target cut into their buffer format by our parameter shapes,
+optimiser settings; their torch.randperm seeded to draw our minibatches; shapes and minibatches checked). Dropout
+off on both sides (their pass 2 would draw new masks). One process per side per round, alternating. Time: medians
+of --repeats iterations after a warm-up (wall and CPU); memory: peak resident set and its rise over the set before
+the first iteration (CUDA: peak allocated); the first iteration's gradient compared in float32 and float64.
 """
 import argparse
 import ast
@@ -38,6 +24,7 @@ import os
 import statistics
 import sys
 import tempfile
+import types
 
 import numpy as np
 import torch
@@ -113,12 +100,6 @@ def no_dropout(module):
     return module
 
 
-class _NoWandb:
-    @staticmethod
-    def log(*args, **kwargs):
-        pass
-
-
 class Ours:
     """This repository's iteration (expert read from its buffer file, constant matching, update) on bench.speed's
     Workload; `inputs()` is what the authors' side is given."""
@@ -186,7 +167,7 @@ class Authors:
                                   mini_batch_size=a.mini_batch_size, min_start_epoch=0, max_start_epoch=1, expert_epochs=1,
                                   max_files=1, sim_type="full", clamp_lr=None, temperature=1 / x["scale"],
                                   current_subset_num=0)
-        self.ns = dict(torch=torch, np=np, math=math, nn=torch.nn, wandb=_NoWandb, DEVICE=a.device, args=args, it=1,
+        self.ns = dict(torch=torch, np=np, math=math, nn=torch.nn, wandb=types.SimpleNamespace(log=lambda *_, **__: None), DEVICE=a.device, args=args, it=1,
                        CLIPModel_full=clip_model, ReparamModule=c["ReparamModule"], shuffle_files=lambda i, t: (i, t),
                        img_buffer=buffers["img"], txt_buffer=buffers["txt"], img_expert_files=["-"], txt_expert_files=["-"],
                        image_syn=image, text_syn=text, syn_lr_img=lr_img, syn_lr_txt=lr_txt, sim_generator=sim,
@@ -257,8 +238,10 @@ def report(rows, grads):
                        ("rise_gb", "peak memory above the start, GB")):
         o, t = [r[key] for r in ours], [r[key] for r in theirs]
         print(f"| {label} | {spread(o)} | {spread(t)} | {spread([x / y for x, y in zip(o, t)])} |")
-    for label, x, y in grads:
-        print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in rel_errors(x, y).items()))
+    errors = {label: rel_errors(x, y) for label, x, y in grads}
+    for label, e in errors.items():
+        print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in e.items()))
+    return errors
 
 
 def parse_args(argv=None):
@@ -267,7 +250,7 @@ def parse_args(argv=None):
     p.add_argument("--authors", required=True, help="a checkout of the authors' repository (Previsior/PTM-ST)")
     p.add_argument("--rounds", type=int, default=5, help="rounds, each side once per round (default: 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
-    p.add_argument("--out", help="write the rows of every round as JSON to this file")
+    p.add_argument("--out", help="write the rows of every round and the gradient errors as JSON to this file")
     for hidden in ("worker", "side", "dtype", "inputs", "inputs_out", "grads_out"):
         p.add_argument(f"--{hidden}", action="store_true" if hidden == "worker" else None, help=argparse.SUPPRESS)
     a = apply_preset(p.parse_args(argv))
@@ -299,13 +282,14 @@ def main(argv=None):
                 rows[side].append(run_side(a, side, "float32", tmp, a.repeats))
                 print(f"round {r + 1}, {side}: {json.dumps(rows[side][-1])}", flush=True)
     ref = {k: v.float() for k, v in grads["ours_float64"].items()}
-    report(rows, (("ours vs authors, float32", grads["ours_float32"], grads["authors_float32"]),
+    errors = report(rows, (("ours vs authors, float32", grads["ours_float32"], grads["authors_float32"]),
                   ("ours vs authors, float64", grads["ours_float64"], grads["authors_float64"]),
                   ("ours float32 vs ours float64", grads["ours_float32"], ref),
                   ("authors float32 vs ours float64", grads["authors_float32"], ref)))
     if a.out:
         with open(a.out, "w") as f:
-            json.dump({"config": vars(a), "rows": rows}, f, indent=1)
+            json.dump({"config": vars(a), "machine": machine(torch.device(a.device)), "rows": rows, "gradient_errors": errors},
+                      f, indent=1)
 
 
 if __name__ == "__main__":
