@@ -191,8 +191,8 @@ class Authors:
 
 def worker(a):
     """One side, one process: `repeats` timed iterations after a warm-up; the warm-up's gradient to a file."""
-    if a.side == "ours":
-        import distill_utils.startup  # noqa: F401  (as in the entry scripts: process-level settings)
+    if a.side == "ours" or a.same_malloc:
+        import distill_utils.startup  # noqa: F401  (as in our entry scripts: process-level settings, malloc's)
     torch.set_num_threads(a.threads)
     if a.side == "authors" and a.dtype == "float64":
         torch.set_default_dtype(torch.float64)  # their buffers are torch.zeros(shape): float32 otherwise
@@ -222,7 +222,7 @@ def run_side(a, side, dtype, tmp, repeats, inputs_out=None):
     flags = [f"--{k}={getattr(a, k)}" for k in (*PRESETS["cpu"], "device", "authors")]
     cmd = [sys.executable, "-m", "bench.authors", "--worker", f"--side={side}", f"--dtype={dtype}", f"--repeats={repeats}",
            f"--inputs={os.path.join(tmp, f'inputs_{dtype}.pt')}", f"--grads_out={os.path.join(tmp, f'{side}_{dtype}.pt')}",
-           *flags, *([f"--inputs_out={inputs_out}"] if inputs_out else [])]
+           *flags, *([f"--inputs_out={inputs_out}"] if inputs_out else []), *(["--same_malloc"] if a.same_malloc else [])]
     return row_of(cmd, ROOT)
 
 
@@ -250,6 +250,8 @@ def parse_args(argv=None):
     p.add_argument("--authors", required=True, help="a checkout of the authors' repository (Previsior/PTM-ST)")
     p.add_argument("--rounds", type=int, default=5, help="rounds, each side once per round (default: 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
+    p.add_argument("--same_malloc", action="store_true", help="give their process our malloc settings too "
+                   "(distill_utils.startup): what the code saves apart from what the settings save")
     p.add_argument("--out", help="write the rows of every round and the gradient errors as JSON to this file")
     for hidden in ("worker", "side", "dtype", "inputs", "inputs_out", "grads_out"):
         p.add_argument(f"--{hidden}", action="store_true" if hidden == "worker" else None, help=argparse.SUPPRESS)
