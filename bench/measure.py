@@ -29,11 +29,21 @@ class Memory:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # resets VmHWM to the current resident set
 
+    def current_gb(self):
+        """What is in use now: CUDA allocated memory, or the process's resident set (VmRSS)."""
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device) / 2**30
+        return _status_kb("VmRSS:") / 2**20
+
     def peak_gb(self):
         if self.device.type == "cuda":
             return torch.cuda.max_memory_allocated(self.device) / 2**30
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) / 2**20
+        return _status_kb("VmHWM:") / 2**20
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith(field))
 
 
 def sync(device):

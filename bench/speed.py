@@ -209,29 +209,16 @@ def worker(a):
     print("ROW " + json.dumps(row), flush=True)
 
 
-def profile(a, top):
-    """The operators of one iteration of this checkout by self CPU time (torch.profiler), as a share of the whole."""
-    import distill_utils.startup  # noqa: F401
-    torch.set_num_threads(a.threads)
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Workload(a, tmp)
-        iteration(work, a.mode, 1)
-        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
-            start, target = work.segment()
-            work.match(a.mode, work.schedule(), start, target)
-            work.syn.step()
-    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
-    total = sum(e.self_cpu_time_total for e in ops)
-    print(f"\nprofile of one iteration ({total / 1e6:.3f} s under the profiler), operators by self CPU time:")
-    for e in ops[:top]:
-        print(f"  {e.key:<45} {e.self_cpu_time_total / total:6.1%}  ({e.count} calls)")
-
-
 def run_worker(a, root, dtype, grads_out, grads_only=False):
     """Run `worker` in a fresh process with `root`'s code on the path; returns its row."""
     flags = [f"--{k}={v}" for k, v in vars(a).items() if k in PRESETS["cpu"] or k in ("device", "mode", "repeats")]
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--dtype={dtype}", f"--grads_out={grads_out}", *flags]
     cmd += ["--epochs"] * (a.epochs and not grads_only) + ["--grads_only"] * grads_only
+    return row_of(cmd, root)
+
+
+def row_of(cmd, root):
+    """Run a worker command in `root`, its code first on the path, and return the JSON of its `ROW ` line."""
     env = {**os.environ, "PYTHONPATH": root, "TQDM_DISABLE": "1"}
     done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
     rows = [line[4:] for line in done.stdout.splitlines() if line.startswith("ROW ")]
@@ -240,13 +227,30 @@ def run_worker(a, root, dtype, grads_out, grads_only=False):
     return json.loads(rows[0])
 
 
-def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def add_preset_flags(p):
+    """--preset, one override flag per preset field, --device (bench.authors shares them)."""
     p.add_argument("--preset", default="cpu", choices=sorted(PRESETS), help="configuration (default: cpu)")
     for key, value in PRESETS["cpu"].items():
         p.add_argument(f"--{key}", type=type(value) if value is not None else int, default=None,
                        help=f"override the preset's {key}")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
+
+
+def apply_preset(a):
+    """Fill the fields a command line left unset from its preset; --device auto and unset threads resolved."""
+    for key, value in PRESETS[a.preset].items():
+        if getattr(a, key) is None:
+            setattr(a, key, value)
+    if a.threads is None:
+        a.threads = torch.get_num_threads()
+    if a.device == "auto":
+        a.device = "cuda" if torch.cuda.is_available() else "cpu"
+    return a
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_preset_flags(p)
     p.add_argument("--mode", default="constant", help="--matching mode (default: constant)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each side once per round (default: 3)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
@@ -258,22 +262,14 @@ def parse_args(argv=None):
     for hidden, kw in (("worker", dict(action="store_true")), ("dtype", dict(default="float32")),
                        ("grads_out", {}), ("grads_only", dict(action="store_true"))):
         p.add_argument(f"--{hidden}", help=argparse.SUPPRESS, **kw)
-    a = p.parse_args(argv)
-    for key, value in PRESETS[a.preset].items():
-        if getattr(a, key) is None:
-            setattr(a, key, value)
-    if a.threads is None:
-        a.threads = torch.get_num_threads()
-    if a.device == "auto":
-        a.device = "cuda" if torch.cuda.is_available() else "cpu"
-    return a
+    return apply_preset(p.parse_args(argv))
 
 
 def main(argv=None):
     a = parse_args(argv)
     if a.worker:
         return worker(a)
-    from bench.speed_report import print_report, report_gradients, summarise  # not in a worker: another checkout's path
+    from bench.speed_report import print_report, profile, report_gradients, summarise  # not in a worker: another checkout's path
     here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     roots = [("this checkout", here)] + ([("baseline", os.path.abspath(a.baseline))] if a.baseline else [])
     print(f"config: {json.dumps({k: v for k, v in vars(a).items() if k not in ('worker', 'grads_out', 'dtype')})}")

@@ -1,7 +1,8 @@
 """The tables bench.speed prints from its workers' rows: the iteration by phase against the device's dense rates,
-the side-by-side ratio, the epochs against their compute floor, and the gradients' agreement."""
+the side-by-side ratio, the epochs against their compute floor, the gradients' agreement, and a profile."""
 import os
 import statistics
+import tempfile
 
 import torch
 
@@ -58,3 +59,22 @@ def report_gradients(a, roots, tmp, run_worker):
                         ("baseline float32 vs its float64 (its float32 rounding)", load(base, "float32"),
                          {k: v.float() for k, v in load(base, "float64").items()})):
         print(f"gradient of the first iteration, {label}: " + ", ".join(f"{k} {v:.1e}" for k, v in rel_errors(x, y).items()))
+
+
+def profile(a, top):
+    """The operators of one iteration of this checkout by self CPU time (torch.profiler), as a share of the whole."""
+    import distill_utils.startup  # noqa: F401
+    from bench.speed import Workload, iteration
+    torch.set_num_threads(a.threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Workload(a, tmp)
+        iteration(work, a.mode, 1)
+        with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+            start, target = work.segment()
+            work.match(a.mode, work.schedule(), start, target)
+            work.syn.step()
+    ops = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in ops)
+    print(f"\nprofile of one iteration ({total / 1e6:.3f} s under the profiler), operators by self CPU time:")
+    for e in ops[:top]:
+        print(f"  {e.key:<45} {e.self_cpu_time_total / total:6.1%}  ({e.count} calls)")
