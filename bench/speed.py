@@ -35,6 +35,7 @@ PRESETS = {
     "paper": dict(image_encoder="nfnet_l0", image_size=224, text_dim=768, num_queries=200, mini_batch_size=40,
                   syn_steps=8, loss_type="WBCE", lr_teacher=0.1, threads=None, expert_images=512, batch_train=128),
 }
+HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))  # this checkout
 GRADS = ("image", "text", "similarity", "lr_img", "lr_txt")
 
 
@@ -126,7 +127,8 @@ class Workload:
     def match(self, mode, schedule, start, target):
         from distill_utils.method.matching import MATCHING
         torch.manual_seed(3)  # the student's dropout masks
-        return MATCHING[mode](self.student, self.syn, start, target, schedule)
+        name, _, store = mode.partition("/")
+        return MATCHING[name](self.student, self.syn, start, target, schedule, **({"store": store} if store else {}))
 
     def pass1(self, schedule, start, target):
         from distill_utils.method.matching import matching_loss
@@ -211,7 +213,8 @@ def worker(a):
 
 def run_worker(a, root, dtype, grads_out, grads_only=False):
     """Run `worker` in a fresh process with `root`'s code on the path; returns its row."""
-    flags = [f"--{k}={v}" for k, v in vars(a).items() if k in PRESETS["cpu"] or k in ("device", "mode", "repeats")]
+    flags = [f"--{k}={v}" for k, v in vars(a).items() if k in PRESETS["cpu"] or k in ("device", "repeats")]
+    flags.append(f"--mode={a.baseline_mode if a.baseline_mode and root != HERE else a.mode}")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", f"--dtype={dtype}", f"--grads_out={grads_out}", *flags]
     cmd += ["--epochs"] * (a.epochs and not grads_only) + ["--grads_only"] * grads_only
     return row_of(cmd, root)
@@ -251,7 +254,10 @@ def apply_preset(a):
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_preset_flags(p)
-    p.add_argument("--mode", default="constant", help="--matching mode (default: constant)")
+    p.add_argument("--mode", default="constant", help="--matching mode, or MODE/STORE with its --constant_store or "
+                   "--adjoint_store (default: constant)")
+    p.add_argument("--baseline_mode", help="the baseline's mode, where it differs (e.g. --mode constant/graphs "
+                   "--baseline_mode constant)")
     p.add_argument("--rounds", type=int, default=3, help="rounds, each side once per round (default: 3)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
     p.add_argument("--epochs", action="store_true", help="also time one expert epoch and one evaluation epoch")
@@ -270,8 +276,7 @@ def main(argv=None):
     if a.worker:
         return worker(a)
     from bench.speed_report import print_report, profile, report_gradients, summarise  # not in a worker: another checkout's path
-    here = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    roots = [("this checkout", here)] + ([("baseline", os.path.abspath(a.baseline))] if a.baseline else [])
+    roots = [("this checkout", HERE)] + ([("baseline", os.path.abspath(a.baseline))] if a.baseline else [])
     print(f"config: {json.dumps({k: v for k, v in vars(a).items() if k not in ('worker', 'grads_out', 'dtype')})}")
     rows = {name: [] for name, _ in roots}
     with tempfile.TemporaryDirectory() as tmp:

@@ -99,6 +99,7 @@ class DistillConfig:
     alpha: float
     ema_decay: float
     matching: str
+    constant_store: str
     adjoint_store: str
     phase_conditioning: str
     loss_type: str

@@ -77,8 +77,9 @@ def preflight(ctx: RunContext, phases: List[Phase]) -> None:
 def matching_step(cfg: DistillConfig) -> Callable:
     """The matching step of --matching (looked up at call time, so tests can wrap it)."""
     match = MATCHING[cfg.matching]
-    if cfg.matching == "adjoint":  # where it keeps the student points: memory and time, never the result
-        match = partial(match, store=cfg.adjoint_store)
+    store = {"constant": cfg.constant_store, "adjoint": cfg.adjoint_store}.get(cfg.matching)
+    if store:  # what it keeps or recomputes: memory and time, never the result
+        match = partial(match, store=store)
     return match
 
 

@@ -20,7 +20,7 @@ from distill_utils.evaluation.summary import SELECTIONS
 from distill_utils.evaluation.training import PROTOCOLS
 from distill_utils.method.conditioning import CONDITIONING
 from distill_utils.method.losses import LOSS_TYPES
-from distill_utils.method.matching import MATCHING, STORES
+from distill_utils.method.matching import CONSTANT_STORES, MATCHING, STORES
 from distill_utils.paper_recipe import SIZES
 from distill_utils.speed import AMP_DTYPES
 
@@ -119,6 +119,10 @@ TABLE = [
       "approximation), memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about the "
       "time of constant, the student's points kept as --adjoint_store says; unrolled: exact back-propagation through "
       "all steps, memory linear in steps", (DISTILL,), DISTILLATION, choices=sorted(MATCHING)),
+    S("constant_store", "replay", "--matching constant: how pass 2 gets each student step's graph. replay: the "
+      "steps are recomputed (memory independent of --syn_steps); graphs: pass 1 keeps them (no recomputation, "
+      "memory grows with --syn_steps; docs/speed.md measures both). Same gradient bit for bit", (DISTILL,),
+      DISTILLATION, choices=CONSTANT_STORES),
     S("adjoint_store", "cpu", "--matching adjoint: where the student points are kept. cpu: host memory (accelerator "
       "memory does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the parameters "
       "more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others recomputed (least memory, more time). "

@@ -42,23 +42,24 @@ def test_raw_subset_is_what_a_run_without_ema_ends_with(tiny_args, expert_dir, t
     assert not (tmp_path / "synthetic" / "noema" / "distilled_0_final_raw.pt").exists()
 
 
-def test_adjoint_store_reaches_the_matching_and_leaves_the_result_unchanged(tiny_args, expert_dir, tmp_path, capsys,
-                                                                           monkeypatch):
-    real, stores = distill_loop.MATCHING["adjoint"], []
+@pytest.mark.parametrize("mode, default, other", [("adjoint", "cpu", "recompute"), ("constant", "replay", "graphs")])
+def test_matching_store_reaches_the_matching_and_leaves_the_result_unchanged(tiny_args, expert_dir, tmp_path, capsys,
+                                                                            monkeypatch, mode, default, other):
+    real, stores = distill_loop.MATCHING[mode], []
 
-    def recording(*args, store="cpu"):
+    def recording(*args, store):
         stores.append(store)
         return real(*args, store=store)
 
-    monkeypatch.setitem(distill_loop.MATCHING, "adjoint", recording)
-    for name, extra in (("kept", []), ("recomputed", ["--adjoint_store", "recompute"])):
-        args = distill_args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--matching", "adjoint", *extra)
+    monkeypatch.setitem(distill_loop.MATCHING, mode, recording)
+    for name, extra in ((default, []), (other, [f"--{mode}_store", other])):
+        args = distill_args(tiny_args, expert_dir, tmp_path, name, "--num_eval", "0", "--matching", mode, *extra)
         assert run_cli(distill.main, args, capsys)[0] == 0
-    assert stores == ["cpu"] * 6 + ["recompute"] * 6
+    assert stores == [default] * 6 + [other] * 6
     for p in (0, 1):
-        kept = saved_tensors(tmp_path / "synthetic" / "kept", f"distilled_{p}_final.pt")
-        recomputed = saved_tensors(tmp_path / "synthetic" / "recomputed", f"distilled_{p}_final.pt")
-        assert all(torch.equal(a, b) for a, b in zip(kept, recomputed))
+        first = saved_tensors(tmp_path / "synthetic" / default, f"distilled_{p}_final.pt")
+        second = saved_tensors(tmp_path / "synthetic" / other, f"distilled_{p}_final.pt")
+        assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
 def test_resume_after_a_kill_ends_like_an_uninterrupted_run(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):

@@ -6,7 +6,7 @@ from torch.func import functional_call, grad
 from distill_utils import speed
 
 from distill_utils.method.losses import contrastive_loss
-from distill_utils.method.matching import STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
+from distill_utils.method.matching import CONSTANT_STORES, STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
 from distill_utils.method.similarity import make_similarity
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from tests.helpers import MATCH_BATCH, MATCH_PAIRS, grads_of, rel_err, tiny_matching
@@ -191,6 +191,28 @@ def test_adjoint_stores_give_identical_gradients(steps):
         grads.append(grads_of(syn))
     for other in grads[1:]:
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+
+
+@pytest.mark.parametrize("steps", [1, 3, 6])
+def test_constant_stores_give_identical_gradients_rng_and_end_points_with_dropout(steps):
+    net, student, syn, start, target, _ = tiny_matching()
+    net.float().train()  # dropout active, float32 as in real runs
+    syn32 = SyntheticSet(syn.image.float(), syn.text.float(), make_similarity("full", MATCH_PAIRS), 0.05, 0.08,
+                         SynOptim(1.0, 1.0, 1.0, 1.0))
+    schedule = minibatch_schedule(MATCH_PAIRS, MATCH_BATCH, steps, torch.Generator().manual_seed(0))
+    runs = []
+    for store in CONSTANT_STORES:
+        syn32.zero_grad()
+        torch.manual_seed(7)
+        result = match_constant(student, syn32, tuple(t.float() for t in start), tuple(t.float() for t in target),
+                                schedule, store=store)
+        runs.append((grads_of(syn32), torch.get_rng_state(), result))
+    (grads, rng, result), (kept_grads, kept_rng, kept) = runs
+    assert all(torch.equal(a, b) for a, b in zip(grads, kept_grads))
+    assert all(g is not None and g.abs().sum() > 0 for g in grads)
+    assert torch.equal(rng, kept_rng)
+    assert torch.equal(result.final_img, kept.final_img) and torch.equal(result.replay_txt, kept.replay_txt)
+    assert result.loss == kept.loss
 
 
 def test_adjoint_leaves_the_rng_where_constant_does():

@@ -23,7 +23,8 @@ if TYPE_CHECKING:  # named in hints only
 
 CONFIG, LOG, CHECKPOINT = "config.json", "metrics.jsonl", "checkpoint.pt"
 # Options that may change when a run is resumed: they do not alter its result.
-RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache", "adjoint_store"}
+RESUMABLE_CHANGES = {"resume", "device", "wandb", "workers", "feature_cache", "adjoint_store",
+                     "constant_store"}
 CHECKPOINT_KEYS = {"phase": int, "iteration": int, "syn": dict, "experts": dict, "generator": torch.Tensor,
                    "rng": torch.Tensor}
 

@@ -3,7 +3,7 @@ from an expert's theta_0 and push its end point towards the expert's theta*.
 
 Matching loss per side: ||theta_N - theta*||^2 / ||theta_0 - theta*||^2, summed over img and txt.
 
-constant (default): memory does not grow with the number of steps. With G = sum_i g_i and
+constant (default): memory does not grow with the number of steps (store="graphs" trades that for time). With G = sum_i g_i and
   theta_N = theta_0 - lr G, dL/dg_i = 2 (lr (theta* - theta_0) + lr^2 G) / dist =: c, the same for
   every step. Treating the student parameters theta_i as constants, the gradient for the
   synthetic data is sum_i d(c . g_i)/d(X, Y, S): pass 1 runs the steps without a graph and sums
@@ -71,24 +71,36 @@ def _sq(v):
     return torch.dot(v, v)
 
 
-def match_constant(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule
-                   ) -> MatchResult:
+CONSTANT_STORES = ("replay", "graphs")
+
+
+def match_constant(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule,
+                   store: str = "replay") -> MatchResult:
     """Set .grad of the synthetic set's tensors from one matching step in the memory-constant form.
 
     start, target: (img_flat, txt_flat) of the expert at T and at T + expert_epochs, on the device.
+    store="graphs" keeps every step's graph from pass 1 instead of replaying the steps in pass 2: the same
+    graphs (the replay is bit for bit) back-propagated in the same order, so the same gradient bit for bit,
+    without recomputing the steps; memory grows with the steps.
     """
-    device = syn.image.device
+    if store not in CONSTANT_STORES:
+        raise ValueError(f"store must be one of {CONSTANT_STORES}, got {store!r}")
+    device, keep = syn.image.device, store == "graphs"
     lr_img, lr_txt = syn.student_lr_img.item(), syn.student_lr_txt.item()
     rng = rng_state(device)
 
-    # pass 1: the student's steps, no graph kept
+    # pass 1: the student's steps, no graph kept (store="graphs": each step's own graph, from a detached theta_i)
     img, txt = start[0].clone(), start[1].clone()
     g_sum_img, g_sum_txt = torch.zeros_like(img), torch.zeros_like(txt)
+    graphs = []
     for idx in schedule:
-        with torch.no_grad():
+        with torch.set_grad_enabled(keep):
             x, y, s = syn.batch(idx)
         img_i, txt_i = img.requires_grad_(True), txt.requires_grad_(True)
-        _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s)
+        _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s, create_graph=keep)
+        if keep:
+            graphs.append((g_img, g_txt))
+            g_img, g_txt = g_img.detach(), g_txt.detach()
         g_sum_img += g_img
         g_sum_txt += g_txt
         img, txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
@@ -98,16 +110,20 @@ def match_constant(student: Student, syn: LearnableSet, start: Params, target: P
     loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
     c_img, c_txt = -2 * lr_img * gap_img / dist_img, -2 * lr_txt * gap_txt / dist_txt
 
-    # pass 2: replay each step with a graph through it and back-propagate c . g_i into X, Y, S
-    set_rng_state(rng, device)
+    # pass 2: back-propagate c . g_i into X, Y, S step by step, through each step replayed with a graph
+    # (store="graphs": through pass 1's graphs, in the same order)
     inputs = [syn.image, syn.text, *syn.sim_params]
-    r_img, r_txt = start[0].clone(), start[1].clone()
-    for idx in schedule:
-        x, y, s = syn.batch(idx)
-        img_i, txt_i = r_img.requires_grad_(True), r_txt.requires_grad_(True)
-        _, g_img, g_txt = student.grads(img_i, txt_i, x, y, s, create_graph=True)
-        torch.autograd.backward(torch.dot(c_img, g_img) + torch.dot(c_txt, g_txt), inputs=inputs)
-        r_img, r_txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
+    backward = lambda g: torch.autograd.backward(torch.dot(c_img, g[0]) + torch.dot(c_txt, g[1]), inputs=inputs)
+    for g in graphs:
+        backward(g)
+    r_img, r_txt = img, txt
+    if not keep:
+        set_rng_state(rng, device)
+        r_img, r_txt = start[0].clone(), start[1].clone()
+        for idx in schedule:
+            img_i, txt_i, g_img, g_txt = _step_graph(student, syn, r_img, r_txt, idx)
+            backward((g_img, g_txt))
+            r_img, r_txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
 
     syn.student_lr_img.grad = -2 * torch.dot(g_sum_img, gap_img) / dist_img
     syn.student_lr_txt.grad = -2 * torch.dot(g_sum_txt, gap_txt) / dist_txt
