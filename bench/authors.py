@@ -11,9 +11,8 @@ CLIPModel_full, which has no convnet; ReparamModule, the similarity, loss and EM
 Identical inputs: our worker builds bench.speed's CPU configuration from seeds and saves it; theirs loads it (images,
 text features, similarity, student lrs, expert start and target cut into their buffer format by our parameter shapes,
 optimiser settings; their torch.randperm seeded to draw our minibatches; shapes and minibatches checked). Dropout
-off on both sides (their pass 2 would draw new masks). One process per side per round, alternating. Time: medians
-of --repeats iterations after a warm-up (wall and CPU); memory: peak resident set and its rise over the set before
-the first iteration (CUDA: peak allocated); the first iteration's gradient compared in float32 and float64.
+off on both sides (their pass 2 would draw new masks). One process per side per round, alternating. Time: medians of
+--repeats iterations after a warm-up; memory: peak resident set, and its rise over the start (CUDA: peak allocated).
 """
 import argparse
 import ast
@@ -106,7 +105,7 @@ class Ours:
     Workload; `inputs()` is what the authors' side is given."""
 
     def __init__(self, a, tmp):
-        self.work = Workload(a, tmp)
+        self.work, self.mode = Workload(a, tmp), a.mode
         no_dropout(self.work.net)
 
     def inputs(self):
@@ -124,7 +123,7 @@ class Ours:
     def iteration(self, keep):
         w = self.work
         start, target = w.segment()
-        w.match("constant", w.schedule(), start, target)
+        w.match(self.mode, w.schedule(), start, target)
         grads = {k: v.detach().clone() for k, v in w.grads().items()} if keep else None
         w.syn.step()
         return grads
@@ -220,7 +219,7 @@ def worker(a):
 
 
 def run_side(a, side, dtype, tmp, repeats, inputs_out=None):
-    flags = [f"--{k}={getattr(a, k)}" for k in (*PRESETS["cpu"], "device", "authors")]
+    flags = [f"--{k}={getattr(a, k)}" for k in (*PRESETS["cpu"], "device", "authors", "mode")]
     cmd = [sys.executable, "-m", "bench.authors", "--worker", f"--side={side}", f"--dtype={dtype}", f"--repeats={repeats}",
            f"--inputs={os.path.join(tmp, f'inputs_{dtype}.pt')}", f"--grads_out={os.path.join(tmp, f'{side}_{dtype}.pt')}",
            *flags, *([f"--inputs_out={inputs_out}"] if inputs_out else []), *(["--same_malloc"] if a.same_malloc else [])]
@@ -251,6 +250,8 @@ def parse_args(argv=None):
     p.add_argument("--authors", required=True, help="a checkout of the authors' repository (Previsior/PTM-ST)")
     p.add_argument("--rounds", type=int, default=5, help="rounds, each side once per round (default: 5)")
     p.add_argument("--repeats", type=int, default=3, help="timed iterations per round after a warm-up (default: 3)")
+    p.add_argument("--mode", default="constant", choices=["constant", "constant/graphs"],
+                   help="our side's matching: constant, or constant with --constant_store graphs (default: constant)")
     p.add_argument("--same_malloc", action="store_true", help="give their process our malloc settings too "
                    "(distill_utils.startup): what the code saves apart from what the settings save")
     p.add_argument("--out", help="write the rows of every round and the gradient errors as JSON to this file")
