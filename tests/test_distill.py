@@ -93,9 +93,9 @@ def test_existing_run_needs_resume_and_resume_needs_same_settings(tiny_args, exp
 def test_non_finite_loss_stops_and_keeps_the_last_good_save(tiny_args, expert_dir, tmp_path, capsys, monkeypatch):
     real, calls = distill_loop.MATCHING["constant"], {"n": 0}
 
-    def poisoned(student, syn, start, target, schedule):
+    def poisoned(student, syn, start, target, schedule, **store):
         calls["n"] += 1
-        result = real(student, syn, start, target, schedule)
+        result = real(student, syn, start, target, schedule, **store)
         if calls["n"] == 3:
             syn.image.grad[0, 0, 0, 0] = float("nan")
         return result

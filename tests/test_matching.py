@@ -143,7 +143,7 @@ def test_adjoint_equals_unrolled_with_dropout():
         assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
 
 
-@pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("store", [s for s in STORES if s != "graphs"])  # graphs recomputes nothing
 def test_adjoint_replays_each_step_bit_for_bit_with_dropout(monkeypatch, store):
     """Every reverse (and recomputed) step sees the forward's theta_i, minibatch and dropout mask: same g_i."""
     net, student, syn, start, target, _ = tiny_matching()
@@ -183,14 +183,16 @@ def test_adjoint_stores_give_identical_gradients(steps):
     net, student, syn, start, target, _ = tiny_matching()
     net.train()
     schedule = minibatch_schedule(MATCH_PAIRS, MATCH_BATCH, steps, torch.Generator().manual_seed(0))
-    grads = []
+    grads, rngs = [], []
     for store in STORES:
         syn.zero_grad()
         torch.manual_seed(5)
         match_adjoint(student, syn, start, target, schedule, store=store)
         grads.append(grads_of(syn))
-    for other in grads[1:]:
+        rngs.append(torch.get_rng_state())
+    for other, rng in zip(grads[1:], rngs[1:]):
         assert all(torch.equal(a, b) for a, b in zip(grads[0], other))
+        assert torch.equal(rngs[0], rng)
 
 
 @pytest.mark.parametrize("steps", [1, 3, 6])

@@ -238,7 +238,8 @@ DEMO = {settings.BUFFER: ["--dataset", "synthetic", "--image_encoder", "convnet"
                            "--lr_teacher_img", "0.03", "--lr_teacher_txt", "0.03", "--lr_img", "100", "--lr_txt", "10",
                            "--lr_sim", "0.01", "--lr_lr", "1e-3", "--sim_type", "full", "--loss_type", "InfoNCE",
                            "--ema_decay", "0.97", "--eval_it", "100", "--num_eval", "2", "--epoch_eval_train", "100",
-                           "--batch_train", "128", "--name", "synthetic_demo"],
+                           "--batch_train", "128", "--name", "synthetic_demo",
+                           "--constant_store", "graphs"],  # added since: the same bits (test_distill), faster
         settings.EVALUATE: ["--dataset", "synthetic", "--image_trainable", "--loss_type", "InfoNCE", "--ckpt_path",
                             "d.pt", "--baseline", "random", "--num_eval", "5", "--epoch_eval_train", "100",
                             "--batch_train", "128"]}

@@ -29,7 +29,8 @@ adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse s
   the steps, at two copies of |theta| per step (on a CPU run: N |theta| more host memory); "device"
   on the accelerator: no copies, N |theta| more memory; "recompute" keeps every k-th point,
   k = ceil(sqrt(N - 1)), and recomputes the others segment by segment in the reverse sweep: about
-  2 sqrt(N) |theta| of memory for about N more plain gradient steps.
+  2 sqrt(N) |theta| of memory for about N more plain gradient steps; "graphs" keeps every step's graph from
+  the forward sweep (no step is computed twice; memory grows with the steps, as unrolled's).
 """
 import math
 from dataclasses import dataclass
@@ -145,7 +146,7 @@ def match_unrolled(student: Student, syn: LearnableSet, start: Params, target: P
     return MatchResult(loss.item(), loss_img.item(), loss_txt.item(), img.detach(), txt.detach())
 
 
-STORES = ("cpu", "device", "recompute")
+STORES = ("cpu", "device", "recompute", "graphs")
 
 
 class _PointStore:
@@ -206,6 +207,8 @@ def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Pa
     """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
     device = syn.image.device
     lrs = (syn.student_lr_img.item(), syn.student_lr_txt.item())
+    if store == "graphs":
+        return _adjoint_kept_graphs(student, syn, start, target, schedule, lrs)
     last = len(schedule) - 1  # steps 0..last-1 run twice, step `last` once with its graph
     points, rngs = _PointStore(device, store, last), []
 
@@ -241,6 +244,24 @@ def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Pa
             lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
     set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
 
+    syn.student_lr_img.grad, syn.student_lr_txt.grad = dlr
+    return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
+
+
+def _adjoint_kept_graphs(student, syn, start, target, schedule, lrs):
+    """match_adjoint with every step's graph kept from the forward sweep instead of recomputed in the reverse one: the
+    same graphs in the same order (the bits of store="device"), memory growing with the steps."""
+    graphs, img, txt = [], start[0], start[1]
+    for idx in schedule:
+        graphs.append(_step_graph(student, syn, img, txt, idx))
+        img, txt = (graphs[-1][0] - lrs[0] * graphs[-1][2]).detach(), (graphs[-1][1] - lrs[1] * graphs[-1][3]).detach()
+    dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
+    gap_img, gap_txt = img - target[0], txt - target[1]
+    loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
+    lam, inputs = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt), [syn.image, syn.text, *syn.sim_params]
+    dlr = (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
+    while graphs:
+        lam, dlr = _reverse_step(graphs.pop(), lam, dlr, lrs, inputs)
     syn.student_lr_img.grad, syn.student_lr_txt.grad = dlr
     return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
 
