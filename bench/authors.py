@@ -1,5 +1,5 @@
 """This repository's distillation iteration side by side with the authors' own (Previsior/PTM-ST), run from a
-checkout of their repository whose path is given; nothing of it is copied here (docs/speed_authors.md).
+checkout of their repository whose path is given; nothing of it is copied here (docs/speed.md).
 
     python -m bench.authors --authors /path/to/PTM-ST                # CPU, one thread, 5 interleaved rounds
     python -m bench.authors --authors /path/to/PTM-ST --device cuda  # the same on a GPU

@@ -9,7 +9,8 @@ each step count runs --repeats rounds, every mode once per round, so the modes c
 machine's load; the median seconds are reported. Peak memory is the most one iteration adds over
 what was live before it: CUDA max_memory_allocated, or on CPU the resident-set high-water mark
 (VmHWM, reset before each call; large allocations are mmap-backed so that freed memory leaves the
-resident set). adjoint runs once per --adjoint_store (on a CPU, cpu and device are the same).
+resident set). adjoint runs once per --adjoint_store (on a CPU, cpu and device are the same), constant once per
+--constant_store.
 Targets: constant mode at the most steps within 1.15x of its peak at the fewest; adjoint within 1.2x
 the time of constant at every step count and within 1.5x of its memory at the most steps.
 """
@@ -22,7 +23,7 @@ from functools import partial
 
 import torch
 
-from distill_utils.method.matching import MATCHING, STORES, match_adjoint, minibatch_schedule
+from distill_utils.method.matching import CONSTANT_STORES, MATCHING, STORES, minibatch_schedule
 from distill_utils.method.similarity import make_similarity
 from distill_utils.method.student import Student
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
@@ -83,7 +84,7 @@ def measure(modes, steps_list, cfg, queue):
     matches = {}
     for mode in modes:
         name, _, store = mode.partition("/")
-        matches[mode] = partial(match_adjoint, store=store) if store else MATCHING[name]
+        matches[mode] = partial(MATCHING[name], store=store) if store else MATCHING[name]
     calls = lambda mode, steps: lambda: matches[mode](student, syn, start, target,
                                                       minibatch_schedule(len(syn), cfg["batch"], steps, gen))
     for mode in modes:  # warm-up
@@ -106,6 +107,8 @@ def main():
                    help="matching modes (default: all)")
     p.add_argument("--adjoint_store", nargs="+", default=["cpu", "recompute"], choices=STORES,
                    help="how adjoint mode keeps the student points, one row each (default: cpu recompute)")
+    p.add_argument("--constant_store", nargs="+", default=["replay"], choices=CONSTANT_STORES,
+                   help="how constant mode gets each step's graph, one row each (default: replay)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
     p.add_argument("--image_encoder", default="convnet", help="image encoder of the student (default: convnet)")
     p.add_argument("--image_size", type=int, default=32, help="image side (default: 32)")
@@ -118,7 +121,9 @@ def main():
     cfg = {"device": device, "encoder": a.image_encoder, "image_size": a.image_size, "num_queries": a.num_queries,
            "batch": a.mini_batch_size, "repeats": a.repeats, "threads": a.threads}
     print(f"config: {cfg}")
-    modes = [m for mode in a.modes for m in ([f"adjoint/{s}" for s in a.adjoint_store] if mode == "adjoint" else [mode])]
+    stores = {"adjoint": [f"adjoint/{s}" for s in a.adjoint_store],
+              "constant": [f"constant/{s}" if s != "replay" else "constant" for s in a.constant_store]}
+    modes = [m for mode in a.modes for m in stores.get(mode, [mode])]
     # Large CPU allocations straight from mmap, returned on free: the resident set then follows live tensors.
     os.environ.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     os.environ.setdefault("MALLOC_TRIM_THRESHOLD_", "0")

@@ -151,7 +151,8 @@ OLD_EXPERTS = ["--num_experts", "2", "--lr_teacher_img", "0.1", "--lr_teacher_tx
                "--eval_freq", "1", "--loss_type", "InfoNCE"]
 OLD_DISTILL = ["--syn_steps", "8", "--expert_epochs", "1", "--lr_teacher_img", "0.03", "--lr_teacher_txt", "0.03",
                "--lr_img", "100", "--lr_txt", "10", "--lr_sim", "0.01", "--lr_lr", "1e-3", "--sim_type", "full",
-               "--loss_type", "InfoNCE", "--num_eval", "0", "--checkpoint_it", "25"]
+               "--loss_type", "InfoNCE", "--num_eval", "0", "--checkpoint_it", "25",
+               "--constant_store", "graphs"]  # added since: the same bits (test_distill), faster
 OLD_PROTOCOL = ["--loss_type", "InfoNCE", "--epoch_eval_train", "100", "--batch_train", "128", "--select_on", "val"]
 
 
