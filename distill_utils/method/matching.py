@@ -3,9 +3,9 @@ from an expert's theta_0 and push its end point towards the expert's theta*.
 
 Matching loss per side: ||theta_N - theta*||^2 / ||theta_0 - theta*||^2, summed over img and txt.
 
-constant (default): memory does not grow with the number of steps (store="graphs" trades that for time). With G = sum_i g_i and
-  theta_N = theta_0 - lr G, dL/dg_i = 2 (lr (theta* - theta_0) + lr^2 G) / dist =: c, the same for
-  every step. Treating the student parameters theta_i as constants, the gradient for the
+constant (default): memory does not grow with the number of steps (store="graphs" trades that for time).
+  With G = sum_i g_i and theta_N = theta_0 - lr G, dL/dg_i = 2 (lr (theta* - theta_0) + lr^2 G) / dist =: c,
+  the same for every step. Treating the student parameters theta_i as constants, the gradient for the
   synthetic data is sum_i d(c . g_i)/d(X, Y, S): pass 1 runs the steps without a graph and sums
   G; pass 2 replays exactly the same steps (same minibatches, same RNG so the same dropout
   masks) and back-propagates c . g_i through one step at a time. The lr gradient is
@@ -115,8 +115,8 @@ def match_constant(student: Student, syn: LearnableSet, start: Params, target: P
     # (store="graphs": through pass 1's graphs, in the same order)
     inputs = [syn.image, syn.text, *syn.sim_params]
     backward = lambda g: torch.autograd.backward(torch.dot(c_img, g[0]) + torch.dot(c_txt, g[1]), inputs=inputs)
-    for g in graphs:
-        backward(g)
+    while graphs:
+        backward(graphs.pop(0))  # each graph freed as soon as it is used
     r_img, r_txt = img, txt
     if not keep:
         set_rng_state(rng, device)
