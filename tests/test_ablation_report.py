@@ -187,12 +187,13 @@ def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(t
                 new = _resolved("distill_ptm-st.py", step[2:-1])
                 sizes = [n] if len(run.phases) == 1 else [round(n * run.split), n - round(n * run.split)]
                 old = [*_old_data(bench, level), "--image_encoder", "convnet", *OLD_DISTILL, "--subset_num",
-                       str(len(run.phases)), "--buffer_path", *[os.path.join(bench.traj(level), t) for t, _, _ in run.phases], "--min_start_epoch",
+                       str(len(run.phases)), "--buffer_path", *[os.path.join(bench.traj(level, run.heads), t) for t, _, _ in run.phases], "--min_start_epoch",
                        *[str(lo) for _, lo, _ in run.phases], "--max_start_epoch", *[str(hi) for _, _, hi in run.phases],
                        "--num_queries", *map(str, sizes), "--Iteration", *["100"] * len(run.phases), "--eval_it", "100",
                        "--mini_batch_size", "10", "--ema_decay", "0.97" if run.ema else "0", "--phase_conditioning",
                        run.conditioning, "--matching", run.matching, "--runs_dir", os.path.join(bench.work, "runs"),
-                       "--name", f"{name}_N{n}"]
+                       "--name", f"{name}_N{n}", *bench.net(level, run.heads),
+                       *(["--blend", str(run.blend)] if run.blend else [])]
                 assert new == _resolved("distill_ptm-st.py", old), name
             for step in bench.evaluation_jobs(level, n):
                 encoder = step[step.index("--image_encoder") + 1]

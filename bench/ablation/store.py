@@ -4,7 +4,8 @@ report's tables (report.py). A rerun's records replace the stored ones with the 
 Records (`kind`): `row`, one row of a table (level, budget `n`, `table`: main | authors | cross, `label`, `order`
 in its table, the metrics' `mean` and `std`, and for the main table the eval `mode`, final `val` mean recall, test
 mean recall under each eval mode `modes`, `s_per_it`, `peak_mb`); `curve`, a level's expert learning curve;
-`eval`, any evaluation of a work directory (for facts.py); `run`, when and how a level's steps ran. Every record
+`eval`, any evaluation of a work directory (for facts.py); `trajectories`, what a level's expert
+trajectories cost (full encoder, or `heads`: symmetric heads): parameters, expert seconds, bytes; `run`, when and how a level's steps ran. Every record
 but a run names its `run`. Rows imported from the markdown report that predates the store say so in `source`
 (their numbers are rounded as that report printed them).
 """
@@ -24,6 +25,8 @@ def key(record):
         return kind, record["level"]
     if kind == "eval":
         return kind, record["level"], record["name"]
+    if kind == "trajectories":
+        return kind, record["level"], record["heads"]
     return kind, record["level"], record["n"], record["table"], record["label"]
 
 
