@@ -201,3 +201,19 @@ def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(t
                 old = [*_old_data(bench, level), "--image_encoder", encoder, *OLD_PROTOCOL, "--num_eval", "3",
                        "--seed", "0", *rest]
                 assert _resolved("evaluate.py", step[2:-1]) == _resolved("evaluate.py", old), step[0]
+
+
+def test_a_tagged_rerun_stores_beside_the_rows_it_repeats():
+    from bench.ablation import store
+    row = lambda label, order, mean: {"kind": "row", "level": "synthetic", "n": 50, "table": "main", "label": label,
+                                      "order": order, "run": "r", "mean": {"r_mean": mean}}
+    old = [row("ST", 0, 56.1), {"kind": "curve", "level": "synthetic", "run": "r"},
+           {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "r"}, {"kind": "run", "id": "r"}]
+    new = [{"kind": "run", "id": "s"}, {"kind": "curve", "level": "synthetic", "run": "s"}, row("ST", 0, 55.0),
+           row("ST, blending", 1, 57.0), {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "s"}]
+    merged = store.merged(old, store.tagged(old, new, "rerun"))
+    rows = {r["label"]: (r["order"], r["mean"]["r_mean"]) for r in merged if r["kind"] == "row"}
+    assert rows == {"ST": (0, 56.1), "ST (rerun)": (1000, 55.0), "ST, blending": (1001, 57.0)}
+    assert [r["run"] for r in merged if r["kind"] == "curve"] == ["r"]
+    assert {r["name"] for r in merged if r["kind"] == "eval"} == {"ST_N50", "ST_N50 (rerun)"}
+    assert {r["id"] for r in merged if r["kind"] == "run"} == {"r", "s"}

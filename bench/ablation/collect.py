@@ -109,7 +109,7 @@ def trajectory_records(bench, level, run):
         out.append({"kind": "trajectories", "level": level, "run": run, "heads": heads, "params": params,
                     "experts": NUM_EXPERTS, "timestamps": manifest["timestamps"], "expert_seconds": seconds,
                     "normal_bytes": _bytes(os.path.join(root, "normal")), "window_bytes": windows,
-                    "final_recall": curve[max(curve)]})
+                    "final_recall": curve[max(curve)], "curve": {str(e): v for e, v in curve.items()}})
     return out
 
 
