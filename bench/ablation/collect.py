@@ -140,10 +140,11 @@ def budget_records(bench, level, n, run):
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
         out.append(_row(level, n, "main", name, next(order), report, run, mode=mode, val=val_of(report),
                         modes=cells if by_mode else None, s_per_it=s_iter, peak_mb=peak))
-    full = load_or_none(bench, level, "full")
-    if full:
-        out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs)", next(order), full,
-                        run, mode="-", val=val_of(full)))
+    for name, what in (("full", ""), ("full_heads", ", symmetric heads")):
+        full = load_or_none(bench, level, name)
+        if full:
+            out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs){what}", next(order),
+                            full, run, mode="-", val=val_of(full)))
     for name in (r for r in AUTHORS_ROWS if r in bench.rows[level][n] and level == "synthetic"):
         report = load_or_none(bench, level, f"{name}_authors_N{n}")
         if report:

@@ -151,6 +151,8 @@ class Bench:
                                    encoder=CROSS_ENCODER),
                      self.eval_job(level, f"cross_random_N{n}", "--baseline", "random", "--num_pairs", str(n),
                                    encoder=CROSS_ENCODER)]
+        if any(map(heads, rows)):
+            jobs.append(self.eval_job(level, "full_heads", "--baseline", "full", *self.net(level, True)))
         return jobs + [self.eval_job(level, "full", "--baseline", "full")]
 
     def analysis(self, level, n):
