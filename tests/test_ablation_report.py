@@ -205,9 +205,9 @@ def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(t
 
 def test_a_tagged_rerun_stores_beside_the_rows_it_repeats():
     from bench.ablation import store
-    row = lambda label, order, mean: {"kind": "row", "level": "synthetic", "n": 50, "table": "main", "label": label,
-                                      "order": order, "run": "r", "mean": {"r_mean": mean}}
-    old = [row("ST", 0, 56.1), {"kind": "curve", "level": "synthetic", "run": "r"},
+    row = lambda label, order, mean, run="s": {"kind": "row", "level": "synthetic", "n": 50, "table": "main",
+                                               "label": label, "order": order, "run": run, "mean": {"r_mean": mean}}
+    old = [row("ST", 0, 56.1, "r"), {"kind": "curve", "level": "synthetic", "run": "r"},
            {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "r"}, {"kind": "run", "id": "r"}]
     new = [{"kind": "run", "id": "s"}, {"kind": "curve", "level": "synthetic", "run": "s"}, row("ST", 0, 55.0),
            row("ST, blending", 1, 57.0), {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "s"}]
@@ -217,3 +217,5 @@ def test_a_tagged_rerun_stores_beside_the_rows_it_repeats():
     assert [r["run"] for r in merged if r["kind"] == "curve"] == ["r"]
     assert {r["name"] for r in merged if r["kind"] == "eval"} == {"ST_N50", "ST_N50 (rerun)"}
     assert {r["id"] for r in merged if r["kind"] == "run"} == {"r", "s"}
+    again = store.merged(merged, store.tagged(merged, new, "rerun"))  # the same run stored twice: no new labels
+    assert sorted(r["label"] for r in again if r["kind"] == "row") == ["ST", "ST (rerun)", "ST, blending"]

@@ -8,10 +8,15 @@ from bench.ablation.plan import REPBLEND_ROWS
 BAR = "ST, exact gradient"  # issue 22's bar: today's best distilled result at the same budget
 
 
+def rerun(row):
+    """A row stored beside the one it repeats (--rerun_tag): compared with its own run's rows, not in the verdicts."""
+    return "(rerun" in row["label"]
+
+
 def verdict(rows):
     """Best phased (on val) against best single-phase (on val) at one budget, PTM-ST's rows only (RepBlend's are
     judged by repblend()); None when either is missing."""
-    distilled = [r for r in rows if "s_per_it" in r and r["label"] not in REPBLEND_ROWS]
+    distilled = [r for r in rows if "s_per_it" in r and r["label"] not in REPBLEND_ROWS and not rerun(r)]
     singles, multis = [r for r in distilled if not r["modes"]], [r for r in distilled if r["modes"]]
     if not singles or not multis:
         return None
@@ -27,7 +32,7 @@ def verdict(rows):
 def repblend(rows):
     """RepBlend's rows against BAR: the best on test and on val, their gap and two standard deviations (the larger
     std of the two); None when BAR or every RepBlend row is missing."""
-    bar = next((r for r in rows if r["label"] == BAR), None)
+    bar = next((r for r in rows if r["label"] == BAR), None)  # the stored row the issue names
     ours = [r for r in rows if r["label"] in REPBLEND_ROWS]
     if bar is None or not ours:
         return None

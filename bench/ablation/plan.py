@@ -86,12 +86,14 @@ RUNS["heads_blend"] = RUNS["phased_shortcut"]._replace(heads=True, blend=BLEND)
 RUNS["shortcut_heads_blend"] = RUNS["shortcut"]._replace(heads=True, blend=BLEND)
 RUNS["shortcut_exact_blend"] = RUNS["shortcut_exact"]._replace(blend=BLEND)  # on the bar's own row
 RUNS["shortcut_exact_heads_blend"] = RUNS["shortcut_exact"]._replace(heads=True, blend=BLEND)
+RUNS["shortcut_exact_blend_weak"] = RUNS["shortcut_exact"]._replace(blend=0.2)  # lambda mostly near 1
 REPBLEND_ROWS = ["PTM+ST+EMA, blending", "PTM+ST+EMA, symmetric heads", "PTM+ST+EMA, symmetric heads, blending",
                  "ST, symmetric heads, blending", "ST, exact gradient, blending",
-                 "ST, exact gradient, symmetric heads, blending"]
+                 "ST, exact gradient, symmetric heads, blending", "ST, exact gradient, blending 0.2"]
 ROWS += [(label, run, "final") for label, run in zip(REPBLEND_ROWS, ("blend", "heads", "heads_blend",
                                                                      "shortcut_heads_blend", "shortcut_exact_blend",
-                                                                     "shortcut_exact_heads_blend"))]
+                                                                     "shortcut_exact_heads_blend",
+                                                                     "shortcut_exact_blend_weak"))]
 LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
 STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS + REPBLEND_ROWS]
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget

@@ -68,8 +68,11 @@ def trajectories_table(records, level):
     if not found:
         return []
     mb = lambda b: f"{b / 1e6:.1f}"
-    lines = ["Expert trajectories (the matched parameters; seconds: training all experts, one process, one thread; "
-             "MB: the .pt files on disk):", "",
+    runs = store.runs(records)
+    when = "; ".join(dict.fromkeys(time.strftime("%Y-%m-%d", time.gmtime(runs[r["run"]]["start"])) for r in found
+                                   if r["run"] in runs))
+    lines = [f"Expert trajectories (run of {when}; the matched parameters; seconds: training all experts, one process, "
+             "one thread; MB: the .pt files on disk):", "",
              "| trajectories | matched parameters | experts x timestamps | expert seconds | normal/ MB | shortcut "
              "windows MB | experts' final test mean recall |", "|---" * 7 + "|"]
     for r in found:

@@ -63,14 +63,14 @@ def runs(records):
 
 
 def tagged(old, new, tag):
-    """`new` made to keep `old`: a record whose key `old` has is renamed with `tag` (a row's label, an evaluation's
+    """`new` made to keep `old`: a record whose key `old` has from another run is renamed with `tag` (a row's label, an evaluation's
     name; a curve is dropped: the run's trajectories records carry its curves), so that a rerun of rows measured
     before stores beside them instead of over them (--rerun_tag); its rows follow the stored ones in the tables."""
-    keys, out = {key(r) for r in old}, []
+    runs, out = {key(r): r.get("run") for r in old}, []
     for r in new:
         if r["kind"] == "row":  # the rerun's rows after the stored ones, in their own order
             r = {**r, "order": r["order"] + 1000}
-        if key(r) not in keys or r["kind"] == "run":
+        if runs.get(key(r), r.get("run")) == r.get("run") or r["kind"] == "run":  # new, or this run's own
             out.append(r)
         elif r["kind"] == "row":
             out.append({**r, "label": f"{r['label']} ({tag})"})
