@@ -23,12 +23,10 @@ import time
 import torch
 
 from bench.measure import sync
+from bench.paper_scale import matching_problem
 from common.io import save_torch
-from distill_utils.method.learnable_set import SynOptim, SyntheticSet
 from distill_utils.method.matching import MATCHING, minibatch_schedule
-from distill_utils.method.similarity import make_similarity
 from distill_utils.method.student import Student
-from networks.dual_encoder import NetConfig, NetworkFactory
 
 KINDS = {"full encoder": True, "symmetric heads": False}  # name: --image_trainable
 
@@ -59,18 +57,11 @@ class Setting:
     """A network of one kind, its synthetic set and an expert segment around its own initial parameters."""
 
     def __init__(self, a, trainable):
-        self.a, device = a, torch.device(a.device)
-        config = NetConfig(a.image_encoder, a.image_size, a.text_dim, trainable, a.out_embedding, image_pretrained=False)
-        self.net = NetworkFactory(config).build(seed=0, device=device).train()
-        g = torch.Generator().manual_seed(0)
-        n, side = a.num_queries, a.image_size
-        self.syn = SyntheticSet(torch.randn(n, 3, side, side, generator=g).to(device),
-                                torch.randn(n, a.text_dim, generator=g).to(device),
-                                make_similarity("full", n, device=device), 0.1, 0.1, SynOptim(1000, 1000, 10, 0.01))
-        self.start = tuple(p.to(device) for p in self.net.initial_params())
-        self.target = tuple(p + 0.01 * torch.randn(p.shape, generator=g).to(device) for p in self.start)
+        self.a = a
+        self.net, self.syn, self.start, self.target = matching_problem(a, torch.device(a.device), trainable,
+                                                                       a.out_embedding)
         self.student = Student(self.net, "WBCE")
-        self.schedule = minibatch_schedule(n, a.mini_batch_size, a.steps, torch.Generator().manual_seed(1))
+        self.schedule = minibatch_schedule(a.num_queries, a.mini_batch_size, a.steps, torch.Generator().manual_seed(1))
 
     def params(self):
         return self.net.img_layout.numel + self.net.txt_layout.numel

@@ -22,7 +22,7 @@ from distill_utils.phases import Phase
 from distill_utils.segments import expert_segment
 from networks.dual_encoder import NetConfig, NetworkFactory
 from networks.image_encoders import build_image_encoder
-from tests.helpers import MATCH_BATCH, TEXT_DIM, grads_of, rel_err, run_cli, tiny_matching
+from tests.helpers import MATCH_BATCH, TEXT_DIM, grads_of, rel_err, run_cli, seeded_grads, tiny_matching
 from tests.test_matching import _func_reference
 
 LAM, PERM = 0.7, torch.tensor([2, 0, 3, 1])
@@ -128,18 +128,11 @@ def test_random_blends_replay_in_every_mode():
     torch.manual_seed(11)
     result = match_constant(student, syn, start, target, schedule)
     assert torch.equal(result.final_img, result.replay_img) and torch.equal(result.final_txt, result.replay_txt)
-    grads = []
-    for match in (match_adjoint, match_unrolled):
-        syn.zero_grad()
-        torch.manual_seed(7)
-        match(student, syn, start, target, schedule)
-        grads.append(grads_of(syn))
+    grads = seeded_grads((match_adjoint, match_unrolled), student, syn, start, target, schedule)
     for k, (a, b) in enumerate(zip(*grads)):
         assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
-    syn.zero_grad()
-    torch.manual_seed(7)
-    match_unrolled(Student(net, "InfoNCE"), syn, start, target, schedule)
-    assert rel_err(grads_of(syn)[0], grads[1][0]) > 1e-3  # the blends did change the gradient
+    plain = seeded_grads((match_unrolled,), Student(net, "InfoNCE"), syn, start, target, schedule)[0]
+    assert rel_err(plain[0], grads[1][0]) > 1e-3  # the blends did change the gradient
 
 
 # --- symmetric projection trajectory matching ---
@@ -169,11 +162,9 @@ def _heads_factory(ckpt):
 def test_exported_encoder_is_the_experts_final_encoder(expert_dir, heads_buffer):
     ckpt, _ = heads_buffer
     encoder, _ = build_image_encoder("convnet_w8_d2_e32", 16, None, ckpt)
-    final = ExpertStream(BufferDir(expert_dir), 0)
     img_traj = torch.load(BufferDir(expert_dir).pairs()[0][1], weights_only=True)[0]
-    for p, want in zip(encoder.parameters(), img_traj[-1]):
-        assert torch.equal(p.detach(), want)
-    assert final.pairs  # the directory it came from is a full-encoder buffer
+    params = list(encoder.parameters())
+    assert len(params) == len(img_traj[-1]) and all(torch.equal(p.detach(), w) for p, w in zip(params, img_traj[-1]))
 
 
 def test_export_refuses_a_heads_buffer_and_a_missing_expert(expert_dir, heads_buffer, tmp_path):
@@ -242,12 +233,7 @@ def test_loaded_head_trajectories_match_with_the_full_encoders_gradient_checks(h
     if not blend:
         for k, (a, b) in enumerate(zip(ours, _func_reference(net, syn, start, target, schedule, "InfoNCE"))):
             assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
-    one = [schedule[0]]
-    grads = []
-    for match in (match_constant, match_unrolled, match_adjoint):
-        syn.zero_grad()
-        match(student, syn, start, target, one)
-        grads.append(grads_of(syn))
+    grads = seeded_grads((match_constant, match_unrolled, match_adjoint), student, syn, start, target, [schedule[0]])
     for other in grads[1:]:
         for a, b in zip(grads[0], other):
             assert rel_err(a, b) < 1e-10
