@@ -8,6 +8,7 @@
     python prepare_data.py cache --dataset flickr --image_root data/flickr --ann_root data/flickr
     python prepare_data.py buffers --dataset flickr          # the published experts and annotations (Hugging Face)
     python prepare_data.py check --dataset flickr --image_root data/flickr --ann_root data/flickr
+    python prepare_data.py encoder --normal_dir buffer/synthetic/convnet_minilm/InfoNCE/normal --out encoders/synthetic.pt
 
 The dataset commands write a dataset root (the annotation files of SPEC section 1, with Karpathy's splits,
 restval counted as train, and links to the images or, with --copy, copies) that serves as both --image_root
@@ -15,7 +16,8 @@ and --ann_root; nothing half-written is left when an input is refused. --cache a
 resized image cache that every script reads instead of decoding JPEGs each epoch. `check` runs, in seconds,
 what every script checks when it starts, for the paper's whole recipe (sh/buffer.sh, convexify.py,
 sh/distill.sh): data, text encoder, the buffers and their timestamps, free disk for the buffers still to be
-written and GPU memory.
+written and GPU memory. `encoder` writes a full-encoder expert's image encoder as a checkpoint: the frozen,
+pretrained encoder of symmetric projection trajectory matching on the built-in levels (--image_checkpoint).
 """
 import distill_utils.startup  # noqa: F401  (first: Ctrl-C while torch loads is one line, no traceback)
 import argparse
@@ -31,6 +33,7 @@ from distill_utils.datasets import convert
 from distill_utils.datasets.annotations import REAL_DATASETS, SYNTHETIC_LEVELS, load_retrieval_split, load_train_pairs
 from distill_utils.datasets.image_cache import build_cache, cache_bytes
 from distill_utils.datasets.loading import prepare
+from distill_utils.files.encoder_export import export_encoder
 from distill_utils.files.published import REPO_ID, fetch_published
 from distill_utils.footprint import check_disk, human_bytes
 from distill_utils.paper_recipe import paper_recipe
@@ -44,6 +47,7 @@ COMMANDS = {  # command: (its script in settings.TABLE, its --help line)
     "buffers": (settings.PREPARE_BUFFERS,
                 f"the published experts and annotations from the Hugging Face Hub ({REPO_ID})"),
     "check": (settings.PREPARE_CHECK, "check a machine against the paper's recipe of a dataset, in seconds"),
+    "encoder": (settings.PREPARE_ENCODER, "an expert's trained image encoder as a checkpoint for --image_checkpoint"),
 }
 
 
@@ -108,8 +112,12 @@ def run_check(args):
     print("all checks passed")
 
 
+def run_encoder(args):
+    print(export_encoder(args.normal_dir, args.out, args.expert, args.epoch))
+
+
 RUN = {"flickr": run_convert, "coco": run_convert, "cc3m": run_convert, "cache": run_cache, "buffers": run_buffers,
-       "check": run_check}
+       "check": run_check, "encoder": run_encoder}
 
 
 @cli_main

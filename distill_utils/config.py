@@ -8,6 +8,7 @@ from typing import Any, Optional, Type, TypeVar
 import torch
 
 from distill_utils import settings
+from distill_utils.files.published import sha256
 from networks.dual_encoder import NetConfig
 from networks.text_encoders import weights_digest
 
@@ -55,7 +56,8 @@ class NetworkSpec:
         text encoder that is not installed is named by the digest its feature cache recorded)."""
         return {"dataset": self.dataset, "image_encoder": self.image_encoder, "text_encoder": self.text_encoder,
                 "text_encoder_weights": weights_digest(self.text_encoder), "image_size": self.image_size,
-                "image_trainable": self.image_trainable, "out_embedding": self.out_embedding}
+                "image_trainable": self.image_trainable, "out_embedding": self.out_embedding,
+                **({"image_weights": sha256(self.image_checkpoint)} if self.image_checkpoint else {})}
 
     def net_config(self, text_dim: int) -> NetConfig:
         return NetConfig(self.image_encoder, self.image_size, text_dim, self.image_trainable, self.out_embedding,
@@ -103,6 +105,7 @@ class DistillConfig:
     adjoint_store: str
     phase_conditioning: str
     loss_type: str
+    blend: float        # representation blending of the student's loss (method/blending.py); 0 = off
     amp: str
     amp_tolerance: float
     amp_check_it: int
@@ -115,7 +118,8 @@ class DistillConfig:
     def recorded(self) -> dict:
         """The fields every distilled file records about how it was distilled."""
         return {k: getattr(self, k) for k in ("syn_steps", "expert_epochs", "sim_type", "loss_type", "matching",
-                                              "phase_conditioning", "ema_decay", "experts_per_it")}
+                                              "phase_conditioning", "ema_decay", "experts_per_it")
+                } | ({"blend": self.blend} if self.blend else {})  # recorded only when on: files without it are unchanged
 
 
 @dataclass

@@ -194,7 +194,7 @@ def distill_phase(ctx: RunContext, phase: Phase, frozen: List[DistilledSubset], 
     torch.manual_seed(seed)  # dropout masks of the student
     generator = torch.Generator().manual_seed(seed)  # real-pair init, start epochs, minibatches
     net = ctx.factory.build(seed=seed, device=device).train()
-    guard = AmpGuard(Student(net, c.loss_type), c.amp, c.amp_tolerance, c.amp_check_it,
+    guard = AmpGuard(Student(net, c.loss_type, blend=c.blend), c.amp, c.amp_tolerance, c.amp_check_it,
                      state=resume and resume.get("amp_guard"), tf32=c.tf32, nondeterministic=c.nondeterministic)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)  # phase_done reports this phase's peak

@@ -30,12 +30,14 @@ EVALUATING = (DISTILL, EVALUATE)  # the scripts that evaluate distilled data
 # prepare_data.py's subcommands
 PREPARE_FLICKR, PREPARE_COCO, PREPARE_CC3M = CONVERT = ("prepare_flickr", "prepare_coco", "prepare_cc3m")
 PREPARE_CACHE, PREPARE_BUFFERS, PREPARE_CHECK = "prepare_cache", "prepare_buffers", "prepare_check"
+PREPARE_ENCODER = "prepare_encoder"
 READING = TRAINING + (PREPARE_CACHE, PREPARE_CHECK)  # the scripts that read a dataset
 RECIPE, DATA, NETWORK, TRAIN = "recipe", "data", "network", "training (experts and students)"
 EXPERTS, PHASES, DISTILLATION = "experts", "phases (one value per phase)", "distillation"
 TARGETS, PROTOCOL, SAVING = "what to evaluate", "evaluation protocol", "saving and resuming"
 RUNTIME, SPEED, WINDOW = "runtime", "speed", "shortcut window"
 SOURCES, OUTPUT, PUBLISHED, PAPER = "the distributed files", "output", "the published files", "the paper's recipe"
+ENCODER = "the exported image encoder"
 
 TABLE = [
     S("config", None, "a recipe: a YAML file of these settings (keys: the flag names; `phases` as a list of records; "
@@ -130,6 +132,10 @@ TABLE = [
     S("phase_conditioning", "none", "none: each phase distills its subset alone; cumulative: in phase p > 1 the "
       "student's steps see the frozen D_1..D_{p-1} with the learnable D_p (block-diagonal S, D_p's lrs), so D_p "
       "complements them; pair it with --eval_mode cumulative", (DISTILL,), DISTILLATION, choices=CONDITIONING),
+    S("blend", 0.0, "representation blending (RepBlend) in the distillation student's loss: each step blends every "
+      "synthetic pair with another of its minibatch, M = lam I + (1 - lam) P, lam ~ Beta(BLEND, BLEND) folded to "
+      ">= 1/2, applied to both modalities' representations and to the targets (M S M^T); 0 = off (the paper's "
+      "PTM-ST, unchanged bit for bit)", (DISTILL,), DISTILLATION, type=float, check="non_negative"),
     # what evaluate.py evaluates
     S("ckpt_path", [], "distilled subset files, trained on in this order", (EVALUATE,), TARGETS, nargs="+"),
     S("baseline", None, "real-pair baseline: random | prototype (k-means coreset) | full; the pairs are chosen once "
@@ -228,6 +234,15 @@ TABLE = [
     S("revision", "main", "revision of the hub repository", (PREPARE_BUFFERS,), PUBLISHED),
     # prepare_data.py check: the paper's recipe checked
     S("size", 500, "distilled pairs of the recipe", (PREPARE_CHECK,), PAPER, type=int, choices=SIZES),
+    # prepare_data.py encoder: a trained expert's image encoder as a local checkpoint (symmetric heads' frozen encoder)
+    S("normal_dir", None, "buffer directory of experts that trained the whole image encoder (--image_trainable), "
+      "with its manifest.json", (PREPARE_ENCODER,), ENCODER, required=True),
+    S("expert", 0, "which expert of the directory (0: the first of img_replay_buffer_0.pt)", (PREPARE_ENCODER,),
+      ENCODER, type=int, check="non_negative"),
+    S("epoch", None, "which timestamp (default: the last, the end of the expert's training)", (PREPARE_ENCODER,),
+      ENCODER, type=int, check="non_negative"),
+    S("out", None, "the checkpoint file to write (.pt, a state dict): pass it as --image_checkpoint", (PREPARE_ENCODER,),
+      ENCODER, required=True),
 ]
 
 

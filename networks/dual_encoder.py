@@ -59,19 +59,29 @@ class DualEncoder(nn.Module):
         return (self.img_layout.flatten([p.detach() for p in self.img_module.parameters()]).clone(),
                 self.txt_layout.flatten([p.detach() for p in self.txt_module.parameters()]).clone())
 
-    def embed_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def represent_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The image side's output before the L2 normalisation (what --blend mixes)."""
         module = self.img_module
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
         if not self.image_trainable:
             images = self.image_encoder(images)
-        out = module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
-        return _normalize(out)
+        return module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
+
+    def represent_texts(self, text_features: torch.Tensor, txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The text head's output before the L2 normalisation."""
+        module = self.txt_module
+        return module(text_features) if txt_flat is None else functional_call(module, self.txt_layout.unflatten(txt_flat), (text_features,))
+
+    def embed_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        return _normalize(self.represent_images(images, img_flat))
 
     def embed_texts(self, text_features: torch.Tensor, txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
-        module = self.txt_module
-        out = module(text_features) if txt_flat is None else functional_call(module, self.txt_layout.unflatten(txt_flat), (text_features,))
-        return _normalize(out)
+        return _normalize(self.represent_texts(text_features, txt_flat))
+
+    def similarity(self, img_repr: torch.Tensor, txt_repr: torch.Tensor) -> torch.Tensor:
+        """Logits [B_img, B_txt] = scale * cos of two sets of representations."""
+        return self.logit_scale * _normalize(img_repr) @ _normalize(txt_repr).t()
 
     def logits(self, images: torch.Tensor, text_features: torch.Tensor, img_flat: Optional[torch.Tensor] = None,
                txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:

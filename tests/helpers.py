@@ -179,6 +179,17 @@ def grads_of(syn):
     return [t.grad.clone() for t in syn.tensors()]
 
 
+def seeded_grads(matches, student, syn, start, target, schedule, seed=7):
+    """The synthetic set's gradients from each matching function, every one from the same RNG state."""
+    grads = []
+    for match in matches:
+        syn.zero_grad()
+        torch.manual_seed(seed)
+        match(student, syn, start, target, schedule)
+        grads.append(grads_of(syn))
+    return grads
+
+
 def rel_err(a, b):
     return ((a - b).norm() / b.norm().clamp_min(1e-30)).item()
 

@@ -64,7 +64,8 @@ def test_todays_tables_are_regenerated_from_the_stored_rows():
     assert report.fill(text, records, "docs/results.md") == text
     lines = text.split("\n")
     assert lines[lines.index(report.BEGIN) + 1:lines.index(report.END)] == report.tables(records)
-    assert all(r.get("source") for r in records)  # every stored row so far came from the markdown report
+    runs = store.runs(records)  # every record came from the markdown report or names a stored run
+    assert all(r.get("source") or r["kind"] == "run" or r["run"] in runs for r in records)
 
 
 def test_the_report_fills_its_tables_from_the_store_and_leaves_the_prose(tmp_path):
@@ -188,12 +189,13 @@ def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(t
                 new = _resolved("distill_ptm-st.py", step[2:-1])
                 sizes = [n] if len(run.phases) == 1 else [round(n * run.split), n - round(n * run.split)]
                 old = [*_old_data(bench, level), "--image_encoder", "convnet", *OLD_DISTILL, "--subset_num",
-                       str(len(run.phases)), "--buffer_path", *[os.path.join(bench.traj(level), t) for t, _, _ in run.phases], "--min_start_epoch",
+                       str(len(run.phases)), "--buffer_path", *[os.path.join(bench.traj(level, run.heads), t) for t, _, _ in run.phases], "--min_start_epoch",
                        *[str(lo) for _, lo, _ in run.phases], "--max_start_epoch", *[str(hi) for _, _, hi in run.phases],
                        "--num_queries", *map(str, sizes), "--Iteration", *["100"] * len(run.phases), "--eval_it", "100",
                        "--mini_batch_size", "10", "--ema_decay", "0.97" if run.ema else "0", "--phase_conditioning",
                        run.conditioning, "--matching", run.matching, "--runs_dir", os.path.join(bench.work, "runs"),
-                       "--name", f"{name}_N{n}"]
+                       "--name", f"{name}_N{n}", *bench.net(level, run.heads),
+                       *(["--blend", str(run.blend)] if run.blend else [])]
                 assert new == _resolved("distill_ptm-st.py", old), name
             for step in bench.evaluation_jobs(level, n):
                 encoder = step[step.index("--image_encoder") + 1]
@@ -201,3 +203,21 @@ def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(t
                 old = [*_old_data(bench, level), "--image_encoder", encoder, *OLD_PROTOCOL, "--num_eval", "3",
                        "--seed", "0", *rest]
                 assert _resolved("evaluate.py", step[2:-1]) == _resolved("evaluate.py", old), step[0]
+
+
+def test_a_tagged_rerun_stores_beside_the_rows_it_repeats():
+    from bench.ablation import store
+    row = lambda label, order, mean, run="s": {"kind": "row", "level": "synthetic", "n": 50, "table": "main",
+                                               "label": label, "order": order, "run": run, "mean": {"r_mean": mean}}
+    old = [row("ST", 0, 56.1, "r"), {"kind": "curve", "level": "synthetic", "run": "r"},
+           {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "r"}, {"kind": "run", "id": "r"}]
+    new = [{"kind": "run", "id": "s"}, {"kind": "curve", "level": "synthetic", "run": "s"}, row("ST", 0, 55.0),
+           row("ST, blending", 1, 57.0), {"kind": "eval", "level": "synthetic", "name": "ST_N50", "run": "s"}]
+    merged = store.merged(old, store.tagged(old, new, "rerun"))
+    rows = {r["label"]: (r["order"], r["mean"]["r_mean"]) for r in merged if r["kind"] == "row"}
+    assert rows == {"ST": (0, 56.1), "ST (rerun)": (1000, 55.0), "ST, blending": (1001, 57.0)}
+    assert [r["run"] for r in merged if r["kind"] == "curve"] == ["r"]
+    assert {r["name"] for r in merged if r["kind"] == "eval"} == {"ST_N50", "ST_N50 (rerun)"}
+    assert {r["id"] for r in merged if r["kind"] == "run"} == {"r", "s"}
+    again = store.merged(merged, store.tagged(merged, new, "rerun"))  # the same run stored twice: no new labels
+    assert sorted(r["label"] for r in again if r["kind"] == "row") == ["ST", "ST (rerun)", "ST, blending"]

@@ -9,7 +9,7 @@ from distill_utils.method.losses import contrastive_loss
 from distill_utils.method.matching import CONSTANT_STORES, STORES, match_adjoint, match_constant, match_unrolled, minibatch_schedule
 from distill_utils.method.similarity import make_similarity
 from distill_utils.method.learnable_set import SynOptim, SyntheticSet
-from tests.helpers import MATCH_BATCH, MATCH_PAIRS, grads_of, rel_err, tiny_matching
+from tests.helpers import MATCH_BATCH, MATCH_PAIRS, grads_of, rel_err, seeded_grads, tiny_matching
 
 @pytest.mark.parametrize("sim_kind, trainable, loss_type", [("full", True, "WBCE"), ("lowrank", True, "InfoNCE"),
                                                             ("full", False, "CWCL")])
@@ -133,12 +133,7 @@ def test_adjoint_equals_unrolled_and_torch_func(sim_kind, trainable, loss_type):
 def test_adjoint_equals_unrolled_with_dropout():
     net, student, syn, start, target, schedule = tiny_matching()
     net.train()
-    grads = []
-    for match in (match_adjoint, match_unrolled):
-        syn.zero_grad()
-        torch.manual_seed(7)
-        match(student, syn, start, target, schedule)
-        grads.append(grads_of(syn))
+    grads = seeded_grads((match_adjoint, match_unrolled), student, syn, start, target, schedule)
     for k, (a, b) in enumerate(zip(*grads)):
         assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
 

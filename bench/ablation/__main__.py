@@ -41,6 +41,8 @@ def parse_args(argv=None):
     p.add_argument("--num_eval", type=int, default=3, help="evaluation seeds per row (default: 3)")
     p.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default: 2)")
     p.add_argument("--device", default="cpu", help="device of every step (default: cpu; the figures here are CPU)")
+    p.add_argument("--rerun_tag", metavar="TAG", help="store the records of rows, evaluations and curves the store "
+                   "already has beside them, labelled (TAG), instead of over them (a rerun next to new rows)")
     what = p.add_mutually_exclusive_group()
     what.add_argument("--collect_only", action="store_true",
                       help="store the finished steps of --workdir and fill the report; run nothing")
@@ -58,7 +60,8 @@ def main(argv=None):
         bench = Bench(a)
         if not a.collect_only:
             bench.main()
-        store.write(store.merged(store.read(a.store), collect.records(bench)), a.store)
+        old, new = store.read(a.store), collect.records(bench)
+        store.write(store.merged(old, store.tagged(old, new, a.rerun_tag) if a.rerun_tag else new), a.store)
         print(f"bench: results -> {a.store}")
     report.write(store.read(a.store), a.out)
     print(f"bench: tables -> {a.out}")

@@ -1,6 +1,7 @@
 """The finished steps of a work directory as results-store records (store.py): every table row (a phased row under
 the eval mode its val score picks), the expert curves, the other evaluations and the run's provenance."""
 import json
+import math
 import os
 import statistics
 
@@ -59,9 +60,9 @@ def best_phased(bench, level, n):
     return max(picked, key=lambda r: val_of(picked[r][1])) if picked else None
 
 
-def expert_curve(bench, level):
+def expert_curve(bench, level, heads=False):
     """({epoch: test mean recall, mean over the experts}, experts) from buffer.py's metrics.jsonl."""
-    with open(os.path.join(bench.traj(level), "normal", "metrics.jsonl")) as f:
+    with open(os.path.join(bench.traj(level, heads), "normal", "metrics.jsonl")) as f:
         records = [r for r in map(json.loads, f) if "r_mean" in r and r.get("expert", 1e9) < NUM_EXPERTS]
     epochs = sorted({r["epoch"] for r in records if r["epoch"] > 0})
     return {e: statistics.mean(r["r_mean"] for r in records if r["epoch"] == e) for e in epochs}, \
@@ -84,6 +85,34 @@ def run_record(bench, level):
             "load": [statistics.mean(loads), min(loads), max(loads)] if loads else None}
 
 
+def _bytes(directory):
+    return sum(os.path.getsize(os.path.join(directory, f)) for f in os.listdir(directory) if f.endswith(".pt"))
+
+
+def trajectory_records(bench, level, run):
+    """What each kind of expert trajectories costs: matched parameters, expert-training seconds (logs/), bytes on
+    disk of normal/ and of each shortcut window, and the experts' final test mean recall."""
+    out = []
+    for heads in (False, True):
+        root = bench.traj(level, heads)
+        if not os.path.isfile(os.path.join(root, "normal", "manifest.json")):
+            continue
+        with open(os.path.join(root, "normal", "manifest.json")) as f:
+            manifest = json.load(f)
+        params = sum(math.prod(shape) for side in ("img_params", "txt_params") for _, shape in manifest[side])
+        logs = os.path.join(bench.work, "logs")
+        tag = f"{level}_{'heads_' if heads else ''}experts_"
+        seconds = sum(float(open(os.path.join(logs, f)).read()) for f in os.listdir(logs)
+                      if f.startswith(tag) and f.endswith(".seconds"))
+        windows = {d: _bytes(os.path.join(root, d)) for d in sorted(os.listdir(root)) if d.startswith("convexified_")}
+        curve, _ = expert_curve(bench, level, heads)
+        out.append({"kind": "trajectories", "level": level, "run": run, "heads": heads, "params": params,
+                    "experts": NUM_EXPERTS, "timestamps": manifest["timestamps"], "expert_seconds": seconds,
+                    "normal_bytes": _bytes(os.path.join(root, "normal")), "window_bytes": windows,
+                    "final_recall": curve[max(curve)], "curve": {str(e): v for e, v in curve.items()}})
+    return out
+
+
 def _scores(report, key="final"):
     return {"mean": {k: report[key]["mean"][k] for _, k in COLUMNS},
             "std": {k: report[key]["std"][k] for _, k in COLUMNS}}
@@ -97,7 +126,8 @@ def _row(level, n, table, label, order, report, run, key="final", **extra):
 def budget_records(bench, level, n, run):
     """The rows of the tables of budget N (the finished ones), in table order."""
     out, order = [], iter(range(10**6))
-    for name, label in ((f"random_N{n}", "random real pairs"), (f"prototype_N{n}", "prototype coreset")):
+    for name, label in ((f"random_N{n}", "random real pairs"), (f"prototype_N{n}", "prototype coreset"),
+                        (f"random_heads_N{n}", "random real pairs, symmetric heads")):
         report = load_or_none(bench, level, name)
         if report:
             out.append(_row(level, n, "main", label, next(order), report, run, mode="-", val=val_of(report)))
@@ -110,10 +140,11 @@ def budget_records(bench, level, n, run):
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
         out.append(_row(level, n, "main", name, next(order), report, run, mode=mode, val=val_of(report),
                         modes=cells if by_mode else None, s_per_it=s_iter, peak_mb=peak))
-    full = load_or_none(bench, level, "full")
-    if full:
-        out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs)", next(order), full,
-                        run, mode="-", val=val_of(full)))
+    for name, what in (("full", ""), ("full_heads", ", symmetric heads")):
+        full = load_or_none(bench, level, name)
+        if full:
+            out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs){what}", next(order),
+                            full, run, mode="-", val=val_of(full)))
     for name in (r for r in AUTHORS_ROWS if r in bench.rows[level][n] and level == "synthetic"):
         report = load_or_none(bench, level, f"{name}_authors_N{n}")
         if report:
@@ -135,6 +166,7 @@ def records(bench):
         curve, experts = expert_curve(bench, level)
         out += [run, {"kind": "curve", "level": level, "run": run["id"], "experts": experts,
                       "recall": {str(e): v for e, v in curve.items()}}]
+        out += trajectory_records(bench, level, run["id"])
         for n in bench.rows[level]:
             out += budget_records(bench, level, n, run["id"])
         evals = os.path.dirname(bench.eval_path(level, "x"))

@@ -16,13 +16,19 @@ SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
 LATE = "convexified_0_11"  # `synthetic_hard`'s whole expert run (11 timestamps) as one shortcut window
 
 
+BLEND = 1.0  # --blend of the RepBlend rows (lambda ~ Beta(1, 1) folded to [1/2, 1]); not tuned
+
+
 class Run(NamedTuple):
-    """A distillation run: phases as (trajectory, min start, max start); split: the first phase's share of N."""
+    """A distillation run: phases as (trajectory, min start, max start); split: the first phase's share of N;
+    blend: --blend; heads: symmetric heads (experts, distillation and evaluation on the frozen exported encoder)."""
     phases: list
     ema: bool = False
     conditioning: str = "none"
     matching: str = "constant"
     split: float = 0.5
+    blend: float = 0.0
+    heads: bool = False
 
 
 RUNS = {"normal": Run([("normal", 0, 2)], ema=True),
@@ -73,10 +79,25 @@ for split in (0.6, 0.4):  # the budget split between the standard windows' condi
 RUNS["conditioned_same"] = RUNS["conditioned"]._replace(phases=[SHORTCUT_PHASES[0]] * 2)
 CONTROL_ROWS = ["PTM+ST, conditioned, both phases [0,2)", "PTM+ST+EMA, conditioned, both phases [0,2)"]
 ROWS += [(CONTROL_ROWS[0], "conditioned_same", "final_raw"), (CONTROL_ROWS[1], "conditioned_same", "final")]
+# RepBlend's two ideas (issue 22) on the PTM+ST+EMA run, and on ST alone
+RUNS["blend"] = RUNS["phased_shortcut"]._replace(blend=BLEND)
+RUNS["heads"] = RUNS["phased_shortcut"]._replace(heads=True)
+RUNS["heads_blend"] = RUNS["phased_shortcut"]._replace(heads=True, blend=BLEND)
+RUNS["shortcut_heads_blend"] = RUNS["shortcut"]._replace(heads=True, blend=BLEND)
+RUNS["shortcut_exact_blend"] = RUNS["shortcut_exact"]._replace(blend=BLEND)  # on the bar's own row
+RUNS["shortcut_exact_heads_blend"] = RUNS["shortcut_exact"]._replace(heads=True, blend=BLEND)
+RUNS["shortcut_exact_blend_weak"] = RUNS["shortcut_exact"]._replace(blend=0.2)  # lambda mostly near 1
+REPBLEND_ROWS = ["PTM+ST+EMA, blending", "PTM+ST+EMA, symmetric heads", "PTM+ST+EMA, symmetric heads, blending",
+                 "ST, symmetric heads, blending", "ST, exact gradient, blending",
+                 "ST, exact gradient, symmetric heads, blending", "ST, exact gradient, blending 0.2"]
+ROWS += [(label, run, "final") for label, run in zip(REPBLEND_ROWS, ("blend", "heads", "heads_blend",
+                                                                     "shortcut_heads_blend", "shortcut_exact_blend",
+                                                                     "shortcut_exact_heads_blend",
+                                                                     "shortcut_exact_blend_weak"))]
 LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
-STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS]
+STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS + REPBLEND_ROWS]
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
-LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD + CONTROL_ROWS, 20: STANDARD}},
+LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
                                             "PTM+ST+EMA, conditioned", *LEVER_ROWS]}}}
@@ -97,6 +118,10 @@ def modes(name):
     """The eval modes a phased row is meant for, one picked on val: the paper's sequential or the union for
     subsets distilled alone; the cumulative training they were distilled for or the union for conditioned ones."""
     return ("cumulative", "union") if run_of(name).conditioning == "cumulative" else ("sequential", "union")
+
+
+def heads(name):
+    return run_of(name).heads
 
 
 def phased(name):

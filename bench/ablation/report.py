@@ -62,6 +62,27 @@ def budget_section(records, level, n, level_run):
     return lines + [""]
 
 
+def trajectories_table(records, level):
+    """What the expert trajectories of the level cost: full encoder against symmetric heads (`trajectories` records)."""
+    found = sorted((r for r in records if r["kind"] == "trajectories" and r["level"] == level), key=lambda r: r["heads"])
+    if not found:
+        return []
+    mb = lambda b: f"{b / 1e6:.1f}"
+    runs = store.runs(records)
+    when = "; ".join(dict.fromkeys(time.strftime("%Y-%m-%d", time.gmtime(runs[r["run"]]["start"])) for r in found
+                                   if r["run"] in runs))
+    lines = [f"Expert trajectories (run of {when}; the matched parameters; seconds: training all experts, one process, "
+             "one thread; MB: the .pt files on disk):", "",
+             "| trajectories | matched parameters | experts x timestamps | expert seconds | normal/ MB | shortcut "
+             "windows MB | experts' final test mean recall |", "|---" * 7 + "|"]
+    for r in found:
+        what = "symmetric heads (image head + text head, frozen encoder)" if r["heads"] else "full image encoder + text head"
+        windows = ", ".join(f"{w[len('convexified_'):]}: {mb(b)}" for w, b in r["window_bytes"].items())
+        lines.append(f"| {what} | {r['params']:,} | {r['experts']} x {r['timestamps']} | {r['expert_seconds']:.0f} | "
+                     f"{mb(r['normal_bytes'])} | {windows} | {r['final_recall']:.1f} |")
+    return lines + [""]
+
+
 def tables(records):
     """The markdown of every stored level and budget: the part between BEGIN and END."""
     runs, lines = store.runs(records), []
@@ -71,6 +92,7 @@ def tables(records):
                   f"Expert learning curve (test mean recall after each epoch, mean of {curve['experts']} experts):", "",
                   "| epoch | " + " | ".join(map(str, sorted(recall))) + " |", "|---" * (len(recall) + 1) + "|",
                   "| mean recall | " + " | ".join(f"{recall[e]:.1f}" for e in sorted(recall)) + " |", ""]
+        lines += trajectories_table(records, level)
         budgets = sorted({r["n"] for r in records if r["kind"] == "row" and r["level"] == level}, reverse=True)
         for n in budgets:
             lines += budget_section(records, level, n, curve["run"])

@@ -8,7 +8,7 @@ import time
 
 from bench.ablation import collect
 from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, EMA, ENCODER, EXPERTS, ITERATIONS,
-                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, modes, phased, row, slug)
+                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, modes, phased, row, slug)
 from distill_utils.files.buffers import BufferDir
 from distill_utils.method.matching import MATCHING
 
@@ -30,8 +30,19 @@ class Bench:
         return ["--dataset", level, "--ann_root", os.path.join(self.work, "data", level), "--feature_cache",
                 os.path.join(self.work, "cache"), "--device", self.a.device]
 
-    def traj(self, level):
-        return os.path.join(self.work, "buffer", level, f"{ENCODER}_{TEXT}", "InfoNCE")
+    def traj(self, level, heads=False):
+        """The trajectories of the full-encoder experts, or of the symmetric heads' (heads=True)."""
+        return os.path.join(self.work, "buffer_heads" if heads else "buffer", level, f"{ENCODER}_{TEXT}", "InfoNCE")
+
+    def encoder(self, level):
+        """The frozen encoder of the symmetric heads: expert 0's trained image encoder (prepare_data.py encoder)."""
+        return os.path.join(self.work, "encoders", f"{level}_{ENCODER}.pt")
+
+    def net(self, level, heads):
+        return ["--no-image_trainable", "--image_checkpoint", self.encoder(level)] if heads else []
+
+    def uses_heads(self, level):
+        return any(heads(r) for rows in self.rows[level].values() for r in rows)
 
     def run(self, name, script, *args, done=None):
         """Run one step of the pipeline, its output to logs/<name>.log; skipped when `done` exists.
@@ -58,35 +69,41 @@ class Bench:
             for future in [pool.submit(lambda j: self.run(*j[:-1], done=j[-1]), job) for job in jobs]:
                 future.result()
 
-    def expert_jobs(self, level):
-        return [(f"{level}_experts_{k}", "buffer.py", *EXPERTS, *self.data(level), "--buffer_path",
-                 os.path.join(self.work, "buffer"), "--train_epochs", str(LEVELS[level]["epochs"]), None)
-                for k in range(self.a.jobs)]
+    def expert_jobs(self, level, heads=False):
+        tag = "heads_experts" if heads else "experts"
+        return [(f"{level}_{tag}_{k}", "buffer.py", *EXPERTS, *self.data(level), *self.net(level, heads),
+                 "--buffer_path", os.path.join(self.work, "buffer_heads" if heads else "buffer"), "--train_epochs",
+                 str(LEVELS[level]["epochs"]), None) for k in range(self.a.jobs)]
 
     def experts(self, level):
-        normal = BufferDir(os.path.join(self.traj(level), "normal"))
-        if not all(map(normal.expert_done, range(NUM_EXPERTS))):
-            self.parallel(self.expert_jobs(level))
-        while not all(map(normal.expert_done, range(NUM_EXPERTS))):  # experts another process claimed still train
-            time.sleep(30)
-        for start, end in LEVELS[level]["windows"]:
-            out = os.path.join(self.traj(level), f"convexified_{start}_{end}")
-            self.run(f"{level}_convexify_{start}_{end}", "convexify.py", "--start", str(start), "--end", str(end),
-                     "--normal_dir", normal.path, done=out)
+        for heads in (False, True) if self.uses_heads(level) else (False,):
+            if heads:
+                self.run(f"{level}_encoder", "prepare_data.py", "encoder", "--normal_dir",
+                         os.path.join(self.traj(level), "normal"), "--out", self.encoder(level), done=self.encoder(level))
+            normal = BufferDir(os.path.join(self.traj(level, heads), "normal"))
+            if not all(map(normal.expert_done, range(NUM_EXPERTS))):
+                self.parallel(self.expert_jobs(level, heads))
+            while not all(map(normal.expert_done, range(NUM_EXPERTS))):  # experts another process claimed still train
+                time.sleep(30)
+            for start, end in LEVELS[level]["windows"]:
+                out = os.path.join(self.traj(level, heads), f"convexified_{start}_{end}")
+                self.run(f"{level}_{'heads_' if heads else ''}convexify_{start}_{end}", "convexify.py", "--start",
+                         str(start), "--end", str(end), "--normal_dir", normal.path, done=out)
 
     def run_dir(self, level, run, n):
         return os.path.join(self.work, "runs", level, f"{run}_N{n}")
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching, split = RUNS[run]
+        phases, ema, conditioning, matching, split, blend, on_heads = RUNS[run]
         sizes = [n] if len(phases) == 1 else [round(n * split), n - round(n * split)]
         run_dir = self.run_dir(level, run, n)
         args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)),
-                "--buffer_path", *[os.path.join(self.traj(level), t) for t, _, _ in phases],
+                "--buffer_path", *[os.path.join(self.traj(level, on_heads), t) for t, _, _ in phases],
                 "--min_start_epoch", *[str(lo) for _, lo, _ in phases], "--max_start_epoch", *[str(hi) for _, _, hi in phases],
                 "--num_queries", *map(str, sizes), "--Iteration", *[str(ITERATIONS)] * len(phases),
                 "--ema_decay", EMA if ema else "0", "--phase_conditioning", conditioning, "--matching", matching,
-                "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir)]
+                "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir),
+                *self.net(level, on_heads), *(["--blend", str(blend)] if blend else [])]
         # decided at launch: a run that a killed bench (or anyone) started continues
         args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
@@ -106,7 +123,7 @@ class Bench:
         return os.path.join(self.work, "eval", level, f"{slug(name)}.json")
 
     def row_evals(self, level, name, n):
-        files = ["--ckpt_path", *self.files(level, name, n)]
+        files = ["--ckpt_path", *self.files(level, name, n), *self.net(level, heads(name))]
         if not phased(name):
             return [self.eval_job(level, f"{name}_N{n}", *files)]
         jobs = [self.eval_job(level, f"{name}_{mode}_N{n}", *files, "--eval_mode", mode) for mode in modes(name)]
@@ -121,6 +138,9 @@ class Bench:
         jobs = [self.eval_job(level, f"random_N{n}", "--baseline", "random", "--num_pairs", str(n)),
                 self.eval_job(level, f"prototype_N{n}", "--baseline", "prototype", "--num_pairs", str(n),
                               "--buffer_path", os.path.join(self.traj(level), "normal"))]
+        if any(map(heads, rows)):  # the baseline of the rows on the frozen encoder
+            jobs.append(self.eval_job(level, f"random_heads_N{n}", "--baseline", "random", "--num_pairs", str(n),
+                                      *self.net(level, True)))
         jobs += [job for name in rows for job in self.row_evals(level, name, n)]
         if level == "synthetic" and n == CROSS_SIZE and "PTM+ST+EMA" in rows:
             jobs += [self.eval_job(level, f"PTM+ST+EMA_D{p + 1}_alone_N{n}", "--ckpt_path", f)
@@ -131,6 +151,8 @@ class Bench:
                                    encoder=CROSS_ENCODER),
                      self.eval_job(level, f"cross_random_N{n}", "--baseline", "random", "--num_pairs", str(n),
                                    encoder=CROSS_ENCODER)]
+        if any(map(heads, rows)):
+            jobs.append(self.eval_job(level, "full_heads", "--baseline", "full", *self.net(level, True)))
         return jobs + [self.eval_job(level, "full", "--baseline", "full")]
 
     def analysis(self, level, n):

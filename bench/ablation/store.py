@@ -4,7 +4,8 @@ report's tables (report.py). A rerun's records replace the stored ones with the 
 Records (`kind`): `row`, one row of a table (level, budget `n`, `table`: main | authors | cross, `label`, `order`
 in its table, the metrics' `mean` and `std`, and for the main table the eval `mode`, final `val` mean recall, test
 mean recall under each eval mode `modes`, `s_per_it`, `peak_mb`); `curve`, a level's expert learning curve;
-`eval`, any evaluation of a work directory (for facts.py); `run`, when and how a level's steps ran. Every record
+`eval`, any evaluation of a work directory (for facts.py); `trajectories`, what a level's expert
+trajectories cost (full encoder, or `heads`: symmetric heads): parameters, expert seconds, bytes; `run`, when and how a level's steps ran. Every record
 but a run names its `run`. Rows imported from the markdown report that predates the store say so in `source`
 (their numbers are rounded as that report printed them).
 """
@@ -24,6 +25,8 @@ def key(record):
         return kind, record["level"]
     if kind == "eval":
         return kind, record["level"], record["name"]
+    if kind == "trajectories":
+        return kind, record["level"], record["heads"]
     return kind, record["level"], record["n"], record["table"], record["label"]
 
 
@@ -57,3 +60,21 @@ def rows(records, level, n, table):
 
 def runs(records):
     return {r["id"]: r for r in records if r["kind"] == "run"}
+
+
+def tagged(old, new, tag):
+    """`new` made to keep `old`: a record whose key `old` has from another run is renamed with `tag` (a row's label, an evaluation's
+    name; a curve is dropped: the run's trajectories records carry its curves), so that a rerun of rows measured
+    before stores beside them instead of over them (--rerun_tag); its rows follow the stored ones in the tables."""
+    runs, out = {key(r): r.get("run") for r in old}, []
+    for r in new:
+        if r["kind"] == "row":  # the rerun's rows after the stored ones, in their own order
+            r = {**r, "order": r["order"] + 1000}
+        if runs.get(key(r), r.get("run")) == r.get("run") or r["kind"] == "run":  # new, or this run's own
+            out.append(r)
+        elif r["kind"] == "row":
+            out.append({**r, "label": f"{r['label']} ({tag})"})
+        elif r["kind"] == "eval":
+            out.append({**r, "name": f"{r['name']} ({tag})"})
+    return out
+

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Dict, Iterable, Iterator, Optional, Tuple
 import torch
 from torch import Tensor
 
+from distill_utils.method import blending
 from distill_utils.method.losses import contrastive_loss
 from distill_utils.evaluation.retrieval import retrieval_metrics
 from distill_utils.speed import autocast
@@ -22,18 +23,28 @@ class Student:
     the loss in float32. fp16 training scales the loss (one GradScaler per student, kept across epochs).
     """
 
-    def __init__(self, net: DualEncoder, loss_type: str, amp: Optional[str] = None):
+    def __init__(self, net: DualEncoder, loss_type: str, amp: Optional[str] = None, blend: float = 0.0):
         self.net, self.loss_type = net, loss_type
         self.criterion = contrastive_loss(loss_type)
         self.amp = getattr(net, "amp", "off") if amp is None else amp
+        self.blend = blend  # --blend: Beta concentration of representation blending (blending.py); 0 = off
         self.scaler = None
 
     def loss(self, img_flat: Tensor, txt_flat: Tensor, images: Tensor, texts: Tensor, targets: Tensor) -> Tensor:
+        if self.blend:
+            return self._blended_loss(img_flat, txt_flat, images, texts, targets)
         if self.amp == "off":
             return self.criterion(self.net.logits(images, texts, img_flat, txt_flat), targets)
         with autocast(images.device, self.amp):
             logits = self.net.logits(images, texts, img_flat, txt_flat)
         return self.criterion(logits.float(), targets)
+
+    def _blended_loss(self, img_flat, txt_flat, images, texts, targets):
+        lam, perm = blending.draw(self.blend, len(images))
+        with autocast(images.device, self.amp):
+            z_img, z_txt = self.net.represent_images(images, img_flat), self.net.represent_texts(texts, txt_flat)
+        z_img, z_txt, targets = blending.blend(_full(z_img), _full(z_txt), targets, lam, perm)
+        return self.criterion(self.net.similarity(z_img, z_txt), targets)
 
     def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """loss.backward() and optimizer.step(), through a GradScaler under fp16 (skips steps with inf grads)."""
@@ -53,6 +64,11 @@ class Student:
         loss = self.loss(img_flat, txt_flat, images, texts, targets)
         g_img, g_txt = torch.autograd.grad(loss, (img_flat, txt_flat), create_graph=create_graph)
         return loss, g_img, g_txt
+
+
+def _full(z: Tensor) -> Tensor:
+    """Autocast's half-precision outputs in float32; float32/64 as they are."""
+    return z.float() if z.dtype in (torch.float16, torch.bfloat16) else z
 
 
 def make_sgd(img_flat: Tensor, txt_flat: Tensor, lr_img: float, lr_txt: float, momentum: float,
