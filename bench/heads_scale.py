@@ -23,7 +23,7 @@ import time
 import torch
 
 from bench.measure import sync
-from bench.paper_scale import matching_problem
+from bench.matching_problem import matching_problem
 from common.io import save_torch
 from distill_utils.method.matching import MATCHING, minibatch_schedule
 from distill_utils.method.student import Student
