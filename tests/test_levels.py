@@ -1,20 +1,89 @@
 """The levels of the built-in dataset: `synthetic` generated exactly as before, `synthetic_hard` with two
-shapes per image, each through its own default directory and text-feature cache name."""
+shapes per image, `synthetic_paper` with textured shapes at the paper's ratios, each through its own default
+directory and text-feature cache name."""
+import hashlib
 import json
 import os
+import random
 
 from distill_utils import settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
-from distill_utils.datasets.builtin import generate
+from distill_utils.datasets.builtin import TEXTURE_WORDS, _draw_scene, caption, content, generate
 from tests.helpers import read_all
 
 
-def _args(dataset, root):
+def _args(dataset, root, train="12", test="10"):
     return settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", dataset, "--ann_root", root, "--device",
-                                                                  "cpu", "--synthetic_train_images", "12",
-                                                                  "--synthetic_test_images", "10"])
+                                                                  "cpu", "--synthetic_train_images", train,
+                                                                  "--synthetic_test_images", test])
+
+
+def _digest(root):
+    h = hashlib.sha256()
+    for name, data in sorted(read_all(root).items()):
+        h.update(name.encode() + data)
+    return h.hexdigest()
+
+
+# what the generator wrote for the two older levels before `synthetic_paper` existed (main at 1e2987b)
+OLD_DIGESTS = {1: "a3956ad53e5d8a13c087eea8395e3fbb636097e237fb7acf7ef66ad6f36fedb5",
+               2: "52bd62f108af20276a0099a61bc4683968c750bbc70a340298089802a03abc6c"}
+
+
+def test_older_levels_are_byte_for_byte_what_they_were(tmp_path):
+    for objects, digest in OLD_DIGESTS.items():
+        generate(str(tmp_path / str(objects)), seed=0, train_images=30, test_images=10, val_images=10,
+                 max_objects=objects)
+        assert _digest(tmp_path / str(objects)) == digest
+
+
+def test_paper_level_textured_held_out_and_deterministic(tmp_path):
+    a = _args("synthetic_paper", str(tmp_path / "paper"), "60", "20")
+    prepare(from_flags(DataConfig, a))
+    prepare(from_flags(DataConfig, a))  # found, not generated again
+    meta = json.load(open(tmp_path / "paper" / "synthetic_meta.json"))
+    assert (meta["max_objects"], meta["textures"], meta["train_images"], meta["test_images"]) == (2, True, 60, 20)
+    pairs = load_train_pairs("synthetic_paper", a.ann_root, a.image_root)
+    assert pairs.name == "synthetic_paper_train" and len(pairs) == 120
+    textures = {w for ws in TEXTURE_WORDS.values() for w in ws}
+    for text in pairs.captions:  # every object phrase names its texture
+        scene = content(text)
+        assert sum(word in textures for word in text.replace(",", "").split()) == len(scene[1]) >= 1
+    by_image = {}
+    for path, text in zip(pairs.image_paths, pairs.captions):
+        by_image.setdefault(path, set()).add(content(text))
+    assert all(len(c) == 1 for c in by_image.values())  # an image's paraphrases name one scene
+    train = set().union(*by_image.values())
+    held_out = []
+    for split in ("val", "test"):
+        entries = json.load(open(tmp_path / "paper" / f"synthetic_{split}.json"))
+        assert len(entries) == 20 and all(len(e["caption"]) == 5 for e in entries)
+        held_out.append({content(e["caption"][0]) for e in entries})
+        assert all(len({content(c) for c in e["caption"]}) == 1 for e in entries)
+    assert len(held_out[0]) == len(held_out[1]) == 20 and not held_out[0] & held_out[1]
+    assert not train & (held_out[0] | held_out[1])
+    generate(str(tmp_path / "again"), seed=0, train_images=60, test_images=20, val_images=20, max_objects=2,
+             textures=True)
+    assert {k: v for k, v in read_all(tmp_path / "paper").items() if k != "synthetic_meta.json"} == \
+        read_all(tmp_path / "again")
+
+
+def test_content_names_the_scene_whatever_the_wording():
+    rng = random.Random(3)
+    for _ in range(300):
+        scene = _draw_scene(rng, 2, rng.random() < 0.5)
+        bg, objects = scene
+        want = (bg, tuple(tuple(sorted(obj)) for obj in objects))
+        assert content(caption(scene, rng)) == content(caption(scene, rng)) == want
+
+
+def test_level_default_sizes():
+    paper = settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", "synthetic_paper", "--device", "cpu"])
+    easy = settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", "synthetic", "--device", "cpu"])
+    assert (paper.synthetic_train_images, paper.synthetic_test_images) == (10000, 1000)
+    assert (easy.synthetic_train_images, easy.synthetic_test_images) == (1000, 200)
 
 
 def test_levels_generate_one_and_two_shapes(tmp_path):

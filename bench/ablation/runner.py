@@ -8,7 +8,7 @@ import time
 
 from bench.ablation import collect
 from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, EMA, ENCODER, EXPERTS, ITERATIONS,
-                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, modes, phased, row, slug)
+                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, modes, phase_sizes, phased, row, slug)
 from distill_utils.files.buffers import BufferDir
 from distill_utils.method.matching import MATCHING
 
@@ -74,23 +74,35 @@ class Bench:
             self.run(f"{level}_convexify_{start}_{end}", "convexify.py", "--start", str(start), "--end", str(end),
                      "--normal_dir", normal.path, done=out)
 
+    def iterations(self, level):
+        """Iterations per phase: --iterations, else the level's."""
+        return self.a.iterations or LEVELS[level].get("iterations", ITERATIONS)
+
     def run_dir(self, level, run, n):
-        return os.path.join(self.work, "runs", level, f"{run}_N{n}")
+        """A run with fewer iterations than its level's goes to its own directory, so that it is never taken for
+        (or resumed as) the full one."""
+        short = self.iterations(level) != LEVELS[level].get("iterations", ITERATIONS)
+        return os.path.join(self.work, "runs", level, f"{run}_N{n}" + (f"_it{self.iterations(level)}" if short else ""))
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching, split = RUNS[run]
-        sizes = [n] if len(phases) == 1 else [round(n * split), n - round(n * split)]
+        phases, ema, conditioning, matching, _ = RUNS[run]
+        sizes, its = phase_sizes(level, run, n), self.iterations(level)
         run_dir = self.run_dir(level, run, n)
-        args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)),
+        args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)), "--eval_it", str(self.eval_it(level)),
                 "--buffer_path", *[os.path.join(self.traj(level), t) for t, _, _ in phases],
                 "--min_start_epoch", *[str(lo) for _, lo, _ in phases], "--max_start_epoch", *[str(hi) for _, _, hi in phases],
-                "--num_queries", *map(str, sizes), "--Iteration", *[str(ITERATIONS)] * len(phases),
+                "--num_queries", *map(str, sizes), "--Iteration", *[str(its)] * len(phases),
                 "--ema_decay", EMA if ema else "0", "--phase_conditioning", conditioning, "--matching", matching,
                 "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir)]
         # decided at launch: a run that a killed bench (or anyone) started continues
         args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
         return (f"{level}_distill_{run}_N{n}", "distill_ptm-st.py", *args, last)
+
+    def eval_it(self, level):
+        """Subsets saved every eval_it iterations: at the end only, or --curve_points times per phase (the val curve)."""
+        its = self.iterations(level)
+        return max(1, its // self.a.curve_points) if self.a.curve_points else its
 
     def files(self, level, name, n):
         _, run, kind = row(name)

@@ -10,6 +10,7 @@ read through the same loader as Flickr30k. Deterministic for a given seed.
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import re
@@ -45,6 +46,12 @@ SCENE_TEMPLATES = ["{objects} on a {bg} background", "there is {objects}; the ba
                    "a {bg} picture showing {objects}", "{bg} backdrop with {objects}",
                    "an image of {objects} over {bg}"]
 VERSION = 2
+# `textures` (the level `synthetic_paper`): a fifth attribute, drawn and named; its scene space is too large to
+# list, so its scenes are sampled (uniformly over the same space a listing would give) instead of listed.
+TEXTURES = ("solid", "striped", "hollow")
+TEXTURE_WORDS = {"solid": ["solid", "filled"], "striped": ["striped", "stripy"], "hollow": ["hollow", "outlined"]}
+TEXTURED_TEMPLATES = ["a {size} {texture} {colour} {shape} {where}",
+                      "a {colour} {shape} that is {size} and {texture}, {where}"]
 
 
 def _all_scenes(max_objects):
@@ -59,17 +66,46 @@ def _all_scenes(max_objects):
     return scenes
 
 
+def _phrase(obj: tuple, rng: random.Random) -> str:
+    colour, shape, size, pos = obj[:4]
+    template = rng.choice(OBJECT_TEMPLATES if len(obj) == 4 else TEXTURED_TEMPLATES)  # drawn first: the old bytes
+    words = dict(size=rng.choice(WORDS[size]), colour=colour, shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
+    if len(obj) == 4:
+        return template.format(**words)
+    return template.format(texture=rng.choice(TEXTURE_WORDS[obj[4]]), **words)
+
+
 def caption(scene: tuple, rng: random.Random) -> str:
     bg, objects = scene
-    phrases = [rng.choice(OBJECT_TEMPLATES).format(size=rng.choice(WORDS[size]), colour=colour,
-                                                   shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
-               for colour, shape, size, pos in objects]
+    phrases = [_phrase(obj, rng) for obj in objects]
     text = rng.choice(SCENE_TEMPLATES).format(objects=" and ".join(phrases), bg=rng.choice(WORDS[bg]))
     return _ARTICLE.sub("an ", text)
 
 
+def _canonical_words():
+    """{wording: attribute value} of every attribute wording, longest first (so 'plus sign' before 'sign')."""
+    words = {w: value for value, ws in {**WORDS, **TEXTURE_WORDS}.items() for w in ws}
+    words.update({c: c for c in COLOURS})
+    return dict(sorted(words.items(), key=lambda kv: -len(kv[0])))
+
+
+def content(text: str) -> tuple:
+    """The scene a caption names, whatever its wording: (background, (sorted attribute values of each object, in
+    the caption's order)). Two captions have the same content exactly when they name the same scene."""
+    words = _canonical_words()
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b")
+    values = [words[m.group(1)] for m in pattern.finditer(text)]
+    bg = [v for v in values if v in BACKGROUNDS]
+    objects, current = [], []
+    for v in (v for v in values if v not in BACKGROUNDS):
+        current.append(v)
+        if v in POSITIONS:  # every object phrase ends with its position
+            objects.append(tuple(sorted(current)))
+            current = []
+    return bg[0] if len(bg) == 1 else tuple(bg), tuple(objects)
+
+
 def _polygon(shape, cx, cy, r, angle):
-    import math
     if shape == "square":
         corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
         pts = [(x * 0.8, y * 0.8) for x, y in corners]
@@ -90,14 +126,38 @@ def draw(scene: tuple, px: int, rng: random.Random, supersample: int = 4) -> Ima
     size = px * supersample
     img = Image.new("RGB", (size, size), BACKGROUNDS[bg])
     pen = ImageDraw.Draw(img)
-    for colour, shape, size_name, pos in objects:
+    for obj in objects:
+        colour, shape, size_name, pos = obj[:4]
         cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in POSITIONS[pos])
         r = SIZES[size_name] * rng.uniform(0.9, 1.1) * size
-        if shape == "circle":
-            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[colour])
+        angle = 0.0 if shape == "circle" else rng.uniform(-0.3, 0.3)  # no draw for circles: the old levels' bytes
+        if len(obj) == 4:
+            _fill_shape(pen, shape, cx, cy, r, angle, COLOURS[colour])
         else:
-            pen.polygon(_polygon(shape, cx, cy, r, rng.uniform(-0.3, 0.3)), fill=COLOURS[colour])
+            _textured(img, obj[4], shape, cx, cy, r, angle, COLOURS[colour], size)
     return img.resize((px, px), Image.LANCZOS)
+
+
+def _fill_shape(pen, shape, cx, cy, r, angle, fill):
+    if shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        pen.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
+
+
+def _textured(img, texture, shape, cx, cy, r, angle, colour, canvas):
+    """Solid: filled; hollow: the shape minus a shrunk copy (a thick outline); striped: filled on alternate
+    horizontal bands of a sixteenth of the canvas (two pixels at 32 px)."""
+    mask = Image.new("L", img.size, 0)
+    _fill_shape(ImageDraw.Draw(mask), shape, cx, cy, r, angle, 255)
+    if texture == "hollow":
+        _fill_shape(ImageDraw.Draw(mask), shape, cx, cy, 0.55 * r, angle, 0)
+    elif texture == "striped":
+        band = max(1, canvas // 16)
+        pen = ImageDraw.Draw(mask)
+        for y in range(band, canvas, 2 * band):
+            pen.rectangle([0, y, canvas, y + band - 1], fill=0)
+    img.paste(colour, mask=mask)
 
 
 def _attribute_counts(scenes):
@@ -118,6 +178,36 @@ def _sample_held_out(rng, pool, n, tries=1000):
     return scenes
 
 
+def _scene_counts(max_objects, objects):
+    """Number of scenes with n = 1..max_objects objects (distinct positions), as _all_scenes would list them."""
+    return [math.comb(len(POSITIONS), n) * objects ** n * len(BACKGROUNDS) for n in range(1, max_objects + 1)]
+
+
+def _draw_scene(rng, max_objects, textures):
+    """One scene, uniform over the space _all_scenes lists (with the texture as a fifth attribute)."""
+    objects = [o for o in itertools.product(COLOURS, SHAPES, SIZES, *([TEXTURES] if textures else []))]
+    n = rng.choices(range(1, max_objects + 1), weights=_scene_counts(max_objects, len(objects)))[0]
+    positions = sorted(rng.sample(range(len(POSITIONS)), n))
+    names = list(POSITIONS)
+    attrs = [rng.choice(objects) for _ in positions]
+    return rng.choice(list(BACKGROUNDS)), tuple(a[:3] + (names[p],) + a[3:] for a, p in zip(attrs, positions))
+
+
+def _sample_scenes(rng, n, max_objects, textures, exclude=frozenset()):
+    """n distinct scenes outside `exclude`, every attribute value that occurs occurring at least twice."""
+    for _ in range(1000):
+        scenes = []
+        seen = set(exclude)
+        while len(scenes) < n:
+            scene = _draw_scene(rng, max_objects, textures)
+            if scene not in seen:
+                seen.add(scene)
+                scenes.append(scene)
+        if min(_attribute_counts(scenes).values()) >= 2:
+            break
+    return scenes
+
+
 def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng):
     entries = []
     for k, scene in enumerate(scenes):
@@ -131,17 +221,29 @@ def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng)
 
 def generate(out_dir: str, seed: int = 0, train_images: int = 1000, test_images: int = 200,
              val_images: Optional[int] = None, captions_per_train_image: int = 2, captions_per_test_image: int = 5,
-             image_px: int = 64, max_objects: int = 1) -> None:
-    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct."""
+             image_px: int = 64, max_objects: int = 1, textures: bool = False) -> None:
+    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct; with `textures`
+    (a scene space of millions) they are also absent from the train split."""
     val_images = test_images if val_images is None else val_images
     rng = random.Random(seed)
-    scenes = _all_scenes(max_objects)
-    if val_images + test_images > len(scenes):
-        raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} distinct scenes")
-    test = _sample_held_out(rng, scenes, test_images)
-    taken = set(test)
-    val = _sample_held_out(rng, [s for s in scenes if s not in taken], val_images)
-    train = [rng.choice(scenes) for _ in range(train_images)]
+    if textures:
+        test = _sample_scenes(rng, test_images, max_objects, True)
+        val = _sample_scenes(rng, val_images, max_objects, True, frozenset(test))
+        held_out = set(test) | set(val)
+        train = []
+        while len(train) < train_images:
+            scene = _draw_scene(rng, max_objects, True)
+            if scene not in held_out:
+                train.append(scene)
+    else:
+        scenes = _all_scenes(max_objects)
+        if val_images + test_images > len(scenes):
+            raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} "
+                            "distinct scenes")
+        test = _sample_held_out(rng, scenes, test_images)
+        taken = set(test)
+        val = _sample_held_out(rng, [s for s in scenes if s not in taken], val_images)
+        train = [rng.choice(scenes) for _ in range(train_images)]
     os.makedirs(os.path.join(out_dir, "images"))
     _write_split(out_dir, "train", train, captions_per_train_image, True, image_px, rng)
     _write_split(out_dir, "val", val, captions_per_test_image, False, image_px, rng)
