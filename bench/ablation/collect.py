@@ -4,7 +4,8 @@ import json
 import os
 import statistics
 
-from bench.ablation.plan import AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, LEVELS, NUM_EXPERTS, modes, phased, row
+from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, ITERATIONS, LEVELS, NUM_EXPERTS, modes,
+                                 phased, row)
 from distill_utils.evaluation.sources import EVAL_MODES
 from distill_utils.evaluation.summary import COLUMNS
 
@@ -108,8 +109,11 @@ def budget_records(bench, level, n, run):
         except FileNotFoundError:
             continue
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
-        out.append(_row(level, n, "main", name, next(order), report, run, mode=mode, val=val_of(report),
-                        modes=cells if by_mode else None, s_per_it=s_iter, peak_mb=peak))
+        its = bench.iterations(level)
+        short = its != LEVELS[level].get("iterations", ITERATIONS)  # never stored under the full run's label
+        out.append(_row(level, n, "main", name + (f", {its} iterations per phase" if short else ""), next(order),
+                        report, run, mode=mode, val=val_of(report), modes=cells if by_mode else None, s_per_it=s_iter,
+                        peak_mb=peak, iterations=its))
     full = load_or_none(bench, level, "full")
     if full:
         out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs)", next(order), full,

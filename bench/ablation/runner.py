@@ -108,11 +108,11 @@ class Bench:
         _, run, kind = row(name)
         return [os.path.join(self.run_dir(level, run, n), f"distilled_{p}_{kind}.pt") for p in range(len(RUNS[run].phases))]
 
-    def eval_job(self, level, name, *args, encoder=ENCODER):
+    def eval_job(self, level, name, *args, encoder=ENCODER, num_eval=None):
         out = self.eval_path(level, name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         return (f"{level}_eval_{slug(name)}", "evaluate.py", *PROTOCOL, *self.data(level), "--image_encoder", encoder,
-                "--num_eval", str(self.a.num_eval), "--out", out, *args, out)
+                "--num_eval", str(num_eval or self.a.num_eval), "--out", out, *args, out)
 
     def eval_path(self, level, name):
         return os.path.join(self.work, "eval", level, f"{slug(name)}.json")
@@ -156,6 +156,21 @@ class Bench:
             jobs.append(self.eval_job(level, f"{name}_sequential_N{n}", "--ckpt_path", *files))
         self.parallel(jobs)
 
+    def curve_jobs(self, level, n):
+        """With --curve_points: each row's last phase evaluated (1 student, val and test) at each saved iteration,
+        after the earlier phases' final subsets, under the row's first eval mode: its val curve."""
+        if not self.a.curve_points:
+            return []
+        jobs, step, its = [], self.eval_it(level), self.iterations(level)
+        for name in self.rows[level][n]:
+            files = self.files(level, name, n)
+            for k in range(step, its + 1, step):
+                last = files[-1].replace("_final_raw.pt", f"_{k}.pt").replace("_final.pt", f"_{k}.pt")
+                mode = ["--eval_mode", modes(name)[0]] if phased(name) else []
+                jobs.append(self.eval_job(level, f"curve_{name}_N{n}_it{k}", "--ckpt_path", *files[:-1], last, *mode,
+                                          num_eval=1))
+        return jobs
+
     def distill_jobs(self, level, n):
         runs = dict.fromkeys(row(r)[1] for r in self.rows[level][n])
         return [self.distill_job(level, run, n) for run in runs]
@@ -171,4 +186,5 @@ class Bench:
             print(f"{level}, N = {-n}: distillation and evaluation", flush=True)
             self.parallel(self.distill_jobs(level, -n))
             self.parallel(self.evaluation_jobs(level, -n))
+            self.parallel(self.curve_jobs(level, -n))
             self.analysis(level, -n)
