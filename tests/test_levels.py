@@ -10,7 +10,7 @@ from distill_utils import settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
-from distill_utils.datasets.builtin import TEXTURE_WORDS, _draw_scene, caption, content, generate
+from distill_utils.datasets.builtin import BASIC, FINE, TEXTURE_WORDS, _draw_scene, caption, content, generate
 from tests.helpers import read_all
 
 
@@ -44,7 +44,7 @@ def test_paper_level_textured_held_out_and_deterministic(tmp_path):
     prepare(from_flags(DataConfig, a))
     prepare(from_flags(DataConfig, a))  # found, not generated again
     meta = json.load(open(tmp_path / "paper" / "synthetic_meta.json"))
-    assert (meta["max_objects"], meta["textures"], meta["train_images"], meta["test_images"]) == (2, True, 60, 20)
+    assert (meta["max_objects"], meta["palette"], meta["train_images"], meta["test_images"]) == (2, "fine", 60, 20)
     pairs = load_train_pairs("synthetic_paper", a.ann_root, a.image_root)
     assert pairs.name == "synthetic_paper_train" and len(pairs) == 120
     textures = {w for ws in TEXTURE_WORDS.values() for w in ws}
@@ -65,7 +65,7 @@ def test_paper_level_textured_held_out_and_deterministic(tmp_path):
     assert len(held_out[0]) == len(held_out[1]) == 20 and not held_out[0] & held_out[1]
     assert not train & (held_out[0] | held_out[1])
     generate(str(tmp_path / "again"), seed=0, train_images=60, test_images=20, val_images=20, max_objects=2,
-             textures=True)
+             palette="fine")
     assert {k: v for k, v in read_all(tmp_path / "paper").items() if k != "synthetic_meta.json"} == \
         read_all(tmp_path / "again")
 
@@ -73,7 +73,7 @@ def test_paper_level_textured_held_out_and_deterministic(tmp_path):
 def test_content_names_the_scene_whatever_the_wording():
     rng = random.Random(3)
     for _ in range(300):
-        scene = _draw_scene(rng, 2, rng.random() < 0.5)
+        scene = _draw_scene(rng, 2, rng.choice([BASIC, FINE]))
         bg, objects = scene
         want = (bg, tuple(tuple(sorted(obj)) for obj in objects))
         assert content(caption(scene, rng)) == content(caption(scene, rng)) == want

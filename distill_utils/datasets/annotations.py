@@ -32,10 +32,10 @@ LAYOUTS = {
 }
 # Levels of the built-in dataset: generator settings beyond the shared ones. `synthetic_hard` draws two
 # shapes per image (captions name both), so retrieval must bind attributes to objects. `synthetic_paper` (issue 21)
-# adds a texture to each shape and is ten times larger, for the paper's ratios: 500 pairs are 2.5% of its train
-# split, its captions name some 20,000 distinct scenes (docs/results.md).
+# draws two shapes from finer attributes (14 colours, 3 sizes, 9 positions, 3 textures) and is ten times larger,
+# for the paper's ratios: 500 pairs are 2.5% of its train split (docs/results.md).
 SYNTHETIC_LEVELS = {"synthetic": {"max_objects": 1}, "synthetic_hard": {"max_objects": 2},
-                    "synthetic_paper": {"max_objects": 2, "textures": True}}
+                    "synthetic_paper": {"max_objects": 2, "palette": "fine"}}
 # each level's default --synthetic_train_images and --synthetic_test_images
 LEVEL_SIZES = {"synthetic": (1000, 200), "synthetic_hard": (1000, 200), "synthetic_paper": (10000, 1000)}
 REAL_DATASETS = tuple(d for d in LAYOUTS if d not in SYNTHETIC_LEVELS)  # the paper's

@@ -14,7 +14,7 @@ import math
 import os
 import random
 import re
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from PIL import Image, ImageDraw
 
@@ -46,12 +46,41 @@ SCENE_TEMPLATES = ["{objects} on a {bg} background", "there is {objects}; the ba
                    "a {bg} picture showing {objects}", "{bg} backdrop with {objects}",
                    "an image of {objects} over {bg}"]
 VERSION = 2
-# `textures` (the level `synthetic_paper`): a fifth attribute, drawn and named; its scene space is too large to
-# list, so its scenes are sampled (uniformly over the same space a listing would give) instead of listed.
-TEXTURES = ("solid", "striped", "hollow")
+
+
+class Palette(NamedTuple):
+    """The attribute values a level draws (backgrounds and shapes are shared) and their wordings."""
+    colours: dict
+    sizes: dict
+    positions: dict
+    words: dict
+    templates: list
+    textures: tuple = ()
+
+
+BASIC = Palette(COLOURS, SIZES, POSITIONS, WORDS, OBJECT_TEMPLATES)
+# The level `synthetic_paper`: finer attributes (14 colours, 3 sizes, a 3 x 3 grid of positions) and a texture;
+# its scene space (tens of millions) is too large to list, so its scenes are sampled, uniformly over the same space.
 TEXTURE_WORDS = {"solid": ["solid", "filled"], "striped": ["striped", "stripy"], "hollow": ["hollow", "outlined"]}
-TEXTURED_TEMPLATES = ["a {size} {texture} {colour} {shape} {where}",
-                      "a {colour} {shape} that is {size} and {texture}, {where}"]
+_CORNERS = {"top left": ["in the top left corner", "at the upper left"],
+            "top right": ["in the top right corner", "at the upper right"],
+            "bottom left": ["in the bottom left corner", "at the lower left"],
+            "bottom right": ["in the bottom right corner", "at the lower right"]}
+FINE = Palette(
+    colours={**COLOURS, "pink": (247, 120, 186), "brown": (140, 86, 40), "cyan": (23, 190, 207),
+             "lime": (170, 230, 40), "teal": (0, 128, 128), "maroon": (128, 0, 32)},
+    sizes={"small": 0.09, "medium": 0.14, "large": 0.19},
+    positions={"top left": (0.22, 0.22), "top": (0.5, 0.22), "top right": (0.78, 0.22), "left": (0.22, 0.5),
+               "centre": (0.5, 0.5), "right": (0.78, 0.5), "bottom left": (0.22, 0.78), "bottom": (0.5, 0.78),
+               "bottom right": (0.78, 0.78)},
+    words={**WORDS, **_CORNERS, **TEXTURE_WORDS, "medium": ["medium", "medium-sized", "mid-sized"]},
+    templates=["a {size} {texture} {colour} {shape} {where}", "a {texture} {colour} {shape}, {size}, {where}"],
+    textures=tuple(TEXTURE_WORDS))
+PALETTES = {"basic": BASIC, "fine": FINE}
+
+
+def _palette(obj: tuple) -> Palette:
+    return FINE if len(obj) == 5 else BASIC  # only the fine palette's objects carry a texture
 
 
 def _all_scenes(max_objects):
@@ -68,11 +97,13 @@ def _all_scenes(max_objects):
 
 def _phrase(obj: tuple, rng: random.Random) -> str:
     colour, shape, size, pos = obj[:4]
-    template = rng.choice(OBJECT_TEMPLATES if len(obj) == 4 else TEXTURED_TEMPLATES)  # drawn first: the old bytes
-    words = dict(size=rng.choice(WORDS[size]), colour=colour, shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
+    p = _palette(obj)
+    template = rng.choice(p.templates)  # drawn before the words: the older levels' bytes
+    words = dict(size=rng.choice(p.words[size]), colour=colour, shape=rng.choice(p.words[shape]),
+                 where=rng.choice(p.words[pos]))
     if len(obj) == 4:
         return template.format(**words)
-    return template.format(texture=rng.choice(TEXTURE_WORDS[obj[4]]), **words)
+    return template.format(texture=rng.choice(p.words[obj[4]]), **words)
 
 
 def caption(scene: tuple, rng: random.Random) -> str:
@@ -84,8 +115,8 @@ def caption(scene: tuple, rng: random.Random) -> str:
 
 def _canonical_words():
     """{wording: attribute value} of every attribute wording, longest first (so 'plus sign' before 'sign')."""
-    words = {w: value for value, ws in {**WORDS, **TEXTURE_WORDS}.items() for w in ws}
-    words.update({c: c for c in COLOURS})
+    words = {w: value for value, ws in FINE.words.items() for w in ws}  # FINE's words include BASIC's
+    words.update({c: c for c in FINE.colours})
     return dict(sorted(words.items(), key=lambda kv: -len(kv[0])))
 
 
@@ -99,7 +130,7 @@ def content(text: str) -> tuple:
     objects, current = [], []
     for v in (v for v in values if v not in BACKGROUNDS):
         current.append(v)
-        if v in POSITIONS:  # every object phrase ends with its position
+        if v in FINE.positions:  # every object phrase ends with its position (FINE's include BASIC's names)
             objects.append(tuple(sorted(current)))
             current = []
     return bg[0] if len(bg) == 1 else tuple(bg), tuple(objects)
@@ -128,13 +159,14 @@ def draw(scene: tuple, px: int, rng: random.Random, supersample: int = 4) -> Ima
     pen = ImageDraw.Draw(img)
     for obj in objects:
         colour, shape, size_name, pos = obj[:4]
-        cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in POSITIONS[pos])
-        r = SIZES[size_name] * rng.uniform(0.9, 1.1) * size
+        p = _palette(obj)
+        cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in p.positions[pos])
+        r = p.sizes[size_name] * rng.uniform(0.9, 1.1) * size
         angle = 0.0 if shape == "circle" else rng.uniform(-0.3, 0.3)  # no draw for circles: the old levels' bytes
         if len(obj) == 4:
-            _fill_shape(pen, shape, cx, cy, r, angle, COLOURS[colour])
+            _fill_shape(pen, shape, cx, cy, r, angle, p.colours[colour])
         else:
-            _textured(img, obj[4], shape, cx, cy, r, angle, COLOURS[colour], size)
+            _textured(img, obj[4], shape, cx, cy, r, angle, p.colours[colour], size)
     return img.resize((px, px), Image.LANCZOS)
 
 
@@ -178,28 +210,26 @@ def _sample_held_out(rng, pool, n, tries=1000):
     return scenes
 
 
-def _scene_counts(max_objects, objects):
-    """Number of scenes with n = 1..max_objects objects (distinct positions), as _all_scenes would list them."""
-    return [math.comb(len(POSITIONS), n) * objects ** n * len(BACKGROUNDS) for n in range(1, max_objects + 1)]
+def _draw_scene(rng: random.Random, max_objects: int, palette: Palette = FINE) -> tuple:
+    """One scene, uniform over the space _all_scenes would list for `palette` (distinct positions, 1 to
+    max_objects objects, each a (colour, shape, size, position[, texture]))."""
+    textures = [palette.textures] if palette.textures else []
+    objects = list(itertools.product(palette.colours, SHAPES, palette.sizes, *textures))
+    names = list(palette.positions)
+    counts = [math.comb(len(names), n) * len(objects) ** n for n in range(1, max_objects + 1)]
+    n = rng.choices(range(1, max_objects + 1), weights=counts)[0]
+    attrs = [rng.choice(objects) for _ in range(n)]
+    positions = sorted(rng.sample(range(len(names)), n))
+    return rng.choice(list(BACKGROUNDS)), tuple(a[:3] + (names[k],) + a[3:] for a, k in zip(attrs, positions))
 
 
-def _draw_scene(rng, max_objects, textures):
-    """One scene, uniform over the space _all_scenes lists (with the texture as a fifth attribute)."""
-    objects = [o for o in itertools.product(COLOURS, SHAPES, SIZES, *([TEXTURES] if textures else []))]
-    n = rng.choices(range(1, max_objects + 1), weights=_scene_counts(max_objects, len(objects)))[0]
-    positions = sorted(rng.sample(range(len(POSITIONS)), n))
-    names = list(POSITIONS)
-    attrs = [rng.choice(objects) for _ in positions]
-    return rng.choice(list(BACKGROUNDS)), tuple(a[:3] + (names[p],) + a[3:] for a, p in zip(attrs, positions))
-
-
-def _sample_scenes(rng, n, max_objects, textures, exclude=frozenset()):
+def _sample_scenes(rng, n, max_objects, palette, exclude=frozenset()):
     """n distinct scenes outside `exclude`, every attribute value that occurs occurring at least twice."""
     for _ in range(1000):
         scenes = []
         seen = set(exclude)
         while len(scenes) < n:
-            scene = _draw_scene(rng, max_objects, textures)
+            scene = _draw_scene(rng, max_objects, palette)
             if scene not in seen:
                 seen.add(scene)
                 scenes.append(scene)
@@ -221,18 +251,18 @@ def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng)
 
 def generate(out_dir: str, seed: int = 0, train_images: int = 1000, test_images: int = 200,
              val_images: Optional[int] = None, captions_per_train_image: int = 2, captions_per_test_image: int = 5,
-             image_px: int = 64, max_objects: int = 1, textures: bool = False) -> None:
-    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct; with `textures`
-    (a scene space of millions) they are also absent from the train split."""
+             image_px: int = 64, max_objects: int = 1, palette: str = "basic") -> None:
+    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct; with the fine
+    palette (tens of millions of scenes, sampled) they are also absent from the train split."""
     val_images = test_images if val_images is None else val_images
     rng = random.Random(seed)
-    if textures:
-        test = _sample_scenes(rng, test_images, max_objects, True)
-        val = _sample_scenes(rng, val_images, max_objects, True, frozenset(test))
+    if palette == "fine":
+        test = _sample_scenes(rng, test_images, max_objects, FINE)
+        val = _sample_scenes(rng, val_images, max_objects, FINE, frozenset(test))
         held_out = set(test) | set(val)
         train = []
         while len(train) < train_images:
-            scene = _draw_scene(rng, max_objects, True)
+            scene = _draw_scene(rng, max_objects, FINE)
             if scene not in held_out:
                 train.append(scene)
     else:
