@@ -10,7 +10,8 @@ from distill_utils import settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
-from distill_utils.datasets.builtin import BASIC, FINE, TEXTURE_WORDS, _draw_scene, caption, content, generate
+from distill_utils.datasets import builtin
+from distill_utils.datasets.builtin import BASIC, FINE, SHAPES, _draw_scene, caption, content, generate
 from tests.helpers import read_all
 
 
@@ -47,21 +48,20 @@ def test_paper_level_textured_held_out_and_deterministic(tmp_path):
     assert (meta["max_objects"], meta["palette"], meta["train_images"], meta["test_images"]) == (2, "fine", 60, 20)
     pairs = load_train_pairs("synthetic_paper", a.ann_root, a.image_root)
     assert pairs.name == "synthetic_paper_train" and len(pairs) == 120
-    textures = {w for ws in TEXTURE_WORDS.values() for w in ws}
-    for text in pairs.captions:  # every object phrase names its texture
-        scene = content(text)
-        assert sum(word in textures for word in text.replace(",", "").split()) == len(scene[1]) >= 1
     by_image = {}
     for path, text in zip(pairs.image_paths, pairs.captions):
-        by_image.setdefault(path, set()).add(content(text))
-    assert all(len(c) == 1 for c in by_image.values())  # an image's paraphrases name one scene
-    train = set().union(*by_image.values())
+        by_image.setdefault(path, []).append(content(text))
+    for contents in by_image.values():  # an image's captions name one scene, each some of its attributes
+        assert _consistent(contents)
+    assert 0.5 < _named_share(pairs.captions) < 0.95  # MENTION = 0.75 of sizes, colours, textures
+    train = {_full(c) for c in by_image.values()}
     held_out = []
     for split in ("val", "test"):
         entries = json.load(open(tmp_path / "paper" / f"synthetic_{split}.json"))
         assert len(entries) == 20 and all(len(e["caption"]) == 5 for e in entries)
-        held_out.append({content(e["caption"][0]) for e in entries})
-        assert all(len({content(c) for c in e["caption"]}) == 1 for e in entries)
+        contents = [[content(c) for c in e["caption"]] for e in entries]
+        assert all(map(_consistent, contents))
+        held_out.append({_full(c) for c in contents})
     assert len(held_out[0]) == len(held_out[1]) == 20 and not held_out[0] & held_out[1]
     assert not train & (held_out[0] | held_out[1])
     generate(str(tmp_path / "again"), seed=0, train_images=60, test_images=20, val_images=20, max_objects=2,
@@ -70,13 +70,56 @@ def test_paper_level_textured_held_out_and_deterministic(tmp_path):
         read_all(tmp_path / "again")
 
 
-def test_content_names_the_scene_whatever_the_wording():
+def _category(value):
+    return next(k for k, vs in CATEGORIES.items() if value in vs)
+
+
+CATEGORIES = {"colour": FINE.colours, "size": FINE.sizes, "position": FINE.positions, "texture": FINE.textures,
+              "shape": SHAPES}
+
+
+def _consistent(contents):
+    """Captions of one image: the same background and object count, each object's shape and position named in
+    every caption, and no attribute given two values."""
+    if len({(bg, len(objs)) for bg, objs in contents}) != 1:
+        return False
+    for k in range(len(contents[0][1])):
+        named = {}
+        for _, objs in contents:
+            cats = [_category(v) for v in objs[k]]
+            if "shape" not in cats or "position" not in cats or len(set(cats)) != len(cats):
+                return False
+            for v, c in zip(objs[k], cats):
+                named.setdefault(c, set()).add(v)
+        if any(len(vs) > 1 for vs in named.values()):
+            return False
+    return True
+
+
+def _full(contents):
+    """The union of what an image's captions name: its scene, as far as they name it."""
+    bg = contents[0][0]
+    return bg, tuple(tuple(sorted(set().union(*(objs[k] for _, objs in contents)))) for k in range(len(contents[0][1])))
+
+
+def _named_share(captions):
+    """Share of the optional attributes (size, colour, texture) a caption names, over its objects."""
+    named = [sum(_category(v) in ("size", "colour", "texture") for v in obj) / 3 for c in captions
+             for obj in content(c)[1]]
+    return sum(named) / len(named)
+
+
+def test_content_names_the_scene_whatever_the_wording(monkeypatch):
     rng = random.Random(3)
+    monkeypatch.setattr(builtin, "MENTION", 1.0)  # every attribute named: the whole scene
     for _ in range(300):
         scene = _draw_scene(rng, 2, rng.choice([BASIC, FINE]))
         bg, objects = scene
         want = (bg, tuple(tuple(sorted(obj)) for obj in objects))
         assert content(caption(scene, rng)) == content(caption(scene, rng)) == want
+    monkeypatch.setattr(builtin, "MENTION", 0.0)  # the fine palette's captions: shapes and positions only
+    scene = _draw_scene(rng, 2, FINE)
+    assert content(caption(scene, rng)) == (scene[0], tuple(tuple(sorted((o[1], o[3]))) for o in scene[1]))
 
 
 def test_level_default_sizes():

@@ -80,6 +80,8 @@ FINE = Palette(
     templates=["a {size} {texture} {colour} {shape} {where}", "a {texture} {colour} {shape}, {size}, {where}"],
     textures=tuple(TEXTURE_WORDS))
 PALETTES = {"basic": BASIC, "fine": FINE}
+MENTION = 0.75  # fine palette: each caption names a shape's size, colour and texture each with this probability
+JITTER = 24  # fine palette: each shape's colour moved by up to this much per channel, so near colours blur
 
 
 def _palette(obj: tuple) -> Palette:
@@ -106,7 +108,12 @@ def _phrase(obj: tuple, rng: random.Random) -> str:
                  where=rng.choice(p.words[pos]))
     if len(obj) == 4:
         return template.format(**words)
-    return template.format(texture=rng.choice(p.words[obj[4]]), **words)
+    words["texture"] = rng.choice(p.words[obj[4]])
+    for name in ("size", "colour", "texture"):  # a caption leaves some attributes out, as people's captions do
+        if rng.random() > MENTION:
+            words[name] = ""
+    text = template.format(**words).replace(", ,", ",")
+    return re.sub(r" +", " ", text).replace(" ,", ",")
 
 
 def caption(scene: tuple, rng: random.Random) -> str:
@@ -169,7 +176,8 @@ def draw(scene: tuple, px: int, rng: random.Random, supersample: int = 4) -> Ima
         if len(obj) == 4:
             _fill_shape(pen, shape, cx, cy, r, angle, p.colours[colour])
         else:
-            _textured(img, obj[4], shape, cx, cy, r, angle, p.colours[colour], size)
+            rgb = tuple(min(255, max(0, c + rng.randint(-JITTER, JITTER))) for c in p.colours[colour])
+            _textured(img, obj[4], shape, cx, cy, r, angle, rgb, size)
     return img.resize((px, px), Image.LANCZOS)
 
 
