@@ -25,7 +25,7 @@ def _report(test, val):
     """An evaluate.py report whose every column is `test` (std 1) and whose final val mean recall is `val`."""
     keys = [k for _, k in COLUMNS]
     return {"final": {"mean": dict.fromkeys(keys, test), "std": dict.fromkeys(keys, 1.0)},
-            "runs": [{"points": [{"val": {"r_mean": val}}]}], "phases": [{"pairs": 2000}]}
+            "runs": [{"points": [{"val": {"r_mean": val}}]}] * 3, "phases": [{"pairs": 2000}]}  # 3 students
 
 
 def _write(path, obj, lines=False):
@@ -83,6 +83,9 @@ def test_the_report_fills_its_tables_from_the_store_and_leaves_the_prose(tmp_pat
     assert "| ST | - | 45.0 ± 1.0 | 45.0 ± 1.0 |" in text and "| 40.0 |  | 2.00 | 900 |" in text
     assert "| PTM+ST | union | 30.0 ± 1.0 |" in text and "| 42.0 | 44.0 / - / 30.0 | 2.00 | 900 |" in text
     assert "| random real pairs | - | 10.0 ± 1.0 |" in text and "| full train set (2000 pairs) | - | 80.0 ± 1.0 |" in text
+    one = {**_report(70, 71), "runs": _report(70, 71)["runs"][:1]}  # fewer students than the rows: the label says
+    _write(bench.eval_path("synthetic_hard", "full"), {"results": {"x": one}})
+    assert "full train set (2000 pairs, 1 student)" in {r["label"] for r in collect.records(bench) if r["kind"] == "row"}
     assert "PTM+ST, conditioned" not in text  # not finished: not stored, not shown
     report.write(store.read(path), str(out))
     assert out.read_text() == text

@@ -116,8 +116,9 @@ def budget_records(bench, level, n, run):
                         peak_mb=peak, iterations=its))
     full = load_or_none(bench, level, "full")
     if full:
-        out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs)", next(order), full,
-                        run, mode="-", val=val_of(full)))
+        few = len(full["runs"]) < bench.a.num_eval  # fewer students than the rows: said in the label
+        label = f"full train set ({full['phases'][0]['pairs']} pairs" + (f", {len(full['runs'])} student" if few else "")
+        out.append(_row(level, n, "main", label + ")", next(order), full, run, mode="-", val=val_of(full)))
     for name in (r for r in AUTHORS_ROWS if r in bench.rows[level][n] and level == "synthetic"):
         report = load_or_none(bench, level, f"{name}_authors_N{n}")
         if report:
