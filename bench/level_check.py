@@ -28,12 +28,12 @@ def criteria(root, records, level):
     cut = sum(pre_caption(c) != pre_caption(c, 10**6) for c in captions)  # over the loaders' 30-word cap
     out = [(f"{BUDGET} pairs <= 3% of the train split", f"{BUDGET} / {len(captions)} = "
             f"{100 * BUDGET / len(captions):.2f}%", BUDGET <= 0.03 * len(captions)),
-           (f"distinct caption contents >= {10 * BUDGET}", f"{contents} scenes named by {len(captions)} captions "
+           (f"distinct caption contents >= {10 * BUDGET}", f"{contents} distinct contents (what a caption names, whatever its wording) among {len(captions)} captions "
             f"({cut} of them cut to 30 words when loaded)", contents >= 10 * BUDGET)]
     curve = next((r for r in records if r["kind"] == "curve" and r["level"] == level), None)
     if curve:
         recall = {int(e): v for e, v in curve["recall"].items()}
-        late = [e for e in recall if e > 6 and recall[e] > max(v for k, v in recall.items() if k <= 6)]
+        late = [e for e in sorted(recall) if e > 6 and recall[e] > max(v for k, v in recall.items() if k <= 6)]
         out.append(("experts' test recall still rises after epoch 6",
                     ", ".join(f"{e}: {v:.1f}" for e, v in sorted(recall.items())) +
                     f" ({curve['experts']} experts); above every epoch <= 6 at: {late or 'none'}", bool(late)))
