@@ -38,8 +38,8 @@ def speed(bench, level, run, n):
 def chosen(bench, level, name, n):
     """(eval mode, its report, {mode: report}) of a row: phased rows under their val-best mode."""
     if not phased(name):
-        return "-", load(bench, level, f"{name}_N{n}"), {}
-    by_mode = {mode: load(bench, level, f"{name}_{mode}_N{n}") for mode in modes(name)}
+        return "-", load(bench, level, f"{name}_N{n}{bench.tag(level)}"), {}
+    by_mode = {mode: load(bench, level, f"{name}_{mode}_N{n}{bench.tag(level)}") for mode in modes(name)}
     mode = max(by_mode, key=lambda m: val_of(by_mode[m]))
     return mode, by_mode[mode], by_mode
 

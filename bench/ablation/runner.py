@@ -78,11 +78,13 @@ class Bench:
         """Iterations per phase: --iterations, else the level's."""
         return self.a.iterations or LEVELS[level].get("iterations", ITERATIONS)
 
+    def tag(self, level):
+        """'_it<k>' for runs with fewer iterations than the level's, '' otherwise: their run directories and
+        evaluations are their own, never taken for (or resumed as) the full ones."""
+        return f"_it{self.iterations(level)}" if self.iterations(level) != LEVELS[level].get("iterations", ITERATIONS) else ""
+
     def run_dir(self, level, run, n):
-        """A run with fewer iterations than its level's goes to its own directory, so that it is never taken for
-        (or resumed as) the full one."""
-        short = self.iterations(level) != LEVELS[level].get("iterations", ITERATIONS)
-        return os.path.join(self.work, "runs", level, f"{run}_N{n}" + (f"_it{self.iterations(level)}" if short else ""))
+        return os.path.join(self.work, "runs", level, f"{run}_N{n}{self.tag(level)}")
 
     def distill_job(self, level, run, n):
         phases, ema, conditioning, matching, _ = RUNS[run]
@@ -120,8 +122,9 @@ class Bench:
     def row_evals(self, level, name, n):
         files = ["--ckpt_path", *self.files(level, name, n)]
         if not phased(name):
-            return [self.eval_job(level, f"{name}_N{n}", *files)]
-        jobs = [self.eval_job(level, f"{name}_{mode}_N{n}", *files, "--eval_mode", mode) for mode in modes(name)]
+            return [self.eval_job(level, f"{name}_N{n}{self.tag(level)}", *files)]
+        jobs = [self.eval_job(level, f"{name}_{mode}_N{n}{self.tag(level)}", *files, "--eval_mode", mode)
+                for mode in modes(name)]
         if name in AUTHORS_ROWS and level == "synthetic":  # after the rest
             self.late.append(self.eval_job(level, f"{name}_authors_N{n}", *files, "--protocol", "authors"))
         return jobs
@@ -151,9 +154,10 @@ class Bench:
         if name is None:
             return
         files = self.files(level, name, n)
-        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}", "--ckpt_path", f) for p, f in enumerate(files)]
+        tag = self.tag(level)
+        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}{tag}", "--ckpt_path", f) for p, f in enumerate(files)]
         if "sequential" not in modes(name):
-            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}", "--ckpt_path", *files))
+            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}{tag}", "--ckpt_path", *files))
         self.parallel(jobs)
 
     def curve_jobs(self, level, n):
