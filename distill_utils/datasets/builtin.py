@@ -4,7 +4,8 @@ Every image shows one or more shapes (colour, shape, size, position) on a colour
 its captions name all attributes, in several paraphrases, so that no single word identifies
 an image and retrieval needs the whole sentence. Written to disk in the Karpathy layout and
 read through the same loader as Flickr30k. Deterministic for a given seed. The level `synthetic_paper` draws
-from the fine palette: finer values of each attribute and a texture (solid, striped, hollow) per shape.
+from the fine palette: finer values of each attribute, a texture (solid, striped, hollow) per shape, jittered
+colours, and captions that each leave some sizes, colours and textures out (shapes and positions always named).
 
     python -m distill_utils.datasets.builtin --out data/synthetic --seed 0
     python -m distill_utils.datasets.builtin --out data/synthetic_paper --palette fine --max_objects 2 \
@@ -131,8 +132,9 @@ def _canonical_words():
 
 
 def content(text: str) -> tuple:
-    """The scene a caption names, whatever its wording: (background, (sorted attribute values of each object, in
-    the caption's order)). Two captions have the same content exactly when they name the same scene."""
+    """What a caption names, whatever its wording: (background, (sorted attribute values of each object, in the
+    caption's order)). Two captions have the same content exactly when they name the same attributes of the same
+    shapes; a caption naming every attribute names its whole scene."""
     words = _canonical_words()
     pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b")
     values = [words[m.group(1)] for m in pattern.finditer(text)]
