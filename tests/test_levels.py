@@ -151,3 +151,20 @@ def test_levels_generate_one_and_two_shapes(tmp_path):
 def test_default_directory_of_each_level():
     hard = settings.parse_args(settings.parser(settings.BUFFER), ["--dataset", "synthetic_hard", "--device", "cpu"])
     assert hard.ann_root == hard.image_root == "data/synthetic_hard"
+
+
+def test_level_check_measures_the_four_criteria(tmp_path):
+    from bench import level_check
+    generate(str(tmp_path), seed=0, train_images=30, test_images=10, val_images=10, max_objects=2, palette="fine")
+    curve = {"kind": "curve", "level": "synthetic_paper", "experts": 2,
+             "recall": {str(e): v for e, v in enumerate([10, 20, 30, 40, 50, 60, 55, 58, 59, 61], 1)}}
+    rows = [{"kind": "row", "level": "synthetic_paper", "n": 500, "table": "main", "order": k, "label": label,
+             "mean": {"r_mean": r}} for k, (label, r) in enumerate([("random real pairs", 20.0),
+                                                                    ("full train set (60 pairs)", 80.0)])]
+    got = {name: passed for name, _, passed in level_check.criteria(str(tmp_path), [curve] + rows, "synthetic_paper")}
+    # 60 pairs: 500 is more than 3% of them, and they name fewer than 5,000 contents; epoch 10's 61 tops epoch 6's
+    # 60; 20 / 80 = 0.25
+    assert list(got.values()) == [False, False, True, True]
+    curve["recall"]["10"] = 60.0
+    rising, ratio = level_check.criteria(str(tmp_path), [curve], "synthetic_paper")[2:]
+    assert rising[2] is False and ratio == ("500 random pairs <= 0.35 of the full set", "not measured", None)
