@@ -9,7 +9,7 @@ from typing import Any, Callable, Iterable, NoReturn, Optional, Sequence
 
 import torch
 
-from distill_utils.datasets.annotations import SYNTHETIC_LEVELS, default_roots
+from distill_utils.datasets.annotations import LEVEL_SIZES, SYNTHETIC_LEVELS, default_roots
 from common.errors import UserError
 
 
@@ -209,6 +209,8 @@ def finalize(args: argparse.Namespace, settings: Iterable[Setting] = ()) -> argp
         _fill(args, ann_root=ann_root)
         _fill(args, image_root=args.ann_root if synthetic else image_root, image_size=32 if synthetic else 224,
               text_encoder="minilm" if synthetic else "bert", image_encoder="convnet" if synthetic else "nfnet")
+        train_images, test_images = LEVEL_SIZES.get(args.dataset, LEVEL_SIZES["synthetic"])
+        _fill(args, synthetic_train_images=train_images, synthetic_test_images=test_images)
     all_finite(args)
     for setting in settings:
         setting.validate(args)

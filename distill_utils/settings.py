@@ -45,7 +45,8 @@ TABLE = [
       "line override it (recipes/, distill_utils/recipes.py)", TRAINING, RECIPE, metavar="FILE"),
     # data
     S("dataset", "synthetic", "dataset (synthetic: the built-in one; synthetic_hard: its harder level, two shapes "
-      "per image)", READING, DATA, choices=list(LAYOUTS)),
+      "per image; synthetic_paper: two textured shapes per image, 20,000 train pairs, the paper's ratios)", READING,
+      DATA, choices=list(LAYOUTS)),
     S("dataset", None, "whose published buffers and annotations", (PREPARE_BUFFERS,), DATA, choices=REAL_DATASETS,
       required=True),
     S("image_root", None, "image directory (default: data/synthetic, or distill_utils/data/<Flickr30k|COCO|CC3M>)",
@@ -60,10 +61,10 @@ TABLE = [
     S("workers", 0, "image decoding worker processes", READING + CONVERT, DATA, type=int, check="non_negative",
       at_most=256),
     S("data_seed", 0, "seed of the synthetic dataset generator", READING, DATA, type=int, check="seed"),
-    S("synthetic_train_images", 1000, "synthetic: train images, 2 captions each", READING, DATA, type=int,
-      check="positive"),
-    S("synthetic_test_images", 200, "synthetic: val and test images, 5 captions each", READING, DATA, type=int,
-      check="positive"),
+    S("synthetic_train_images", None, "synthetic: train images, 2 captions each (default: 1000; synthetic_paper: "
+      "10000)", READING, DATA, type=int, check="positive"),
+    S("synthetic_test_images", None, "synthetic: val and test images, 5 captions each (default: 200; "
+      "synthetic_paper: 1000)", READING, DATA, type=int, check="positive"),
     # network
     S("image_encoder", None, "convnet[_wW][_dD][_eE][_in|_gn|_nonorm] | nfnet | <timm model name> (default: convnet "
       "for synthetic, nfnet otherwise)", TRAINING + (PREPARE_BUFFERS,), NETWORK),

@@ -13,6 +13,7 @@ import buffer
 import evaluate
 from bench.ablation import collect, facts, plan, report, store
 from bench.ablation.runner import Bench
+from bench.ablation.plan import phase_sizes
 from distill_utils import settings
 from distill_utils.evaluation.summary import COLUMNS
 from tests.helpers import ROOT
@@ -24,7 +25,7 @@ def _report(test, val):
     """An evaluate.py report whose every column is `test` (std 1) and whose final val mean recall is `val`."""
     keys = [k for _, k in COLUMNS]
     return {"final": {"mean": dict.fromkeys(keys, test), "std": dict.fromkeys(keys, 1.0)},
-            "runs": [{"points": [{"val": {"r_mean": val}}]}], "phases": [{"pairs": 2000}]}
+            "runs": [{"points": [{"val": {"r_mean": val}}]}] * 3, "phases": [{"pairs": 2000}]}  # 3 students
 
 
 def _write(path, obj, lines=False):
@@ -36,7 +37,8 @@ def _write(path, obj, lines=False):
 def _bench(tmp_path, level="synthetic_hard", n=50, rows=("ST", "PTM+ST", "PTM+ST, conditioned"), seconds=60):
     """A finished level and budget with ST, PTM+ST (both modes) and the baselines, all made up."""
     a = argparse.Namespace(workdir=str(tmp_path / "work"), out=str(tmp_path / "results.md"), levels=[level],
-                           sizes=[n], rows=list(rows), num_eval=3, jobs=2, device="cpu")
+                           sizes=[n], rows=list(rows), num_eval=3, jobs=2, device="cpu", iterations=None,
+                           curve_points=0)
     bench = Bench(a)
     curve = [{"expert": e, "epoch": ep, "r_mean": 10.0 * ep} for e in range(2) for ep in range(11)]
     _write(os.path.join(bench.traj(level), "normal", "metrics.jsonl"), curve, lines=True)
@@ -64,7 +66,8 @@ def test_todays_tables_are_regenerated_from_the_stored_rows():
     assert report.fill(text, records, "docs/results.md") == text
     lines = text.split("\n")
     assert lines[lines.index(report.BEGIN) + 1:lines.index(report.END)] == report.tables(records)
-    runs = store.runs(records)  # every record came from the markdown report or names a stored run
+    # rows imported from the markdown report say so; measured ones (synthetic_paper, issue 21) name their run
+    runs = store.runs(records)
     assert all(r.get("source") or r["kind"] == "run" or r["run"] in runs for r in records)
 
 
@@ -82,6 +85,9 @@ def test_the_report_fills_its_tables_from_the_store_and_leaves_the_prose(tmp_pat
     assert "| ST | - | 45.0 ± 1.0 | 45.0 ± 1.0 |" in text and "| 40.0 |  | 2.00 | 900 |" in text
     assert "| PTM+ST | union | 30.0 ± 1.0 |" in text and "| 42.0 | 44.0 / - / 30.0 | 2.00 | 900 |" in text
     assert "| random real pairs | - | 10.0 ± 1.0 |" in text and "| full train set (2000 pairs) | - | 80.0 ± 1.0 |" in text
+    one = {**_report(70, 71), "runs": _report(70, 71)["runs"][:1]}  # fewer students than the rows: the label says
+    _write(bench.eval_path("synthetic_hard", "full"), {"results": {"x": one}})
+    assert "full train set (2000 pairs, 1 student)" in {r["label"] for r in collect.records(bench) if r["kind"] == "row"}
     assert "PTM+ST, conditioned" not in text  # not finished: not stored, not shown
     report.write(store.read(path), str(out))
     assert out.read_text() == text
@@ -174,10 +180,11 @@ def _resolved(script, argv):
 
 
 def test_every_step_is_the_recipe_with_overrides_and_resolves_to_the_old_flags(tmp_path):
-    a = argparse.Namespace(workdir=str(tmp_path), out=None, levels=list(plan.LEVELS), sizes=None, rows=None,
-                           num_eval=3, jobs=2, device="cpu")
+    older = ["synthetic", "synthetic_hard"]  # the paper level's splits and iterations: the test below
+    a = argparse.Namespace(workdir=str(tmp_path), out=None, levels=older, sizes=None, rows=None,
+                           num_eval=3, jobs=2, device="cpu", iterations=None, curve_points=0)
     bench = Bench(a)
-    for level, spec in plan.LEVELS.items():
+    for level, spec in ((lv, plan.LEVELS[lv]) for lv in older):
         step = bench.expert_jobs(level)[0]
         old = [*_old_data(bench, level), "--image_encoder", "convnet", "--buffer_path", os.path.join(bench.work, "buffer"),
                "--train_epochs", str(spec["epochs"]), *OLD_EXPERTS]
@@ -221,3 +228,27 @@ def test_a_tagged_rerun_stores_beside_the_rows_it_repeats():
     assert {r["id"] for r in merged if r["kind"] == "run"} == {"r", "s"}
     again = store.merged(merged, store.tagged(merged, new, "rerun"))  # the same run stored twice: no new labels
     assert sorted(r["label"] for r in again if r["kind"] == "row") == ["ST", "ST (rerun)", "ST, blending"]
+
+
+def test_the_paper_level_runs_the_papers_splits_and_keeps_short_runs_apart(tmp_path):
+    assert phase_sizes("synthetic_paper", "phased_shortcut", 200) == [99, 100]
+    assert phase_sizes("synthetic_paper", "conditioned", 500) == [200, 299]
+    assert phase_sizes("synthetic_paper", "shortcut", 500) == [499]  # one phase: the phased rows' whole budget
+    assert phase_sizes("synthetic", "phased_shortcut", 50) == [25, 25]
+    a = argparse.Namespace(workdir=str(tmp_path), levels=["synthetic_paper"], sizes=[200], rows=["ST", "PTM+ST+EMA"],
+                           num_eval=3, jobs=1, device="cpu", iterations=None, curve_points=0)
+    full = Bench(a)
+    assert full.run_dir("synthetic_paper", "shortcut", 200).endswith("shortcut_N200")
+    job = full.distill_job("synthetic_paper", "phased_shortcut", 200)
+    flags = " ".join(x for x in job[2:-1] if isinstance(x, str))
+    assert "--num_queries 99 100" in flags and "--Iteration 2000 2000" in flags and "--eval_it 2000" in flags
+    short = Bench(argparse.Namespace(**{**vars(a), "iterations": 300, "curve_points": 3}))
+    assert short.run_dir("synthetic_paper", "shortcut", 200).endswith("shortcut_N200_it300")
+    flags = " ".join(x for x in short.distill_job("synthetic_paper", "shortcut", 200)[2:-1] if isinstance(x, str))
+    assert "--num_queries 199" in flags and "--Iteration 300" in flags and "--eval_it 100" in flags
+    curve = [job[0] for job in short.curve_jobs("synthetic_paper", 200)]
+    assert curve == [f"synthetic_paper_eval_curve_{r}_N200_it{k}" for r in ("ST", "PTM+ST+EMA") for k in (100, 200, 300)]
+    last = short.curve_jobs("synthetic_paper", 200)[-1]
+    assert list(last[last.index("--ckpt_path") + 1:][:2]) == [
+        os.path.join(short.run_dir("synthetic_paper", "phased_shortcut", 200), f) for f in
+        ("distilled_0_final.pt", "distilled_1_300.pt")]

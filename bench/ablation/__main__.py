@@ -34,10 +34,14 @@ def parse_args(argv=None):
     p.add_argument("--out", default="docs/results.md", help="the report whose tables are filled (default: docs/results.md)")
     p.add_argument("--store", default=store.PATH, help="the results store (default: bench/results/ablation.jsonl)")
     p.add_argument("--levels", nargs="+", default=list(LEVELS), choices=list(LEVELS),
-                   help="dataset levels (default: synthetic synthetic_hard)")
+                   help="dataset levels (default: synthetic synthetic_hard synthetic_paper)")
     p.add_argument("--sizes", type=int, nargs="+", help="only these budgets N (default: each level's)")
     p.add_argument("--rows", nargs="+", choices=[r[0] for r in ROWS], metavar="ROW",
                    help="only these rows (default: each budget's); one of: " + "; ".join(r[0] for r in ROWS))
+    p.add_argument("--iterations", type=int, help="distillation iterations per phase (default: each level's: 100; "
+                   "synthetic_paper: the paper's 2,000); fewer go to runs/<level>/<run>_N<n>_it<k>")
+    p.add_argument("--curve_points", type=int, default=0,
+                   help="save each phase's subset this many times (evenly) for the val curve (default: at the end)")
     p.add_argument("--num_eval", type=int, default=3, help="evaluation seeds per row (default: 3)")
     p.add_argument("--jobs", type=int, default=2, help="parallel single-thread jobs (default: 2)")
     p.add_argument("--device", default="cpu", help="device of every step (default: cpu; the figures here are CPU)")

@@ -5,7 +5,8 @@ import math
 import os
 import statistics
 
-from bench.ablation.plan import AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, LEVELS, NUM_EXPERTS, modes, phased, row
+from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, ITERATIONS, LEVELS, NUM_EXPERTS, modes,
+                                 phased, row)
 from distill_utils.evaluation.sources import EVAL_MODES
 from distill_utils.evaluation.summary import COLUMNS
 
@@ -38,8 +39,8 @@ def speed(bench, level, run, n):
 def chosen(bench, level, name, n):
     """(eval mode, its report, {mode: report}) of a row: phased rows under their val-best mode."""
     if not phased(name):
-        return "-", load(bench, level, f"{name}_N{n}"), {}
-    by_mode = {mode: load(bench, level, f"{name}_{mode}_N{n}") for mode in modes(name)}
+        return "-", load(bench, level, f"{name}_N{n}{bench.tag(level)}"), {}
+    by_mode = {mode: load(bench, level, f"{name}_{mode}_N{n}{bench.tag(level)}") for mode in modes(name)}
     mode = max(by_mode, key=lambda m: val_of(by_mode[m]))
     return mode, by_mode[mode], by_mode
 
@@ -138,13 +139,17 @@ def budget_records(bench, level, n, run):
         except FileNotFoundError:
             continue
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
-        out.append(_row(level, n, "main", name, next(order), report, run, mode=mode, val=val_of(report),
-                        modes=cells if by_mode else None, s_per_it=s_iter, peak_mb=peak))
+        its = bench.iterations(level)
+        short = its != LEVELS[level].get("iterations", ITERATIONS)  # never stored under the full run's label
+        out.append(_row(level, n, "main", name + (f", {its} iterations per phase" if short else ""), next(order),
+                        report, run, mode=mode, val=val_of(report), modes=cells if by_mode else None, s_per_it=s_iter,
+                        peak_mb=peak, iterations=its))
     for name, what in (("full", ""), ("full_heads", ", symmetric heads")):
         full = load_or_none(bench, level, name)
         if full:
-            out.append(_row(level, n, "main", f"full train set ({full['phases'][0]['pairs']} pairs){what}", next(order),
-                            full, run, mode="-", val=val_of(full)))
+            few = len(full["runs"]) < bench.a.num_eval  # fewer students than the rows: said in the label
+            label = f"full train set ({full['phases'][0]['pairs']} pairs" + (f", {len(full['runs'])} student" if few else "")
+            out.append(_row(level, n, "main", label + f"){what}", next(order), full, run, mode="-", val=val_of(full)))
     for name in (r for r in AUTHORS_ROWS if r in bench.rows[level][n] and level == "synthetic"):
         report = load_or_none(bench, level, f"{name}_authors_N{n}")
         if report:

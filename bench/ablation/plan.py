@@ -9,7 +9,7 @@ NUM_EXPERTS = 2
 # what each step changes in the recipe (the rest, e.g. the distillation's lrs and minibatches, is the recipe's)
 EXPERTS = ["--config", RECIPE, "--num_experts", str(NUM_EXPERTS), "--eval_freq", "1"]
 ITERATIONS = 100  # per phase, as the paper's recipes give each phase its own iteration count
-DISTILL = ["--config", RECIPE, "--num_eval", "0", "--checkpoint_it", "25", "--eval_it", str(ITERATIONS)]
+DISTILL = ["--config", RECIPE, "--num_eval", "0", "--checkpoint_it", "25"]
 EMA = "0.97"  # the recipe's; runs without EMA override it with 0
 PROTOCOL = ["--config", RECIPE, "--select_on", "val", "--seed", "0"]
 SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
@@ -96,13 +96,30 @@ ROWS += [(label, run, "final") for label, run in zip(REPBLEND_ROWS, ("blend", "h
                                                                      "shortcut_exact_blend_weak"))]
 LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
 STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS + REPBLEND_ROWS]
-# dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget
-LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)], "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD}},
+# the paper's regime (issue 21): its budgets, each phased budget split as its recipes split it, the rows in priority
+# order (the baselines always run), 2,000 iterations per phase unless --iterations says otherwise
+PAPER_ROWS = ["ST", "PTM+ST+EMA", "PTM+ST", "PTM+ST, conditioned", "PTM+ST+EMA, conditioned", "ST, exact gradient",
+              "PTM+ST+EMA, conditioned, exact gradient"]
+# dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget; optional: iterations per
+# phase (default ITERATIONS) and the phases' pair counts per budget (default: halves; one phase: their sum)
+LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)],
+                        "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
-                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS]}}}
+                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS]}},
+          "synthetic_paper": {"epochs": 10, "windows": [(0, 6), (0, 8)], "sizes": {500: PAPER_ROWS, 200: PAPER_ROWS},
+                              "iterations": 2000, "phase_sizes": {200: (99, 100), 500: (200, 299)}}}
 AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under --protocol authors (`synthetic`)
 CROSS_SIZE = 50  # the cross-architecture check runs at this budget
+
+
+def phase_sizes(level, run, n):
+    """The pair count of each phase of `run` at budget n: the level's split, or `run`'s share; one phase: all."""
+    phases, split = RUNS[run].phases, RUNS[run].split
+    given = LEVELS[level].get("phase_sizes", {}).get(n)
+    if given:
+        return [sum(given)] if len(phases) == 1 else list(given)
+    return [n] if len(phases) == 1 else [round(n * split), n - round(n * split)]
 
 
 def row(name):

@@ -8,7 +8,8 @@ import time
 
 from bench.ablation import collect
 from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, EMA, ENCODER, EXPERTS, ITERATIONS,
-                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, modes, phased, row, slug)
+                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, modes, phase_sizes, phased, row,
+                                 slug)
 from distill_utils.files.buffers import BufferDir
 from distill_utils.method.matching import MATCHING
 
@@ -90,17 +91,26 @@ class Bench:
                 self.run(f"{level}_{'heads_' if heads else ''}convexify_{start}_{end}", "convexify.py", "--start",
                          str(start), "--end", str(end), "--normal_dir", normal.path, done=out)
 
+    def iterations(self, level):
+        """Iterations per phase: --iterations, else the level's."""
+        return self.a.iterations or LEVELS[level].get("iterations", ITERATIONS)
+
+    def tag(self, level):
+        """'_it<k>' for runs with fewer iterations than the level's, '' otherwise: their run directories and
+        evaluations are their own, never taken for (or resumed as) the full ones."""
+        return f"_it{self.iterations(level)}" if self.iterations(level) != LEVELS[level].get("iterations", ITERATIONS) else ""
+
     def run_dir(self, level, run, n):
-        return os.path.join(self.work, "runs", level, f"{run}_N{n}")
+        return os.path.join(self.work, "runs", level, f"{run}_N{n}{self.tag(level)}")
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching, split, blend, on_heads = RUNS[run]
-        sizes = [n] if len(phases) == 1 else [round(n * split), n - round(n * split)]
+        phases, ema, conditioning, matching, _, blend, on_heads = RUNS[run]
+        sizes, its = phase_sizes(level, run, n), self.iterations(level)
         run_dir = self.run_dir(level, run, n)
-        args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)),
+        args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)), "--eval_it", str(self.eval_it(level)),
                 "--buffer_path", *[os.path.join(self.traj(level, on_heads), t) for t, _, _ in phases],
                 "--min_start_epoch", *[str(lo) for _, lo, _ in phases], "--max_start_epoch", *[str(hi) for _, _, hi in phases],
-                "--num_queries", *map(str, sizes), "--Iteration", *[str(ITERATIONS)] * len(phases),
+                "--num_queries", *map(str, sizes), "--Iteration", *[str(its)] * len(phases),
                 "--ema_decay", EMA if ema else "0", "--phase_conditioning", conditioning, "--matching", matching,
                 "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir),
                 *self.net(level, on_heads), *(["--blend", str(blend)] if blend else [])]
@@ -109,15 +119,20 @@ class Bench:
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
         return (f"{level}_distill_{run}_N{n}", "distill_ptm-st.py", *args, last)
 
+    def eval_it(self, level):
+        """Subsets saved every eval_it iterations: at the end only, or --curve_points times per phase (the val curve)."""
+        its = self.iterations(level)
+        return max(1, its // self.a.curve_points) if self.a.curve_points else its
+
     def files(self, level, name, n):
         _, run, kind = row(name)
         return [os.path.join(self.run_dir(level, run, n), f"distilled_{p}_{kind}.pt") for p in range(len(RUNS[run].phases))]
 
-    def eval_job(self, level, name, *args, encoder=ENCODER):
+    def eval_job(self, level, name, *args, encoder=ENCODER, num_eval=None):
         out = self.eval_path(level, name)
         os.makedirs(os.path.dirname(out), exist_ok=True)
         return (f"{level}_eval_{slug(name)}", "evaluate.py", *PROTOCOL, *self.data(level), "--image_encoder", encoder,
-                "--num_eval", str(self.a.num_eval), "--out", out, *args, out)
+                "--num_eval", str(num_eval or self.a.num_eval), "--out", out, *args, out)
 
     def eval_path(self, level, name):
         return os.path.join(self.work, "eval", level, f"{slug(name)}.json")
@@ -125,8 +140,9 @@ class Bench:
     def row_evals(self, level, name, n):
         files = ["--ckpt_path", *self.files(level, name, n), *self.net(level, heads(name))]
         if not phased(name):
-            return [self.eval_job(level, f"{name}_N{n}", *files)]
-        jobs = [self.eval_job(level, f"{name}_{mode}_N{n}", *files, "--eval_mode", mode) for mode in modes(name)]
+            return [self.eval_job(level, f"{name}_N{n}{self.tag(level)}", *files)]
+        jobs = [self.eval_job(level, f"{name}_{mode}_N{n}{self.tag(level)}", *files, "--eval_mode", mode)
+                for mode in modes(name)]
         if name in AUTHORS_ROWS and level == "synthetic":  # after the rest
             self.late.append(self.eval_job(level, f"{name}_authors_N{n}", *files, "--protocol", "authors"))
         return jobs
@@ -161,10 +177,26 @@ class Bench:
         if name is None:
             return
         files = self.files(level, name, n)
-        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}", "--ckpt_path", f) for p, f in enumerate(files)]
+        tag = self.tag(level)
+        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}{tag}", "--ckpt_path", f) for p, f in enumerate(files)]
         if "sequential" not in modes(name):
-            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}", "--ckpt_path", *files))
+            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}{tag}", "--ckpt_path", *files))
         self.parallel(jobs)
+
+    def curve_jobs(self, level, n):
+        """With --curve_points: each row's last phase evaluated (1 student, val and test) at each saved iteration,
+        after the earlier phases' final subsets, under the row's first eval mode: its val curve."""
+        if not self.a.curve_points:
+            return []
+        jobs, step, its = [], self.eval_it(level), self.iterations(level)
+        for name in self.rows[level][n]:
+            files = self.files(level, name, n)
+            for k in range(step, its + 1, step):
+                last = files[-1].replace("_final_raw.pt", f"_{k}.pt").replace("_final.pt", f"_{k}.pt")
+                mode = ["--eval_mode", modes(name)[0]] if phased(name) else []
+                jobs.append(self.eval_job(level, f"curve_{name}_N{n}_it{k}", "--ckpt_path", *files[:-1], last, *mode,
+                                          num_eval=1))
+        return jobs
 
     def distill_jobs(self, level, n):
         runs = dict.fromkeys(row(r)[1] for r in self.rows[level][n])
@@ -181,4 +213,5 @@ class Bench:
             print(f"{level}, N = {-n}: distillation and evaluation", flush=True)
             self.parallel(self.distill_jobs(level, -n))
             self.parallel(self.evaluation_jobs(level, -n))
+            self.parallel(self.curve_jobs(level, -n))
             self.analysis(level, -n)

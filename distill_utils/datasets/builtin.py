@@ -3,17 +3,22 @@
 Every image shows one or more shapes (colour, shape, size, position) on a coloured background;
 its captions name all attributes, in several paraphrases, so that no single word identifies
 an image and retrieval needs the whole sentence. Written to disk in the Karpathy layout and
-read through the same loader as Flickr30k. Deterministic for a given seed.
+read through the same loader as Flickr30k. Deterministic for a given seed. The level `synthetic_paper` draws
+from the fine palette: finer values of each attribute, a texture (solid, striped, hollow) per shape, jittered
+colours, and captions that each leave some sizes, colours and textures out (shapes and positions always named).
 
     python -m distill_utils.datasets.builtin --out data/synthetic --seed 0
+    python -m distill_utils.datasets.builtin --out data/synthetic_paper --palette fine --max_objects 2 \
+        --train_images 10000 --test_images 1000 --val_images 1000      # what --dataset synthetic_paper generates
 """
 import argparse
 import itertools
 import json
+import math
 import os
 import random
 import re
-from typing import List, Optional
+from typing import List, NamedTuple, Optional
 
 from PIL import Image, ImageDraw
 
@@ -47,6 +52,43 @@ SCENE_TEMPLATES = ["{objects} on a {bg} background", "there is {objects}; the ba
 VERSION = 2
 
 
+class Palette(NamedTuple):
+    """The attribute values a level draws (backgrounds and shapes are shared) and their wordings."""
+    colours: dict
+    sizes: dict
+    positions: dict
+    words: dict
+    templates: list
+    textures: tuple = ()
+
+
+BASIC = Palette(COLOURS, SIZES, POSITIONS, WORDS, OBJECT_TEMPLATES)
+# The level `synthetic_paper`: finer attributes (14 colours, 3 sizes, a 3 x 3 grid of positions) and a texture;
+# its scene space (tens of millions) is too large to list, so its scenes are sampled, uniformly over the same space.
+TEXTURE_WORDS = {"solid": ["solid", "filled"], "striped": ["striped", "stripy"], "hollow": ["hollow", "outlined"]}
+_CORNERS = {"top left": ["in the top left corner", "at the upper left"],
+            "top right": ["in the top right corner", "at the upper right"],
+            "bottom left": ["in the bottom left corner", "at the lower left"],
+            "bottom right": ["in the bottom right corner", "at the lower right"]}
+FINE = Palette(
+    colours={**COLOURS, "pink": (247, 120, 186), "brown": (140, 86, 40), "cyan": (23, 190, 207),
+             "lime": (170, 230, 40), "teal": (0, 128, 128), "maroon": (128, 0, 32)},
+    sizes={"small": 0.09, "medium": 0.14, "large": 0.19},
+    positions={"top left": (0.22, 0.22), "top": (0.5, 0.22), "top right": (0.78, 0.22), "left": (0.22, 0.5),
+               "centre": (0.5, 0.5), "right": (0.78, 0.5), "bottom left": (0.22, 0.78), "bottom": (0.5, 0.78),
+               "bottom right": (0.78, 0.78)},
+    words={**WORDS, **_CORNERS, **TEXTURE_WORDS, "medium": ["medium", "medium-sized", "mid-sized"]},
+    templates=["a {size} {texture} {colour} {shape} {where}", "a {texture} {colour} {shape}, {size}, {where}"],
+    textures=tuple(TEXTURE_WORDS))
+PALETTES = {"basic": BASIC, "fine": FINE}
+MENTION = 0.75  # fine palette: each caption names a shape's size, colour and texture each with this probability
+JITTER = 24  # fine palette: each shape's colour moved by up to this much per channel, so near colours blur
+
+
+def _palette(obj: tuple) -> Palette:
+    return FINE if len(obj) == 5 else BASIC  # only the fine palette's objects carry a texture
+
+
 def _all_scenes(max_objects):
     """Every scene: (background, ((colour, shape, size, position), ...)) with distinct positions."""
     objects = list(itertools.product(COLOURS, SHAPES, SIZES))
@@ -59,17 +101,54 @@ def _all_scenes(max_objects):
     return scenes
 
 
+def _phrase(obj: tuple, rng: random.Random) -> str:
+    colour, shape, size, pos = obj[:4]
+    p = _palette(obj)
+    template = rng.choice(p.templates)  # drawn before the words: the older levels' bytes
+    words = dict(size=rng.choice(p.words[size]), colour=colour, shape=rng.choice(p.words[shape]),
+                 where=rng.choice(p.words[pos]))
+    if len(obj) == 4:
+        return template.format(**words)
+    words["texture"] = rng.choice(p.words[obj[4]])
+    for name in ("size", "colour", "texture"):  # a caption leaves some attributes out, as people's captions do
+        if rng.random() > MENTION:
+            words[name] = ""
+    text = template.format(**words).replace(", ,", ",")
+    return re.sub(r" +", " ", text).replace(" ,", ",")
+
+
 def caption(scene: tuple, rng: random.Random) -> str:
     bg, objects = scene
-    phrases = [rng.choice(OBJECT_TEMPLATES).format(size=rng.choice(WORDS[size]), colour=colour,
-                                                   shape=rng.choice(WORDS[shape]), where=rng.choice(WORDS[pos]))
-               for colour, shape, size, pos in objects]
+    phrases = [_phrase(obj, rng) for obj in objects]
     text = rng.choice(SCENE_TEMPLATES).format(objects=" and ".join(phrases), bg=rng.choice(WORDS[bg]))
     return _ARTICLE.sub("an ", text)
 
 
+def _canonical_words():
+    """{wording: attribute value} of every attribute wording, longest first (so 'plus sign' before 'sign')."""
+    words = {w: value for value, ws in FINE.words.items() for w in ws}  # FINE's words include BASIC's
+    words.update({c: c for c in FINE.colours})
+    return dict(sorted(words.items(), key=lambda kv: -len(kv[0])))
+
+
+def content(text: str) -> tuple:
+    """What a caption names, whatever its wording: (background, (sorted attribute values of each object, in the
+    caption's order)). Two captions have the same content exactly when they name the same attributes of the same
+    shapes; a caption naming every attribute names its whole scene."""
+    words = _canonical_words()
+    pattern = re.compile(r"\b(" + "|".join(map(re.escape, words)) + r")\b")
+    values = [words[m.group(1)] for m in pattern.finditer(text)]
+    bg = [v for v in values if v in BACKGROUNDS]
+    objects, current = [], []
+    for v in (v for v in values if v not in BACKGROUNDS):
+        current.append(v)
+        if v in FINE.positions:  # every object phrase ends with its position (FINE's include BASIC's names)
+            objects.append(tuple(sorted(current)))
+            current = []
+    return bg[0] if len(bg) == 1 else tuple(bg), tuple(objects)
+
+
 def _polygon(shape, cx, cy, r, angle):
-    import math
     if shape == "square":
         corners = [(-1, -1), (1, -1), (1, 1), (-1, 1)]
         pts = [(x * 0.8, y * 0.8) for x, y in corners]
@@ -90,14 +169,40 @@ def draw(scene: tuple, px: int, rng: random.Random, supersample: int = 4) -> Ima
     size = px * supersample
     img = Image.new("RGB", (size, size), BACKGROUNDS[bg])
     pen = ImageDraw.Draw(img)
-    for colour, shape, size_name, pos in objects:
-        cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in POSITIONS[pos])
-        r = SIZES[size_name] * rng.uniform(0.9, 1.1) * size
-        if shape == "circle":
-            pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=COLOURS[colour])
+    for obj in objects:
+        colour, shape, size_name, pos = obj[:4]
+        p = _palette(obj)
+        cx, cy = ((v + rng.uniform(-0.05, 0.05)) * size for v in p.positions[pos])
+        r = p.sizes[size_name] * rng.uniform(0.9, 1.1) * size
+        angle = 0.0 if shape == "circle" else rng.uniform(-0.3, 0.3)  # no draw for circles: the old levels' bytes
+        if len(obj) == 4:
+            _fill_shape(pen, shape, cx, cy, r, angle, p.colours[colour])
         else:
-            pen.polygon(_polygon(shape, cx, cy, r, rng.uniform(-0.3, 0.3)), fill=COLOURS[colour])
+            rgb = tuple(min(255, max(0, c + rng.randint(-JITTER, JITTER))) for c in p.colours[colour])
+            _textured(img, obj[4], shape, cx, cy, r, angle, rgb, size)
     return img.resize((px, px), Image.LANCZOS)
+
+
+def _fill_shape(pen, shape, cx, cy, r, angle, fill):
+    if shape == "circle":
+        pen.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        pen.polygon(_polygon(shape, cx, cy, r, angle), fill=fill)
+
+
+def _textured(img, texture, shape, cx, cy, r, angle, colour, canvas):
+    """Solid: filled; hollow: the shape minus a shrunk copy (a thick outline); striped: filled on alternate
+    horizontal bands of a sixteenth of the canvas (two pixels at 32 px)."""
+    mask = Image.new("L", img.size, 0)
+    _fill_shape(ImageDraw.Draw(mask), shape, cx, cy, r, angle, 255)
+    if texture == "hollow":
+        _fill_shape(ImageDraw.Draw(mask), shape, cx, cy, 0.55 * r, angle, 0)
+    elif texture == "striped":
+        band = max(1, canvas // 16)
+        pen = ImageDraw.Draw(mask)
+        for y in range(band, canvas, 2 * band):
+            pen.rectangle([0, y, canvas, y + band - 1], fill=0)
+    img.paste(colour, mask=mask)
 
 
 def _attribute_counts(scenes):
@@ -118,6 +223,34 @@ def _sample_held_out(rng, pool, n, tries=1000):
     return scenes
 
 
+def _draw_scene(rng: random.Random, max_objects: int, palette: Palette = FINE) -> tuple:
+    """One scene, uniform over the space _all_scenes would list for `palette` (distinct positions, 1 to
+    max_objects objects, each a (colour, shape, size, position[, texture]))."""
+    textures = [palette.textures] if palette.textures else []
+    objects = list(itertools.product(palette.colours, SHAPES, palette.sizes, *textures))
+    names = list(palette.positions)
+    counts = [math.comb(len(names), n) * len(objects) ** n for n in range(1, max_objects + 1)]
+    n = rng.choices(range(1, max_objects + 1), weights=counts)[0]
+    attrs = [rng.choice(objects) for _ in range(n)]
+    positions = sorted(rng.sample(range(len(names)), n))
+    return rng.choice(list(BACKGROUNDS)), tuple(a[:3] + (names[k],) + a[3:] for a, k in zip(attrs, positions))
+
+
+def _sample_scenes(rng, n, max_objects, palette, exclude=frozenset()):
+    """n distinct scenes outside `exclude`, every attribute value that occurs occurring at least twice."""
+    for _ in range(1000):
+        scenes = []
+        seen = set(exclude)
+        while len(scenes) < n:
+            scene = _draw_scene(rng, max_objects, palette)
+            if scene not in seen:
+                seen.add(scene)
+                scenes.append(scene)
+        if min(_attribute_counts(scenes).values()) >= 2:
+            break
+    return scenes
+
+
 def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng):
     entries = []
     for k, scene in enumerate(scenes):
@@ -131,17 +264,29 @@ def _write_split(out_dir, split, scenes, captions_per_image, per_entry, px, rng)
 
 def generate(out_dir: str, seed: int = 0, train_images: int = 1000, test_images: int = 200,
              val_images: Optional[int] = None, captions_per_train_image: int = 2, captions_per_test_image: int = 5,
-             image_px: int = 64, max_objects: int = 1) -> None:
-    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct."""
+             image_px: int = 64, max_objects: int = 1, palette: str = "basic") -> None:
+    """Write the dataset to `out_dir` (a new directory). Val and test scenes are each distinct; with the fine
+    palette (tens of millions of scenes, sampled) they are also absent from the train split."""
     val_images = test_images if val_images is None else val_images
     rng = random.Random(seed)
-    scenes = _all_scenes(max_objects)
-    if val_images + test_images > len(scenes):
-        raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} distinct scenes")
-    test = _sample_held_out(rng, scenes, test_images)
-    taken = set(test)
-    val = _sample_held_out(rng, [s for s in scenes if s not in taken], val_images)
-    train = [rng.choice(scenes) for _ in range(train_images)]
+    if palette == "fine":
+        test = _sample_scenes(rng, test_images, max_objects, FINE)
+        val = _sample_scenes(rng, val_images, max_objects, FINE, frozenset(test))
+        held_out = set(test) | set(val)
+        train = []
+        while len(train) < train_images:
+            scene = _draw_scene(rng, max_objects, FINE)
+            if scene not in held_out:
+                train.append(scene)
+    else:
+        scenes = _all_scenes(max_objects)
+        if val_images + test_images > len(scenes):
+            raise UserError(f"synthetic: {val_images + test_images} val+test images exceed the {len(scenes)} "
+                            "distinct scenes")
+        test = _sample_held_out(rng, scenes, test_images)
+        taken = set(test)
+        val = _sample_held_out(rng, [s for s in scenes if s not in taken], val_images)
+        train = [rng.choice(scenes) for _ in range(train_images)]
     os.makedirs(os.path.join(out_dir, "images"))
     _write_split(out_dir, "train", train, captions_per_train_image, True, image_px, rng)
     _write_split(out_dir, "val", val, captions_per_test_image, False, image_px, rng)
@@ -184,15 +329,19 @@ def main(argv: Optional[List[str]] = None) -> None:
     p.add_argument("--val_images", type=int, default=200, help="val images (5 captions each)")
     p.add_argument("--image_px", type=int, default=64, help="side of the written PNGs")
     p.add_argument("--max_objects", type=int, default=1, help="shapes per image, 1 to 5")
+    p.add_argument("--palette", choices=list(PALETTES), default="basic",
+                   help="basic: the levels synthetic and synthetic_hard; fine: synthetic_paper's (14 colours, 3 sizes, "
+                        "9 positions, 3 textures)")
     a = p.parse_args(argv)
-    if not 1 <= a.max_objects <= len(POSITIONS):
-        raise UserError(f"--max_objects {a.max_objects}: expected 1 to {len(POSITIONS)}")
+    if not 1 <= a.max_objects <= len(PALETTES[a.palette].positions):
+        raise UserError(f"--max_objects {a.max_objects}: expected 1 to {len(PALETTES[a.palette].positions)}")
     for flag in ("train_images", "test_images", "val_images", "captions_per_train_image", "image_px"):
         if getattr(a, flag) < 1:
             raise UserError(f"--{flag} {getattr(a, flag)}: expected a positive integer")
     ensure_synthetic(a.out, seed=a.seed, train_images=a.train_images, test_images=a.test_images,
                      val_images=a.val_images, captions_per_train_image=a.captions_per_train_image,
-                     image_px=a.image_px, max_objects=a.max_objects)
+                     image_px=a.image_px, max_objects=a.max_objects,
+                     **({"palette": a.palette} if a.palette != "basic" else {}))  # the older levels' meta as it was
     print(f"synthetic dataset in {a.out}")
 
 
