@@ -14,7 +14,7 @@ import os
 
 from bench.ablation import store
 from distill_utils.datasets.annotations import LAYOUTS
-from distill_utils.datasets.builtin import content
+from distill_utils.datasets.scene_words import content
 from distill_utils.datasets.captions import pre_caption
 
 BUDGET = 500

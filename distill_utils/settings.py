@@ -122,10 +122,9 @@ TABLE = [
       "approximation), memory independent of --syn_steps; adjoint: the exact gradient by a reverse sweep, about the "
       "time of constant, the student's points kept as --adjoint_store says; unrolled: exact back-propagation through "
       "all steps, memory linear in steps", (DISTILL,), DISTILLATION, choices=sorted(MATCHING)),
-    S("constant_store", "replay", "--matching constant: how pass 2 gets each student step's graph. replay: the "
-      "steps are recomputed (memory independent of --syn_steps); graphs: pass 1 keeps them (no recomputation, "
-      "memory grows with --syn_steps; docs/speed.md measures both). Same gradient bit for bit", (DISTILL,),
-      DISTILLATION, choices=CONSTANT_STORES),
+    S("constant_store", "replay", "--matching constant: pass 2's step graphs. replay: recomputed (memory independent "
+      "of --syn_steps); graphs: kept from pass 1 (faster, memory grows with --syn_steps; docs/speed.md). Same gradient "
+      "bit for bit", (DISTILL,), DISTILLATION, choices=CONSTANT_STORES),
     S("adjoint_store", "cpu", "--matching adjoint: where the student points are kept. cpu: host memory (accelerator "
       "memory does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the parameters "
       "more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others recomputed (least memory, more time); graphs: "

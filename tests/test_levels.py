@@ -10,8 +10,9 @@ from distill_utils import settings
 from distill_utils.config import DataConfig, from_flags
 from distill_utils.datasets.loading import prepare
 from distill_utils.datasets.annotations import load_train_pairs
-from distill_utils.datasets import builtin
-from distill_utils.datasets.builtin import BASIC, FINE, SHAPES, _draw_scene, caption, content, generate
+from distill_utils.datasets import scene_words
+from distill_utils.datasets.builtin import _draw_scene, generate
+from distill_utils.datasets.scene_words import BASIC, FINE, SHAPES, caption, content
 from tests.helpers import read_all
 
 
@@ -111,13 +112,13 @@ def _named_share(captions):
 
 def test_content_names_the_scene_whatever_the_wording(monkeypatch):
     rng = random.Random(3)
-    monkeypatch.setattr(builtin, "MENTION", 1.0)  # every attribute named: the whole scene
+    monkeypatch.setattr(scene_words, "MENTION", 1.0)  # every attribute named: the whole scene
     for _ in range(300):
         scene = _draw_scene(rng, 2, rng.choice([BASIC, FINE]))
         bg, objects = scene
         want = (bg, tuple(tuple(sorted(obj)) for obj in objects))
         assert content(caption(scene, rng)) == content(caption(scene, rng)) == want
-    monkeypatch.setattr(builtin, "MENTION", 0.0)  # the fine palette's captions: shapes and positions only
+    monkeypatch.setattr(scene_words, "MENTION", 0.0)  # the fine palette's captions: shapes and positions only
     scene = _draw_scene(rng, 2, FINE)
     assert content(caption(scene, rng)) == (scene[0], tuple(tuple(sorted((o[1], o[3]))) for o in scene[1]))
 

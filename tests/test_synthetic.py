@@ -48,7 +48,7 @@ def test_no_single_word_identifies_a_test_image(tmp_path):
 
 def _attributes(caption):
     """The canonical attribute values a caption names (paraphrases mapped back)."""
-    from distill_utils.datasets.builtin import COLOURS, WORDS
+    from distill_utils.datasets.scene_words import COLOURS, WORDS
     found = set()
     for value, phrasings in list(WORDS.items()) + [(c, [c]) for c in COLOURS]:
         if any(re.search(rf"\b{re.escape(p)}\b", caption) for p in phrasings):
