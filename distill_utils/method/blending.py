@@ -12,7 +12,8 @@ and the contrastive loss is taken between the blended representations and the bl
 no longer the exact partner of one text, so the cross-modal supervision of each step is weaker and the pairs are
 pushed apart less within each modality. Only the distillation's student blends; experts and evaluation students
 train on pairs as they are. The draws come from the global CPU generator, which the matching's replays restore,
-so pass 2 (and the adjoint's reverse sweep) sees the blends of pass 1.
+so pass 2 (and the adjoint's reverse sweep) sees the blends of pass 1. RepBlend's released code differs: it blends
+the heads' inputs, keeps the targets unblended and does not fold lambda (docs/results.md).
 """
 from typing import Tuple
 
