@@ -127,8 +127,8 @@ TABLE = [
       "bit for bit", (DISTILL,), DISTILLATION, choices=CONSTANT_STORES),
     S("adjoint_store", "cpu", "--matching adjoint: where the student points are kept. cpu: host memory (accelerator "
       "memory does not grow with --syn_steps); device: on the accelerator (no copies, --syn_steps x the parameters "
-      "more); recompute: every ceil(sqrt(syn_steps))-th point kept, the others recomputed (least memory, more time); graphs: "
-      "every step's graph kept, none recomputed (least time, memory grows with --syn_steps). Same gradient bit for bit", (DISTILL,), DISTILLATION, choices=STORES),
+      "more); recompute: every ceil(sqrt(syn_steps))-th point kept, the rest recomputed (least memory); graphs: "
+      "every step's graph kept (fastest; memory grows with steps). Same bits", (DISTILL,), DISTILLATION, choices=STORES),
     S("phase_conditioning", "none", "none: each phase distills its subset alone; cumulative: in phase p > 1 the "
       "student's steps see the frozen D_1..D_{p-1} with the learnable D_p (block-diagonal S, D_p's lrs), so D_p "
       "complements them; pair it with --eval_mode cumulative", (DISTILL,), DISTILLATION, choices=CONDITIONING),

@@ -32,6 +32,7 @@ adjoint: the exact gradient (equal to unrolled to float rounding) by a reverse s
   2 sqrt(N) |theta| of memory for about N more plain gradient steps; "graphs" keeps every step's graph from
   the forward sweep (no step is computed twice; memory grows with the steps, as unrolled's).
 """
+import itertools
 import math
 from dataclasses import dataclass
 from typing import List, Sequence, Tuple
@@ -122,9 +123,9 @@ def match_constant(student: Student, syn: LearnableSet, start: Params, target: P
         set_rng_state(rng, device)
         r_img, r_txt = start[0].clone(), start[1].clone()
         for idx in schedule:
-            img_i, txt_i, g_img, g_txt = _step_graph(student, syn, r_img, r_txt, idx)
-            backward((g_img, g_txt))
-            r_img, r_txt = (img_i - lr_img * g_img).detach(), (txt_i - lr_txt * g_txt).detach()
+            graph = _step_graph(student, syn, r_img, r_txt, idx)
+            backward(graph[2:])
+            r_img, r_txt = _next_point(graph, (lr_img, lr_txt))
 
     syn.student_lr_img.grad = -2 * torch.dot(g_sum_img, gap_img) / dist_img
     syn.student_lr_txt.grad = -2 * torch.dot(g_sum_txt, gap_txt) / dist_txt
@@ -202,38 +203,22 @@ def _reverse_step(graph, lam, dlr, lrs, inputs):
     return (lam[0] + img_i.grad, lam[1] + txt_i.grad), dlr
 
 
-def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule,
-                  store: str = "cpu") -> MatchResult:
-    """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
-    device = syn.image.device
-    lrs = (syn.student_lr_img.item(), syn.student_lr_txt.item())
-    if store == "graphs":
-        return _adjoint_kept_graphs(student, syn, start, target, schedule, lrs)
-    last = len(schedule) - 1  # steps 0..last-1 run twice, step `last` once with its graph
-    points, rngs = _PointStore(device, store, last), []
+def _next_point(graph, lrs):
+    """theta_{i+1} = theta_i - lr g_i from a step's graph (img_i, txt_i, g_img, g_txt), detached."""
+    img_i, txt_i, g_img, g_txt = graph
+    return (img_i - lrs[0] * g_img).detach(), (txt_i - lrs[1] * g_txt).detach()
 
-    # forward: steps without a graph, keeping checkpoints of theta_i and the RNG state before each step
-    img, txt, checkpoints = start[0], start[1], []
-    for i, idx in enumerate(schedule[:-1]):
-        if i % points.every == 0:
-            checkpoints.append(start if i == 0 else points.put(img, txt))
-        rngs.append(rng_state(device))
-        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
-    graph = _step_graph(student, syn, img, txt, schedule[-1])
-    rng_end = rng_state(device)
-    img, txt = (graph[0] - lrs[0] * graph[2]).detach(), (graph[1] - lrs[1] * graph[3]).detach()
 
-    dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
-    gap_img, gap_txt = img - target[0], txt - target[1]
-    loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
-    lam = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt)  # dL/dtheta_N
+def _popped(graphs):
+    """The graphs of a list from the last, each dropped from the list as it is handed out."""
+    while graphs:
+        yield graphs.pop()
 
-    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each,
-    # segment by segment from the last checkpoint (recomputing the segment's points where they were not kept)
-    inputs = [syn.image, syn.text, *syn.sim_params]
-    dlr = (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
-    lam, dlr = _reverse_step(graph, lam, dlr, lrs, inputs)
-    graph = None
+
+def _recomputed(student, syn, schedule, lrs, points, checkpoints, rngs, device):
+    """The graphs of steps len(rngs)-1..0, latest first, recomputed segment by segment from the last checkpoint
+    (the segment's points recomputed where they were not kept), each under the RNG state of its forward step."""
+    last = len(rngs)
     for first in reversed(range(0, last, points.every)):
         segment = [points.get(checkpoints.pop())]
         for i in range(first, min(first + points.every, last) - 1):
@@ -241,27 +226,48 @@ def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Pa
             segment.append(_plain_step(student, syn, *segment[-1], schedule[i], lrs))
         for i in reversed(range(first, first + len(segment))):
             set_rng_state(rngs[i], device)
-            lam, dlr = _reverse_step(_step_graph(student, syn, *segment.pop(), schedule[i]), lam, dlr, lrs, inputs)
-    set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
-
-    syn.student_lr_img.grad, syn.student_lr_txt.grad = dlr
-    return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
+            yield _step_graph(student, syn, *segment.pop(), schedule[i])
 
 
-def _adjoint_kept_graphs(student, syn, start, target, schedule, lrs):
-    """match_adjoint with every step's graph kept from the forward sweep instead of recomputed in the reverse one: the
-    same graphs in the same order (the bits of store="device"), memory growing with the steps."""
-    graphs, img, txt = [], start[0], start[1]
-    for idx in schedule:
-        graphs.append(_step_graph(student, syn, img, txt, idx))
-        img, txt = (graphs[-1][0] - lrs[0] * graphs[-1][2]).detach(), (graphs[-1][1] - lrs[1] * graphs[-1][3]).detach()
+def match_adjoint(student: Student, syn: LearnableSet, start: Params, target: Params, schedule: Schedule,
+                  store: str = "cpu") -> MatchResult:
+    """Set .grad of the synthetic set's tensors to the exact gradient by the adjoint sweep (module docstring)."""
+    device, keep = syn.image.device, store == "graphs"
+    lrs = (syn.student_lr_img.item(), syn.student_lr_txt.item())
+    last = len(schedule) - 1  # steps 0..last-1 run twice (store="graphs": once, graph kept), step `last` once
+    points, rngs = _PointStore(device, store, last), []
+
+    # forward: steps without a graph, keeping checkpoints of theta_i and the RNG state before each step
+    # (store="graphs": each step with its graph, kept)
+    img, txt, checkpoints, kept = start[0], start[1], [], []
+    for i, idx in enumerate(schedule[:-1]):
+        if keep:
+            kept.append(_step_graph(student, syn, img, txt, idx))
+            img, txt = _next_point(kept[-1], lrs)
+            continue
+        if i % points.every == 0:
+            checkpoints.append(start if i == 0 else points.put(img, txt))
+        rngs.append(rng_state(device))
+        img, txt = _plain_step(student, syn, img, txt, idx, lrs)
+    kept.append(_step_graph(student, syn, img, txt, schedule[-1]))
+    rng_end = rng_state(device)
+    img, txt = _next_point(kept[-1], lrs)
+
     dist_img, dist_txt = _sq(start[0] - target[0]), _sq(start[1] - target[1])
     gap_img, gap_txt = img - target[0], txt - target[1]
     loss_img, loss_txt = _sq(gap_img) / dist_img, _sq(gap_txt) / dist_txt
-    lam, inputs = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt), [syn.image, syn.text, *syn.sim_params]
+    lam = (2 * gap_img / dist_img, 2 * gap_txt / dist_txt)  # dL/dtheta_N
+
+    # reverse: lambda_i from lambda_{i+1} and the data gradient of step i, one double-backward each, through the
+    # kept graphs, then the recomputed ones (none with store="graphs")
+    inputs = [syn.image, syn.text, *syn.sim_params]
     dlr = (torch.zeros_like(dist_img), torch.zeros_like(dist_txt))
-    while graphs:
-        lam, dlr = _reverse_step(graphs.pop(), lam, dlr, lrs, inputs)
+    for graph in itertools.chain(_popped(kept), _recomputed(student, syn, schedule, lrs, points, checkpoints, rngs,
+                                                           device)):
+        lam, dlr = _reverse_step(graph, lam, dlr, lrs, inputs)
+        del graph  # before the next one is recomputed: one step's graph alive at a time
+    set_rng_state(rng_end, device)  # the RNG continues as after constant mode's pass 1
+
     syn.student_lr_img.grad, syn.student_lr_txt.grad = dlr
     return MatchResult((loss_img + loss_txt).item(), loss_img.item(), loss_txt.item(), img, txt)
 
