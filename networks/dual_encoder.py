@@ -86,7 +86,7 @@ class DualEncoder(nn.Module):
     def logits(self, images: torch.Tensor, text_features: torch.Tensor, img_flat: Optional[torch.Tensor] = None,
                txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Image-to-text logits [B_img, B_txt] = scale * cos."""
-        return self.logit_scale * self.embed_images(images, img_flat) @ self.embed_texts(text_features, txt_flat).t()
+        return self.similarity(self.represent_images(images, img_flat), self.represent_texts(text_features, txt_flat))
 
 
 @dataclass(frozen=True)
