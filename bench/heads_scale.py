@@ -23,7 +23,7 @@ import time
 import torch
 
 from bench.measure import sync
-from bench.matching_problem import matching_problem
+from bench.matching_problem import add_problem_flags, matching_problem
 from common.io import save_torch
 from distill_utils.method.matching import MATCHING, minibatch_schedule
 from distill_utils.method.student import Student
@@ -34,12 +34,8 @@ KINDS = {"full encoder": True, "symmetric heads": False}  # name: --image_traina
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="cpu", help="cpu | cuda[:N] (default: cpu)")
-    p.add_argument("--image_encoder", default="nfnet_l0", help="timm model (default: nfnet_l0, the paper's)")
-    p.add_argument("--image_size", type=int, default=224, help="image side (default: 224)")
-    p.add_argument("--text_dim", type=int, default=768, help="text feature width (default: 768, BERT-base)")
+    add_problem_flags(p, num_queries=8, mini_batch_size=4)
     p.add_argument("--out_embedding", type=int, default=768, help="embedding width of the heads (default: 768)")
-    p.add_argument("--num_queries", type=int, default=8, help="synthetic pairs (default: 8; the paper's phase 1: 200)")
-    p.add_argument("--mini_batch_size", type=int, default=4, help="pairs per student step (default: 4; paper: 40)")
     p.add_argument("--steps", type=int, default=2, help="--syn_steps (default: 2; paper: 8)")
     p.add_argument("--modes", nargs="+", default=["constant", "adjoint"], choices=list(MATCHING))
     p.add_argument("--repeats", type=int, default=3, help="timed rounds after a warm-up (default: 3)")

@@ -7,6 +7,17 @@ from distill_utils.method.similarity import make_similarity
 from networks.dual_encoder import NetConfig, NetworkFactory
 
 
+def add_problem_flags(p, num_queries: int, mini_batch_size: int) -> None:
+    """The flags matching_problem reads (and --mini_batch_size), with the paper's network and widths as defaults."""
+    p.add_argument("--image_encoder", default="nfnet_l0", help="timm model, randomly initialised (default: nfnet_l0)")
+    p.add_argument("--image_size", type=int, default=224, help="image side (default: 224)")
+    p.add_argument("--text_dim", type=int, default=768, help="text feature width (default: 768, BERT-base)")
+    p.add_argument("--num_queries", type=int, default=num_queries,
+                   help=f"synthetic pairs (default: {num_queries}; the paper's Flickr-500 phase 1: 200)")
+    p.add_argument("--mini_batch_size", type=int, default=mini_batch_size,
+                   help=f"pairs per student step (default: {mini_batch_size}; the paper's: 40)")
+
+
 def matching_problem(a, device, trainable=True, out_embedding=768):
     """(net, synthetic set, start, target): a random network of a.image_encoder (the whole encoder trained, or
     heads on it frozen), a.num_queries random pairs at a.image_size / a.text_dim and an expert segment around the

@@ -32,7 +32,7 @@ import time
 
 import torch
 
-from bench.matching_problem import matching_problem
+from bench.matching_problem import add_problem_flags, matching_problem
 from bench.measure import Memory, is_oom, machine, sync
 from bench.paper_scale_report import DATA_KEYS, extrapolated, markdown
 from distill_utils import speed
@@ -50,11 +50,7 @@ LEVERS = {"float32": ("off", False, False, False), "tf32": ("off", False, True, 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (default: auto)")
-    p.add_argument("--image_encoder", default="nfnet_l0", help="timm model, randomly initialised (default: nfnet_l0)")
-    p.add_argument("--image_size", type=int, default=224, help="image side (default: 224)")
-    p.add_argument("--text_dim", type=int, default=768, help="text feature width (default: 768, BERT-base)")
-    p.add_argument("--num_queries", type=int, default=200, help="synthetic pairs (default: 200, Flickr-500 phase 1)")
-    p.add_argument("--mini_batch_size", type=int, default=40, help="pairs per student step (default: 40)")
+    add_problem_flags(p, num_queries=200, mini_batch_size=40)
     p.add_argument("--steps", type=int, nargs="+", default=[2, 8, 20], help="--syn_steps values (default: 2 8 20)")
     p.add_argument("--extrapolate", type=int, nargs="*", default=[], help="step counts to extrapolate to (CPU)")
     p.add_argument("--modes", nargs="+", choices=list(MATCHING),
