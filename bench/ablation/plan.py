@@ -103,7 +103,7 @@ PAPER_ROWS = ["ST", "PTM+ST+EMA", "PTM+ST", "PTM+ST, conditioned", "PTM+ST+EMA, 
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget; optional: iterations per
 # phase (default ITERATIONS) and the phases' pair counts per budget (default: halves; one phase: their sum)
 LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)],
-                        "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD}},
+                        "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD + REPBLEND_ROWS[:4]}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
                                             "PTM+ST+EMA, conditioned", *LEVER_ROWS]}},
