@@ -132,10 +132,10 @@ TABLE = [
     S("phase_conditioning", "none", "none: each phase distills its subset alone; cumulative: in phase p > 1 the "
       "student's steps see the frozen D_1..D_{p-1} with the learnable D_p (block-diagonal S, D_p's lrs), so D_p "
       "complements them; pair it with --eval_mode cumulative", (DISTILL,), DISTILLATION, choices=CONDITIONING),
-    S("blend", 0.0, "representation blending (RepBlend) in the distillation student's loss: each step blends every "
-      "synthetic pair with another of its minibatch, M = lam I + (1 - lam) P, lam ~ Beta(BLEND, BLEND) folded to "
-      ">= 1/2, applied to both modalities' representations and to the targets (M S M^T); 0 = off (the paper's "
-      "PTM-ST, unchanged bit for bit)", (DISTILL,), DISTILLATION, type=float, check="non_negative"),
+    S("blend", 0.0, "representation blending (RepBlend's released form): each distillation student step draws lam "
+      "~ Beta(BLEND, BLEND) and a permutation of its minibatch and blends each pair's image-module input (frozen "
+      "encoder features, or pixels) and text features with another pair's, targets unchanged; 0 = off (PTM-ST, same "
+      "bits)", (DISTILL,), DISTILLATION, type=float, check="non_negative"),
     # what evaluate.py evaluates
     S("ckpt_path", [], "distilled subset files, trained on in this order", (EVALUATE,), TARGETS, nargs="+"),
     S("baseline", None, "real-pair baseline: random | prototype (k-means coreset) | full; the pairs are chosen once "

@@ -59,14 +59,20 @@ class DualEncoder(nn.Module):
         return (self.img_layout.flatten([p.detach() for p in self.img_module.parameters()]).clone(),
                 self.txt_layout.flatten([p.detach() for p in self.txt_module.parameters()]).clone())
 
-    def represent_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The image side's output before the L2 normalisation (what --blend mixes)."""
-        module = self.img_module
+    def image_module_inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """What the trained image module takes: the frozen encoder's features, or the images when it trains."""
         if self.channels_last and images.dim() == 4:
             images = images.contiguous(memory_format=torch.channels_last)
-        if not self.image_trainable:
-            images = self.image_encoder(images)
-        return module(images) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (images,))
+        return images if self.image_trainable else self.image_encoder(images)
+
+    def represent_image_inputs(self, inputs: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The trained image module's output on its inputs (image_module_inputs), before the L2 normalisation."""
+        module = self.img_module
+        return module(inputs) if img_flat is None else functional_call(module, self.img_layout.unflatten(img_flat), (inputs,))
+
+    def represent_images(self, images: torch.Tensor, img_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The image side's output before the L2 normalisation."""
+        return self.represent_image_inputs(self.image_module_inputs(images), img_flat)
 
     def represent_texts(self, text_features: torch.Tensor, txt_flat: Optional[torch.Tensor] = None) -> torch.Tensor:
         """The text head's output before the L2 normalisation."""

@@ -46,19 +46,20 @@ def test_constant_gradient_equals_autograd_with_student_params_held_constant(sim
         assert rel_err(a, b) < 1e-5, (k, rel_err(a, b))
 
 
-def _func_reference(net, syn, start, target, schedule, loss_type="WBCE"):
-    """The exact gradient by torch.func, differentiating through every inner gradient step."""
+def _func_reference(net, syn, start, target, schedule, loss_type="WBCE", mix=lambda z: z):
+    """The exact gradient by torch.func, differentiating through every inner gradient step; `mix` is applied to the
+    inputs of the trained modules (representation blending)."""
     img_names, txt_names = net.img_layout, net.txt_layout
     criterion = contrastive_loss(loss_type)
 
     def embed_images(img, x):
         if net.image_trainable:
-            return functional_call(net.image_encoder, img_names.unflatten(img), (x,))
-        return functional_call(net.image_head, img_names.unflatten(img), (net.image_encoder(x),))
+            return functional_call(net.image_encoder, img_names.unflatten(img), (mix(x),))
+        return functional_call(net.image_head, img_names.unflatten(img), (mix(net.image_encoder(x)),))
 
     def inner(img, txt, x, y, s):
         ei = torch.nn.functional.normalize(embed_images(img, x), dim=1)
-        et = torch.nn.functional.normalize(functional_call(net.text_head, txt_names.unflatten(txt), (y,)), dim=1)
+        et = torch.nn.functional.normalize(functional_call(net.text_head, txt_names.unflatten(txt), (mix(y),)), dim=1)
         return criterion(net.logit_scale * ei @ et.t(), s)
 
     def outer(image, text, sim_params, lr_img, lr_txt):

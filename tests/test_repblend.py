@@ -30,55 +30,45 @@ LAM, PERM = 0.7, torch.tensor([2, 0, 3, 1])
 
 # --- representation blending ---
 
-def test_blend_by_hand_on_a_tiny_batch():
-    z_img = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 1.0]])
-    z_txt = torch.tensor([[0.5, 0.5], [1.0, -1.0], [2.0, 0.0], [0.0, 1.0]])
-    s = torch.tensor([[1.0, 0.1, 0.0, 0.2], [0.0, 1.0, 0.3, 0.0], [0.1, 0.0, 1.0, 0.0], [0.0, 0.4, 0.0, 1.0]])
-    got_img, got_txt, got_s = blending.blend(z_img, z_txt, s, LAM, PERM)
-    # by hand: pair i blended with pair PERM[i] in both modalities, the targets the same blend on both sides
-    mu = 1 - LAM
-    want_img = torch.tensor([[LAM * 1 + mu * 3, LAM * 0 + mu * 1], [LAM * 0 + mu * 1, LAM * 2 + mu * 0],
-                             [LAM * 3 + mu * -1, LAM * 1 + mu * 1], [LAM * -1 + mu * 0, LAM * 1 + mu * 2]])
-    want_txt = torch.stack([LAM * z_txt[i] + mu * z_txt[int(PERM[i])] for i in range(4)])
-    want_s = torch.empty(4, 4)
-    for i in range(4):
-        for j in range(4):
-            pi, pj = int(PERM[i]), int(PERM[j])
-            want_s[i, j] = (LAM * LAM * s[i, j] + LAM * mu * s[i, pj] + mu * LAM * s[pi, j] + mu * mu * s[pi, pj])
-    assert torch.allclose(got_img, want_img) and torch.allclose(got_txt, want_txt) and torch.allclose(got_s, want_s)
-    assert torch.allclose(got_s.sum(1), s[torch.arange(4)].sum(1) * 0 + (LAM * s.sum(1) + mu * s[PERM].sum(1)))
+def test_mix_by_hand_on_a_tiny_batch():
+    x = torch.tensor([[1.0, 0.0], [0.0, 2.0], [3.0, 1.0], [-1.0, 1.0]])
+    mu = 1 - LAM  # row i: LAM x_i + mu x_PERM[i], PERM = [2, 0, 3, 1]
+    want = torch.tensor([[LAM * 1 + mu * 3, LAM * 0 + mu * 1], [LAM * 0 + mu * 1, LAM * 2 + mu * 0],
+                         [LAM * 3 + mu * -1, LAM * 1 + mu * 1], [LAM * -1 + mu * 0, LAM * 1 + mu * 2]])
+    assert torch.allclose(blending.mix(x, LAM, PERM), want)
 
 
-def test_draw_folds_lambda_and_replays_with_the_rng():
+def test_draw_is_beta_unfolded_and_replays_with_the_rng():
     torch.manual_seed(3)
     state = torch.get_rng_state()
-    draws = [blending.draw(0.5, 6) for _ in range(20)]
-    assert all(0.5 <= lam <= 1 for lam, _ in draws)
+    draws = [blending.draw(1.0, 6) for _ in range(200)]
+    lams = torch.tensor([lam for lam, _ in draws])
+    assert 0 <= lams.min() and lams.max() <= 1 and (lams < 0.5).any()  # Beta(1, 1) is uniform: not folded
+    assert abs(lams.mean().item() - 0.5) < 0.06
     assert all(sorted(p.tolist()) == list(range(6)) for _, p in draws)
     torch.set_rng_state(state)
-    again = [blending.draw(0.5, 6) for _ in range(20)]
+    again = [blending.draw(1.0, 6) for _ in range(200)]
     assert all(a[0] == b[0] and torch.equal(a[1], b[1]) for a, b in zip(draws, again))
 
 
-def test_blended_loss_equals_an_independent_computation(monkeypatch):
-    net, _, syn, start, _, schedule = tiny_matching(loss_type="InfoNCE")
+@pytest.mark.parametrize("trainable", [True, False])
+def test_blended_loss_equals_an_independent_computation(monkeypatch, trainable):
+    net, _, syn, start, _, schedule = tiny_matching(trainable=trainable, loss_type="InfoNCE")
     net.eval()
     x, y, s = syn.batch(schedule[0])
     assert len(x) == len(PERM)
     monkeypatch.setattr(blending, "draw", lambda alpha, n: (LAM, PERM))
     got = Student(net, "InfoNCE", blend=1.0).loss(start[0], start[1], x, y, s)
-    # independent: the network's two sides by hand, blended row by row, cosine logits, symmetric soft cross-entropy
-    feats = net.image_encoder(x)
-    head = lambda module, flat, layout, inp: torch.func.functional_call(module, layout.unflatten(flat), (inp,))
-    zi = head(net.image_head, start[0], net.img_layout, feats) if not net.image_trainable else \
-        head(net.image_encoder, start[0], net.img_layout, x)
-    zt = head(net.text_head, start[1], net.txt_layout, y)
-    mix = lambda z: torch.stack([LAM * z[i] + (1 - LAM) * z[int(PERM[i])] for i in range(len(z))])
-    m = LAM * torch.eye(4, dtype=s.dtype) + (1 - LAM) * torch.eye(4, dtype=s.dtype)[PERM]
-    logits = net.logit_scale * F.normalize(mix(zi), dim=1) @ F.normalize(mix(zt), dim=1).t()
-    t = m @ s @ m.t()
+    # independent: the modules' inputs blended row by row (pixels, or the frozen encoder's features), the modules by
+    # hand, cosine logits, symmetric soft cross-entropy against the unblended targets
+    rows = lambda z: torch.stack([LAM * z[i] + (1 - LAM) * z[int(PERM[i])] for i in range(len(z))])
+    call = lambda module, flat, layout, inp: torch.func.functional_call(module, layout.unflatten(flat), (inp,))
+    zi = call(net.image_encoder, start[0], net.img_layout, rows(x)) if net.image_trainable else \
+        call(net.image_head, start[0], net.img_layout, rows(net.image_encoder(x)))
+    zt = call(net.text_head, start[1], net.txt_layout, rows(y))
+    logits = net.logit_scale * F.normalize(zi, dim=1) @ F.normalize(zt, dim=1).t()
     ce = lambda lg, tg: -(tg * torch.log_softmax(lg, 1)).sum(1).mean()
-    assert abs(got.item() - 0.5 * (ce(logits, t) + ce(logits.t(), t.t())).item()) < 1e-12
+    assert abs(got.item() - 0.5 * (ce(logits, s) + ce(logits.t(), s.t())).item()) < 1e-12
 
 
 def test_blend_off_is_the_old_loss_bit_for_bit():
@@ -105,16 +95,8 @@ def test_adjoint_equals_unrolled_and_torch_func_with_blending(monkeypatch, train
     match_unrolled(student, syn, start, target, schedule)
     unrolled = grads_of(syn)
 
-    # torch.func's reference (test_matching.py) with the blend written into it: the representations blended before
-    # the normalisation, the targets in the criterion
-    import tests.test_matching as tm
-    eye = torch.eye(MATCH_BATCH, dtype=torch.float64)
-    m = LAM * eye + (1 - LAM) * eye[PERM]
-    real_normalize, base = F.normalize, contrastive_loss("InfoNCE")
-    monkeypatch.setattr(tm, "contrastive_loss", lambda name: (lambda lg, s: base(lg, m @ s @ m.t())))
-    monkeypatch.setattr(torch.nn.functional, "normalize", lambda z, dim: real_normalize(m @ z, dim=dim))
-    want = _func_reference(net, syn, start, target, schedule, "InfoNCE")
-    monkeypatch.setattr(torch.nn.functional, "normalize", real_normalize)
+    # torch.func's reference (test_matching.py) with the blend written into it: the modules' inputs blended
+    want = _func_reference(net, syn, start, target, schedule, "InfoNCE", mix=lambda z: LAM * z + (1 - LAM) * z[PERM])
     for k, (a, b, c) in enumerate(zip(ours, unrolled, want)):
         assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
         assert rel_err(a, c) < 1e-8, (k, rel_err(a, c))
@@ -230,9 +212,9 @@ def test_loaded_head_trajectories_match_with_the_full_encoders_gradient_checks(h
     match_unrolled(student, syn, start, target, schedule)
     for k, (a, b) in enumerate(zip(ours, grads_of(syn))):
         assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
-    if not blend:
-        for k, (a, b) in enumerate(zip(ours, _func_reference(net, syn, start, target, schedule, "InfoNCE"))):
-            assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
+    mix = (lambda z: LAM * z + (1 - LAM) * z[PERM]) if blend else (lambda z: z)
+    for k, (a, b) in enumerate(zip(ours, _func_reference(net, syn, start, target, schedule, "InfoNCE", mix=mix))):
+        assert rel_err(a, b) < 1e-8, (k, rel_err(a, b))
     grads = seeded_grads((match_constant, match_unrolled, match_adjoint), student, syn, start, target, [schedule[0]])
     for other in grads[1:]:
         for a, b in zip(grads[0], other):

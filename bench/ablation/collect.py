@@ -176,6 +176,8 @@ def records(bench):
             out += budget_records(bench, level, n, run["id"])
         evals = os.path.dirname(bench.eval_path(level, "x"))
         for path in sorted(os.listdir(evals)) if os.path.isdir(evals) else []:  # every evaluation, for facts.py
+            if not path.endswith(".json"):  # e.g. a benchmark's own folder of evaluations
+                continue
             name = path[:-len(".json")]
             report = load(bench, level, name)
             out.append({"kind": "eval", "level": level, "name": name, "run": run["id"], **_scores(report),

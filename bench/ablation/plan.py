@@ -16,7 +16,7 @@ SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
 LATE = "convexified_0_11"  # `synthetic_hard`'s whole expert run (11 timestamps) as one shortcut window
 
 
-BLEND = 1.0  # --blend of the RepBlend rows (lambda ~ Beta(1, 1) folded to [1/2, 1]); not tuned
+BLEND = 1.0  # --blend of the RepBlend rows: lambda ~ Beta(1, 1), uniform, as RepBlend's released default; not tuned
 
 
 class Run(NamedTuple):
@@ -86,7 +86,7 @@ RUNS["heads_blend"] = RUNS["phased_shortcut"]._replace(heads=True, blend=BLEND)
 RUNS["shortcut_heads_blend"] = RUNS["shortcut"]._replace(heads=True, blend=BLEND)
 RUNS["shortcut_exact_blend"] = RUNS["shortcut_exact"]._replace(blend=BLEND)  # on the bar's own row
 RUNS["shortcut_exact_heads_blend"] = RUNS["shortcut_exact"]._replace(heads=True, blend=BLEND)
-RUNS["shortcut_exact_blend_weak"] = RUNS["shortcut_exact"]._replace(blend=0.2)  # lambda mostly near 1
+RUNS["shortcut_exact_blend_weak"] = RUNS["shortcut_exact"]._replace(blend=0.2)  # lambda mostly near 0 or 1
 REPBLEND_ROWS = ["PTM+ST+EMA, blending", "PTM+ST+EMA, symmetric heads", "PTM+ST+EMA, symmetric heads, blending",
                  "ST, symmetric heads, blending", "ST, exact gradient, blending",
                  "ST, exact gradient, symmetric heads, blending", "ST, exact gradient, blending 0.2"]
@@ -103,7 +103,7 @@ PAPER_ROWS = ["ST", "PTM+ST+EMA", "PTM+ST", "PTM+ST, conditioned", "PTM+ST+EMA, 
 # dataset levels: expert epochs, shortcut windows, budgets, the rows run at each budget; optional: iterations per
 # phase (default ITERATIONS) and the phases' pair counts per budget (default: halves; one phase: their sum)
 LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)],
-                        "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD}},
+                        "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD + REPBLEND_ROWS[:4]}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
                                             "PTM+ST+EMA, conditioned", *LEVER_ROWS]}},

@@ -42,9 +42,10 @@ class Student:
     def _blended_loss(self, img_flat, txt_flat, images, texts, targets):
         lam, perm = blending.draw(self.blend, len(images))
         with autocast(images.device, self.amp):
-            z_img, z_txt = self.net.represent_images(images, img_flat), self.net.represent_texts(texts, txt_flat)
-        z_img, z_txt, targets = blending.blend(_full(z_img), _full(z_txt), targets, lam, perm)
-        return self.criterion(self.net.similarity(z_img, z_txt), targets)
+            inputs = blending.mix(self.net.image_module_inputs(images), lam, perm)
+            z_img = self.net.represent_image_inputs(inputs, img_flat)
+            z_txt = self.net.represent_texts(blending.mix(texts, lam, perm), txt_flat)
+        return self.criterion(self.net.similarity(_full(z_img), _full(z_txt)), targets)
 
     def backward_step(self, loss: Tensor, optimizer: torch.optim.Optimizer) -> None:
         """loss.backward() and optimizer.step(), through a GradScaler under fp16 (skips steps with inf grads)."""
