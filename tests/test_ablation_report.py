@@ -138,6 +138,9 @@ def test_modes_rows_and_the_verdict_are_picked_on_val_not_test(tmp_path):
     late = {**store.rows(records, "synthetic_hard", 50, "main")[2], "label": "ST, late [0,3)", "val": 60.0}
     late["mean"] = {**late["mean"], "r_mean": 20.0}
     assert facts.verdict(store.rows(records, "synthetic_hard", 50, "main") + [late])["single"]["label"] == "ST, late [0,3)"
+    # RepBlend's rows stay out of the phasing verdict, also when a short run labels them with its iterations
+    heads = {**late, "label": f"{plan.REPBLEND_ROWS[3]}, 500 iterations per phase", "val": 90.0}
+    assert facts.verdict(store.rows(records, "synthetic_hard", 50, "main") + [heads])["single"]["label"] == "ST"
 
 
 def test_lever_runs_and_rows():
@@ -252,3 +255,33 @@ def test_the_paper_level_runs_the_papers_splits_and_keeps_short_runs_apart(tmp_p
     assert list(last[last.index("--ckpt_path") + 1:][:2]) == [
         os.path.join(short.run_dir("synthetic_paper", "phased_shortcut", 200), f) for f in
         ("distilled_0_final.pt", "distilled_1_300.pt")]
+
+
+def test_the_papers_100_pair_recipe_is_one_phase_of_99_pairs_with_its_ema(tmp_path):
+    a = argparse.Namespace(workdir=str(tmp_path), levels=["synthetic_paper"], sizes=[99], rows=None, num_eval=3,
+                           jobs=1, device="cpu", iterations=None, curve_points=0)
+    (job,) = Bench(a).distill_jobs("synthetic_paper", 99)
+    flags = " ".join(x for x in job[2:-1] if isinstance(x, str))
+    assert "--subset_num 1" in flags and "--num_queries 99" in flags and "--ema_decay 0.99" in flags
+    assert "convexified_0_6 --min_start_epoch 0 --max_start_epoch 2" in flags and "--Iteration 2000" in flags
+
+
+def test_the_lr_rows_override_only_the_recipes_image_and_text_lrs(tmp_path):
+    a = argparse.Namespace(workdir=str(tmp_path), levels=["synthetic_paper"], sizes=[200],
+                           rows=["ST", *plan.LR_ROWS], num_eval=3, jobs=1, device="cpu", iterations=None, curve_points=0)
+    jobs = {job[0]: " ".join(x for x in job[2:-1] if isinstance(x, str)) for job in Bench(a).distill_jobs("synthetic_paper", 200)}
+    assert "--lr_img" not in jobs["synthetic_paper_distill_shortcut_N200"]
+    for run in ("shortcut_lr0.3", "conditioned_lr0.3"):
+        assert jobs[f"synthetic_paper_distill_{run}_N200"].endswith("--lr_img 30 --lr_txt 3")
+        assert plan.RUNS[run]._replace(lrs=()) == plan.RUNS[run.split("_lr")[0]]
+
+
+def test_the_subsets_of_a_heads_row_are_evaluated_on_its_frozen_encoder(tmp_path, monkeypatch):
+    a = argparse.Namespace(workdir=str(tmp_path), levels=["synthetic"], sizes=[50], rows=[plan.REPBLEND_ROWS[1]],
+                           num_eval=3, jobs=1, device="cpu", iterations=None, curve_points=0)
+    bench, jobs = Bench(a), []
+    monkeypatch.setattr(collect, "best_phased", lambda *_: plan.REPBLEND_ROWS[1])
+    monkeypatch.setattr(bench, "parallel", jobs.extend)
+    bench.analysis("synthetic", 50)
+    assert [job[0].rsplit("_", 3)[1] for job in jobs] == ["D1", "D2"]
+    assert all("--no-image_trainable" in job and bench.encoder("synthetic") in job for job in jobs)

@@ -2,6 +2,8 @@
 written into the report: for each level and budget the best single-phase and the best phased row (each picked on
 val), their gap against two standard deviations, 70% of the full set's mean recall, the ablation order, and every
 stored evaluation (the subsets alone, other eval modes) with its test and val mean recall."""
+import re
+
 from bench.ablation import store
 from bench.ablation.plan import REPBLEND_ROWS
 
@@ -13,10 +15,15 @@ def rerun(row):
     return "(rerun" in row["label"]
 
 
+def base(row):
+    """A row's label without the iteration count a short run adds (collect.py): the row it is a run of."""
+    return re.sub(r", \d+ iterations per phase$", "", row["label"])
+
+
 def verdict(rows):
     """Best phased (on val) against best single-phase (on val) at one budget, PTM-ST's rows only (RepBlend's are
     judged by repblend()); None when either is missing."""
-    distilled = [r for r in rows if "s_per_it" in r and r["label"] not in REPBLEND_ROWS and not rerun(r)]
+    distilled = [r for r in rows if "s_per_it" in r and base(r) not in REPBLEND_ROWS and not rerun(r)]
     singles, multis = [r for r in distilled if not r["modes"]], [r for r in distilled if r["modes"]]
     if not singles or not multis:
         return None
@@ -32,8 +39,8 @@ def verdict(rows):
 def repblend(rows):
     """RepBlend's rows against BAR: the best on test and on val, their gap and two standard deviations (the larger
     std of the two); None when BAR or every RepBlend row is missing."""
-    bar = next((r for r in rows if r["label"] == BAR), None)  # the stored row the issue names
-    ours = [r for r in rows if r["label"] in REPBLEND_ROWS]
+    bar = next((r for r in rows if base(r) == BAR), None)  # the stored row the issue names
+    ours = [r for r in rows if base(r) in REPBLEND_ROWS]
     if bar is None or not ours:
         return None
     out = []

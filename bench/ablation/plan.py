@@ -10,7 +10,7 @@ NUM_EXPERTS = 2
 EXPERTS = ["--config", RECIPE, "--num_experts", str(NUM_EXPERTS), "--eval_freq", "1"]
 ITERATIONS = 100  # per phase, as the paper's recipes give each phase its own iteration count
 DISTILL = ["--config", RECIPE, "--num_eval", "0", "--checkpoint_it", "25"]
-EMA = "0.97"  # the recipe's; runs without EMA override it with 0
+EMA = 0.97  # the recipe's; runs without EMA override it with 0
 PROTOCOL = ["--config", RECIPE, "--select_on", "val", "--seed", "0"]
 SHORTCUT_PHASES = [("convexified_0_6", 0, 2), ("convexified_0_8", 1, 3)]
 LATE = "convexified_0_11"  # `synthetic_hard`'s whole expert run (11 timestamps) as one shortcut window
@@ -21,23 +21,25 @@ BLEND = 1.0  # --blend of the RepBlend rows: lambda ~ Beta(1, 1), uniform, as Re
 
 class Run(NamedTuple):
     """A distillation run: phases as (trajectory, min start, max start); split: the first phase's share of N;
-    blend: --blend; heads: symmetric heads (experts, distillation and evaluation on the frozen exported encoder)."""
+    ema: --ema_decay; blend: --blend; heads: symmetric heads (experts, distillation and evaluation on the frozen
+    exported encoder); lrs: (flag, value) pairs overriding the recipe's distillation lrs."""
     phases: list
-    ema: bool = False
+    ema: float = 0.0
     conditioning: str = "none"
     matching: str = "constant"
     split: float = 0.5
     blend: float = 0.0
     heads: bool = False
+    lrs: tuple = ()
 
 
-RUNS = {"normal": Run([("normal", 0, 2)], ema=True),
+RUNS = {"normal": Run([("normal", 0, 2)], ema=EMA),
         "phased": Run([("normal", 0, 2), ("normal", 1, 3)]),
         "shortcut": Run(SHORTCUT_PHASES[:1]),
-        "phased_shortcut": Run(SHORTCUT_PHASES, ema=True),
-        "conditioned": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative"),
+        "phased_shortcut": Run(SHORTCUT_PHASES, ema=EMA),
+        "conditioned": Run(SHORTCUT_PHASES, ema=EMA, conditioning="cumulative"),
         "shortcut_exact": Run(SHORTCUT_PHASES[:1], matching="adjoint"),
-        "conditioned_exact": Run(SHORTCUT_PHASES, ema=True, conditioning="cumulative", matching="adjoint")}
+        "conditioned_exact": Run(SHORTCUT_PHASES, ema=EMA, conditioning="cumulative", matching="adjoint")}
 # the levers of `synthetic_hard`: start windows on LATE where its experts still improve, the same windows as
 # one phase (at the full budget), and the budget split between two conditioned phases: (starts, first share)
 LEVERS = [([(0, 3)], 1), ([(3, 6)], 1), ([(0, 6)], 1), ([(0, 3), (3, 6)], 0.5), ([(0, 3), (6, 9)], 0.5),
@@ -56,7 +58,7 @@ def _lever(starts, split):
 
 for starts, split in LEVERS:
     name, _ = _lever(starts, split)
-    RUNS[name] = Run([(LATE, lo, hi) for lo, hi in starts], ema=True, split=split,
+    RUNS[name] = Run([(LATE, lo, hi) for lo, hi in starts], ema=EMA, split=split,
                      conditioning="cumulative" if len(starts) > 1 else "none")
 # ablation rows: (name, run, files). The EMA never feeds back into the optimisation, so a run with EMA
 # also yields the row without it: its distilled_<p>_final_raw.pt files.
@@ -94,8 +96,19 @@ ROWS += [(label, run, "final") for label, run in zip(REPBLEND_ROWS, ("blend", "h
                                                                      "shortcut_heads_blend", "shortcut_exact_blend",
                                                                      "shortcut_exact_heads_blend",
                                                                      "shortcut_exact_blend_weak"))]
+# the paper's own 100-pair recipe (recipes/flickr_100.yaml): one phase of 99 pairs on the first window, EMA 0.99
+RUNS["paper_100"] = RUNS["shortcut"]._replace(ema=0.99)
+PAPER_100 = "ST+EMA, the paper's 100-pair recipe (99 pairs, EMA 0.99)"
+ROWS.append((PAPER_100, "paper_100", "final"))
+# the distillation lrs chosen on `synthetic_paper`'s val split (issue 21): the recipe's image and text lrs (chosen
+# at N <= 50 on `synthetic`) against 0.3x of them, on ST and on the phased row val picked at N = 200
+LOWER_LRS = (("lr_img", 30), ("lr_txt", 3))
+RUNS["shortcut_lr0.3"] = RUNS["shortcut"]._replace(lrs=LOWER_LRS)
+RUNS["conditioned_lr0.3"] = RUNS["conditioned"]._replace(lrs=LOWER_LRS)
+LR_ROWS = ["ST, lr_img 30, lr_txt 3", "PTM+ST+EMA, conditioned, lr_img 30, lr_txt 3"]
+ROWS += [(LR_ROWS[0], "shortcut_lr0.3", "final"), (LR_ROWS[1], "conditioned_lr0.3", "final")]
 LEVER_ROWS = [r[0] for r in ROWS if r[1].startswith("late_") or "split" in r[0]]
-STANDARD = [r[0] for r in ROWS if r[0] != "PTM" and r[0] not in LEVER_ROWS + CONTROL_ROWS + REPBLEND_ROWS]
+STANDARD = [r[0] for r in ROWS if r[0] not in ["PTM", PAPER_100] + LR_ROWS + LEVER_ROWS + CONTROL_ROWS + REPBLEND_ROWS]
 # the paper's regime (issue 21): its budgets, each phased budget split as its recipes split it, the rows in priority
 # order (the baselines always run), 2,000 iterations per phase unless --iterations says otherwise
 PAPER_ROWS = ["ST", "PTM+ST+EMA", "PTM+ST", "PTM+ST, conditioned", "PTM+ST+EMA, conditioned", "ST, exact gradient",
@@ -106,8 +119,8 @@ LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)],
                         "sizes": {50: STANDARD + CONTROL_ROWS + REPBLEND_ROWS, 20: STANDARD + REPBLEND_ROWS[:4]}},
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
-                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS]}},
-          "synthetic_paper": {"epochs": 10, "windows": [(0, 6), (0, 8)], "sizes": {500: PAPER_ROWS, 200: PAPER_ROWS},
+                                            "PTM+ST+EMA, conditioned", *LEVER_ROWS, *REPBLEND_ROWS[:4]]}},
+          "synthetic_paper": {"epochs": 10, "windows": [(0, 6), (0, 8)], "sizes": {500: PAPER_ROWS + REPBLEND_ROWS[:4], 200: PAPER_ROWS + REPBLEND_ROWS[:4] + LR_ROWS, 99: [PAPER_100]},
                               "iterations": 2000, "phase_sizes": {200: (99, 100), 500: (200, 299)}}}
 AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under --protocol authors (`synthetic`)
 CROSS_SIZE = 50  # the cross-architecture check runs at this budget

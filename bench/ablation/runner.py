@@ -7,7 +7,7 @@ import sys
 import time
 
 from bench.ablation import collect
-from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, EMA, ENCODER, EXPERTS, ITERATIONS,
+from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, ENCODER, EXPERTS, ITERATIONS,
                                  LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, modes, phase_sizes, phased, row,
                                  slug)
 from distill_utils.files.buffers import BufferDir
@@ -104,16 +104,17 @@ class Bench:
         return os.path.join(self.work, "runs", level, f"{run}_N{n}{self.tag(level)}")
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching, _, blend, on_heads = RUNS[run]
+        phases, ema, conditioning, matching, _, blend, on_heads, lrs = RUNS[run]
         sizes, its = phase_sizes(level, run, n), self.iterations(level)
         run_dir = self.run_dir(level, run, n)
         args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)), "--eval_it", str(self.eval_it(level)),
                 "--buffer_path", *[os.path.join(self.traj(level, on_heads), t) for t, _, _ in phases],
                 "--min_start_epoch", *[str(lo) for _, lo, _ in phases], "--max_start_epoch", *[str(hi) for _, _, hi in phases],
                 "--num_queries", *map(str, sizes), "--Iteration", *[str(its)] * len(phases),
-                "--ema_decay", EMA if ema else "0", "--phase_conditioning", conditioning, "--matching", matching,
+                "--ema_decay", str(ema), "--phase_conditioning", conditioning, "--matching", matching,
                 "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir),
-                *self.net(level, on_heads), *(["--blend", str(blend)] if blend else [])]
+                *self.net(level, on_heads), *(["--blend", str(blend)] if blend else []),
+                *[x for flag, value in lrs for x in (f"--{flag}", str(value))]]
         # decided at launch: a run that a killed bench (or anyone) started continues
         args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
@@ -176,11 +177,11 @@ class Bench:
         name = collect.best_phased(self, level, n)
         if name is None:
             return
-        files = self.files(level, name, n)
-        tag = self.tag(level)
-        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}{tag}", "--ckpt_path", f) for p, f in enumerate(files)]
+        files, net, tag = self.files(level, name, n), self.net(level, heads(name)), self.tag(level)
+        jobs = [self.eval_job(level, f"{name}_D{p + 1}_alone_N{n}{tag}", "--ckpt_path", f, *net)
+                for p, f in enumerate(files)]
         if "sequential" not in modes(name):
-            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}{tag}", "--ckpt_path", *files))
+            jobs.append(self.eval_job(level, f"{name}_sequential_N{n}{tag}", "--ckpt_path", *files, *net))
         self.parallel(jobs)
 
     def curve_jobs(self, level, n):
