@@ -247,6 +247,7 @@ def test_the_paper_level_runs_the_papers_splits_and_keeps_short_runs_apart(tmp_p
     assert "--num_queries 99 100" in flags and "--Iteration 2000 2000" in flags and "--eval_it 2000" in flags
     short = Bench(argparse.Namespace(**{**vars(a), "iterations": 300, "curve_points": 3}))
     assert short.run_dir("synthetic_paper", "shortcut", 200).endswith("shortcut_N200_it300")
+    assert short.distill_job("synthetic_paper", "shortcut", 200)[0] == "synthetic_paper_distill_shortcut_N200_it300"
     flags = " ".join(x for x in short.distill_job("synthetic_paper", "shortcut", 200)[2:-1] if isinstance(x, str))
     assert "--num_queries 199" in flags and "--Iteration 300" in flags and "--eval_it 100" in flags
     curve = [job[0] for job in short.curve_jobs("synthetic_paper", 200)]

@@ -118,7 +118,7 @@ class Bench:
         # decided at launch: a run that a killed bench (or anyone) started continues
         args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
-        return (f"{level}_distill_{run}_N{n}", "distill_ptm-st.py", *args, last)
+        return (f"{level}_distill_{run}_N{n}{self.tag(level)}", "distill_ptm-st.py", *args, last)
 
     def eval_it(self, level):
         """Subsets saved every eval_it iterations: at the end only, or --curve_points times per phase (the val curve)."""
