@@ -139,7 +139,7 @@ def test_modes_rows_and_the_verdict_are_picked_on_val_not_test(tmp_path):
     late["mean"] = {**late["mean"], "r_mean": 20.0}
     assert facts.verdict(store.rows(records, "synthetic_hard", 50, "main") + [late])["single"]["label"] == "ST, late [0,3)"
     # RepBlend's rows stay out of the phasing verdict, also when a short run labels them with its iterations
-    heads = {**late, "label": f"{plan.REPBLEND_ROWS[3]}, 500 iterations per phase", "val": 90.0}
+    heads = {**late, "label": f"{plan.REPBLEND_ROWS[3]}, 500 iterations per phase", "iterations": 500, "val": 90.0}
     assert facts.verdict(store.rows(records, "synthetic_hard", 50, "main") + [heads])["single"]["label"] == "ST"
 
 

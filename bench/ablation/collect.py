@@ -11,6 +11,9 @@ from distill_utils.evaluation.sources import EVAL_MODES
 from distill_utils.evaluation.summary import COLUMNS
 
 
+SHORT_RUN = ", {} iterations per phase"  # a row's label suffix when its run is shorter than its level's
+
+
 def load(bench, level, name):
     """An evaluate.py report of the work directory (FileNotFoundError when the step has not finished)."""
     with open(bench.eval_path(level, name)) as f:
@@ -141,7 +144,7 @@ def budget_records(bench, level, n, run):
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
         its = bench.iterations(level)
         short = its != LEVELS[level].get("iterations", ITERATIONS)  # never stored under the full run's label
-        out.append(_row(level, n, "main", name + (f", {its} iterations per phase" if short else ""), next(order),
+        out.append(_row(level, n, "main", name + (SHORT_RUN.format(its) if short else ""), next(order),
                         report, run, mode=mode, val=val_of(report), modes=cells if by_mode else None, s_per_it=s_iter,
                         peak_mb=peak, iterations=its))
     for name, what in (("full", ""), ("full_heads", ", symmetric heads")):

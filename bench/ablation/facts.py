@@ -2,9 +2,8 @@
 written into the report: for each level and budget the best single-phase and the best phased row (each picked on
 val), their gap against two standard deviations, 70% of the full set's mean recall, the ablation order, and every
 stored evaluation (the subsets alone, other eval modes) with its test and val mean recall."""
-import re
-
 from bench.ablation import store
+from bench.ablation.collect import SHORT_RUN
 from bench.ablation.plan import REPBLEND_ROWS
 
 BAR = "ST, exact gradient"  # issue 22's bar: today's best distilled result at the same budget
@@ -17,7 +16,7 @@ def rerun(row):
 
 def base(row):
     """A row's label without the iteration count a short run adds (collect.py): the row it is a run of."""
-    return re.sub(r", \d+ iterations per phase$", "", row["label"])
+    return row["label"].removesuffix(SHORT_RUN.format(row.get("iterations")))
 
 
 def verdict(rows):

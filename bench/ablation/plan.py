@@ -120,7 +120,9 @@ LEVELS = {"synthetic": {"epochs": 8, "windows": [(0, 6), (0, 8)],
           "synthetic_hard": {"epochs": 10, "windows": [(0, 6), (0, 8), (0, 11)],
                              "sizes": {50: ["BASE", "EMA", "ST", "PTM+ST", "PTM+ST+EMA", "PTM+ST, conditioned",
                                             "PTM+ST+EMA, conditioned", *LEVER_ROWS, *REPBLEND_ROWS[:4]]}},
-          "synthetic_paper": {"epochs": 10, "windows": [(0, 6), (0, 8)], "sizes": {500: PAPER_ROWS + REPBLEND_ROWS[:4], 200: PAPER_ROWS + REPBLEND_ROWS[:4] + LR_ROWS, 99: [PAPER_100]},
+          "synthetic_paper": {"epochs": 10, "windows": [(0, 6), (0, 8)],
+                              "sizes": {500: PAPER_ROWS + REPBLEND_ROWS[:4], 200: PAPER_ROWS + REPBLEND_ROWS[:4] + LR_ROWS,
+                                        99: [PAPER_100]},
                               "iterations": 2000, "phase_sizes": {200: (99, 100), 500: (200, 299)}}}
 AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under --protocol authors (`synthetic`)
 CROSS_SIZE = 50  # the cross-architecture check runs at this budget
