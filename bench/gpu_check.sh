@@ -13,10 +13,13 @@
 #   (b) python -m bench.paper_scale --device cuda: every --matching mode in MATCHING at 2, 8, 20 steps,
 #       strict float32, --tf32, --tf32 --nondeterministic and bf16 + channels_last, each lever's gradient error
 #       against strict float32, expert and evaluation epochs (OOM is reported as OOM)
-#   (c) python -m bench.speed --preset paper: the paper-size iteration's FLOPs against the card's own dense rates
-#   (d) bash sh/demo.sh --device cuda, with what time is left (it resumes if run again on the same disk)
-# Writes to $OUT (flat): machine.log, tests.log, paper_scale.log, paper_scale.jsonl, paper_scale.md, speed.log,
-# demo.log, summary.txt. PARTS="tests bench speed demo" (the default) picks the parts; LIMIT (s) the total.
+#   (c) python -m bench.heads_scale: symmetric heads against full-encoder matching, s/iteration at the paper's
+#       sizes (nfnet_l0 at 224 px, 200 pairs, batches of 40, 8 steps) and bytes per timestamp (issue 22)
+#   (d) python -m bench.speed --preset paper: the paper-size iteration's FLOPs against the card's own dense rates
+#   (e) bash sh/demo.sh --device cuda, with what time is left (it resumes if run again on the same disk)
+# Writes to $OUT (flat): machine.log, tests.log, paper_scale.log, paper_scale.jsonl, paper_scale.md, heads.log,
+# heads_scale.jsonl, speed.log, demo.log, summary.txt. PARTS="tests bench heads speed demo" (the default) picks the
+# parts; LIMIT (s) the total.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 
@@ -43,7 +46,7 @@ fi
 
 OUT=${OUT:?set OUT to the output directory}
 DEVICE=${DEVICE:-cuda}
-PARTS=${PARTS:-tests bench speed demo}
+PARTS=${PARTS:-tests bench heads speed demo}
 LIMIT=${LIMIT:-480}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 TQDM_DISABLE=1 HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -76,6 +79,10 @@ if [[ " $PARTS " == *" bench "* ]]; then
   QUICKFLAG=(); [ "${QUICK:-0}" = 1 ] && QUICKFLAG=(--quick)
   part paper_scale 260 python -m bench.paper_scale --device "$DEVICE" --budget_s 210 --repeats 1 --out "$OUT" "${QUICKFLAG[@]}"
 fi
+if [[ " $PARTS " == *" heads "* ]]; then
+  SIZE=(--mini_batch_size 40 --num_queries 200 --steps 8); [ "${QUICK:-0}" = 1 ] && SIZE=(--quick)
+  part heads 90 python -m bench.heads_scale --device "$DEVICE" --repeats 2 --out "$OUT" "${SIZE[@]}"
+fi
 if [[ " $PARTS " == *" speed "* ]]; then
   SIZE=(); [ "${QUICK:-0}" = 1 ] && SIZE=(--image_size 32 --num_queries 8 --mini_batch_size 4 --syn_steps 1 --expert_images 8 --batch_train 4)
   part speed 60 python -m bench.speed --preset paper --device "$DEVICE" --rounds 1 --repeats 1 --epochs "${SIZE[@]}"
@@ -92,6 +99,7 @@ fi
 { echo "gpu_check: ${SECONDS}s in all"; printf '%s\n' "${status[@]}"
   [ -f "$OUT/tests.log" ] && tail -n 3 "$OUT/tests.log"
   [ -f "$OUT/paper_scale.md" ] && cat "$OUT/paper_scale.md"
+  [ -f "$OUT/heads.log" ] && tail -n 8 "$OUT/heads.log"
   [ -f "$OUT/speed.log" ] && grep -E "rates|^\||epoch" "$OUT/speed.log"
   [ -f "$OUT/demo.log" ] && grep -E "s/iteration|mean|random|distilled|error" "$OUT/demo.log" | tail -n 20
 } 2>&1 | tee "$OUT/summary.txt"

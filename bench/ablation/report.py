@@ -25,7 +25,7 @@ def provenance(run, level):
     load = "" if not run["load"] else (f", 1-min load average {run['load'][0]:.1f} (min {run['load'][1]:.1f}, max "
                                        f"{run['load'][2]:.1f}) at the steps' starts and ends")
     return (f"{when}, {run['minutes']:.0f} min of single-thread steps, {run['jobs']} at a time, on a 2-core machine "
-            f"shared with other work{load}; step logs: `<workdir>/logs/{level}_*`.")
+            f"shared with other work{load}; step logs: `<workdir>/logs/{level}_*`")
 
 
 def _cells(r):
@@ -51,7 +51,7 @@ def budget_section(records, level, n, level_run):
     if budget_runs != {level_run}:  # rows kept from another run than the level's latest
         runs = store.runs(records)
         lines += ["*Run:* from another run than the level's curve: " +
-                  "; ".join(provenance(runs[run], level) for run in sorted(budget_runs)), ""]
+                  "; ".join(provenance(runs[run], level) for run in sorted(budget_runs)) + ".", ""]
     lines += [MAIN_HEAD, "|---" * (len(COLUMNS) + 6) + "|", *map(_main_line, main)]
     authors, cross = store.rows(records, level, n, "authors"), store.rows(records, level, n, "cross")
     if authors:
@@ -88,7 +88,7 @@ def tables(records):
     runs, lines = store.runs(records), []
     for curve in (r for r in records if r["kind"] == "curve"):
         level, recall = curve["level"], {int(e): v for e, v in curve["recall"].items()}
-        lines += [f"## `{level}`", "", f"*Run:* {provenance(runs[curve['run']], level)}", "",
+        lines += [f"## `{level}`", "", f"*Run:* {provenance(runs[curve['run']], level)}.", "",
                   f"Expert learning curve (test mean recall after each epoch, mean of {curve['experts']} experts):", "",
                   "| epoch | " + " | ".join(map(str, sorted(recall))) + " |", "|---" * (len(recall) + 1) + "|",
                   "| mean recall | " + " | ".join(f"{recall[e]:.1f}" for e in sorted(recall)) + " |", ""]
