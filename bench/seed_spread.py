@@ -11,6 +11,7 @@ Records (one per row and seed) go to --store and are carried over: a rerun adds 
 there, so the work directory may be deleted once they are stored.
 """
 import argparse
+import os
 import statistics
 
 from bench.ablation import collect, store
@@ -21,25 +22,31 @@ STORE = "bench/results/seed_spread.jsonl"
 
 
 class SeededBench(Bench):
-    """The ablation's steps with --seed `seed` added, in run directories, evaluations and logs of their own."""
+    """The ablation's steps with --seed `seed` added, in run directories of their own (<run>_seed<s>); their
+    evaluations go to eval/<level>/seed<s>/ and their step logs to logs/seed<s>_<step>, where the ablation's records
+    of the level (collect.records) do not take them in."""
 
     def __init__(self, a, seed: int):
         super().__init__(a)
-        self.seed, self.suffix = seed, f"_seed{seed}" if seed else ""
+        self.seed, self.suffix, self.prefix = seed, f"_seed{seed}" if seed else "", f"seed{seed}" if seed else ""
 
     def run_dir(self, level, run, n):
         return super().run_dir(level, run, n) + self.suffix
 
     def distill_job(self, level, run, n):
         name, script, *args, done = super().distill_job(level, run, n)
-        return (name + self.suffix, script, *args, *(["--seed", str(self.seed)] if self.seed else []), done)
+        return (self.log(name), script, *args, *(["--seed", str(self.seed)] if self.seed else []), done)
+
+    def log(self, step):
+        return f"{self.prefix}_{step}" if self.seed else step
 
     def eval_path(self, level, name):
-        return super().eval_path(level, name + self.suffix)
+        directory, file = os.path.split(super().eval_path(level, name))
+        return os.path.join(directory, self.prefix, file)
 
     def eval_job(self, level, name, *args, **kw):
         name_, *rest = super().eval_job(level, name, *args, **kw)
-        return (name_ + self.suffix, *rest)
+        return (self.log(name_), *rest)
 
 
 def parse_args(argv=None) -> argparse.Namespace:

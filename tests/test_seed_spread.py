@@ -9,7 +9,7 @@ import pytest
 
 from bench import seed_spread
 from bench.ablation.runner import Bench
-from bench.ablation.plan import row
+from bench.ablation.plan import LEVELS, row
 from distill_utils.evaluation.summary import COLUMNS
 
 ROWS = ["PTM+ST+EMA, symmetric heads", "PTM+ST+EMA, symmetric heads, blending"]
@@ -28,13 +28,15 @@ def test_a_seeded_step_is_the_ablation_step_with_its_seed_and_names_of_its_own(t
     assert seed0.distill_job("synthetic_hard", run, 50)[:-2] == base[:-2]  # the same but the lazy --resume
     name, script, *args, done = seed2.distill_job("synthetic_hard", run, 50)
     strings = [x for x in args if isinstance(x, str)]
-    assert name == base[0] + "_seed2" and strings[-2:] == ["--seed", "2"]
+    assert name == "seed2_" + base[0] and strings[-2:] == ["--seed", "2"]
+    assert not any(name.startswith(level + "_") for level in LEVELS)  # out of the level's run record (its logs)
     assert strings[strings.index("--name") + 1] == os.path.basename(plain.run_dir("synthetic_hard", run, 50)) + "_seed2"
     assert done == base[-1].replace(f"{run}_N50", f"{run}_N50_seed2")
     jobs0, jobs2 = plain.row_evals("synthetic_hard", ROWS[0], 50), seed2.row_evals("synthetic_hard", ROWS[0], 50)
     for j0, j2 in zip(jobs0, jobs2):
-        assert j2[0] == j0[0] + "_seed2" and j2[-1] == j0[-1].replace(".json", "_seed2.json")
-        assert [x.replace("_seed2", "") for x in j2[2:-1]] == list(j0[2:-1])  # the files of the seeded run
+        folder, file = os.path.split(j0[-1])
+        assert j2[0] == "seed2_" + j0[0] and j2[-1] == os.path.join(folder, "seed2", file)
+        assert [x.replace("_seed2", "").replace("/seed2/", "/") for x in j2[2:-1]] == list(j0[2:-1])  # the seeded run's files
 
 
 def _report(test, val):
