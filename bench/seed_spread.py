@@ -15,8 +15,10 @@ import os
 import statistics
 
 from bench.ablation import collect, store
-from bench.ablation.plan import ITERATIONS, LEVELS, ROWS, row
+from bench.ablation.plan import LEVELS, ROWS, level_iterations, row
 from bench.ablation.runner import Bench
+from common.errors import cli_main
+from distill_utils import cli_args
 
 STORE = "bench/results/seed_spread.jsonl"
 
@@ -64,6 +66,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", default="cpu", help="cpu | cuda (default: cpu)")
     p.add_argument("--store", default=STORE, help=f"the records (default: {STORE})")
     a = p.parse_args(argv)
+    cli_args.positive(a, "iterations", "num_eval", "jobs")
+    cli_args.check_seed(a, "seeds")
     if a.size not in LEVELS[a.level]["sizes"]:
         p.error(f"--size: {a.level} has budgets {sorted(LEVELS[a.level]['sizes'])}, not {a.size}")
     missing = [r for r in a.rows if r not in LEVELS[a.level]["sizes"][a.size]]
@@ -115,15 +119,17 @@ def table(records, a, its) -> list:
     for name in a.rows[1:]:
         diff = [by[name, s]["test"] - by[ref, s]["test"] for s in seeds]
         lines.append(f"\n{name} minus {ref}, seed by seed: {' / '.join(f'{d:+.1f}' for d in diff)}; mean "
-                     f"{statistics.mean(diff):+.1f} ± {_sd(diff):.1f}, above 0 at {sum(d > 0 for d in diff)} of {len(diff)} seeds")
+                     f"{statistics.mean(diff):+.1f} ± {_sd(diff):.1f}, above 0 at {sum(d > 0 for d in diff)} of "
+                     f"{len(diff)} seeds")
     return lines
 
 
+@cli_main
 def main(argv=None) -> None:
     a = parse_args(argv)
     stored = store.read(a.store)
     have = {key(r) for r in stored}
-    its = a.iterations or LEVELS[a.level].get("iterations", ITERATIONS)
+    its = a.iterations or level_iterations(a.level)
     for seed in a.seeds:
         if all((a.level, a.size, name, its, seed) in have for name in a.rows):
             continue

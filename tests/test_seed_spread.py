@@ -79,10 +79,15 @@ def test_spread_and_differences_are_the_hand_computed_ones_and_records_carry_ove
     assert capsys.readouterr().out == out
 
 
-def test_rows_not_run_at_the_budget_are_refused_in_one_line(tmp_path, capsys):
+def test_bad_rows_sizes_and_numbers_are_refused_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit):
         seed_spread.parse_args(["--level", "synthetic_hard", "--size", "50", "--rows", "ST, exact gradient"])
     assert "--rows: not run at synthetic_hard N = 50: ST, exact gradient" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         seed_spread.parse_args(["--level", "synthetic_hard", "--size", "20", "--rows", ROWS[0]])
     assert "--size: synthetic_hard has budgets [50], not 20" in capsys.readouterr().err
+    for flag, value in (("--jobs", "0"), ("--num_eval", "-1"), ("--iterations", "0"), ("--seeds", "-1")):
+        with pytest.raises(SystemExit) as stop:
+            seed_spread.main(["--level", "synthetic_hard", "--size", "50", "--rows", ROWS[0], flag, value])
+        err = capsys.readouterr().err
+        assert stop.value.code == 2 and err.startswith(f"error: {flag} {value}: expected") and err.count("\n") == 1

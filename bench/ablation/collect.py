@@ -5,8 +5,8 @@ import math
 import os
 import statistics
 
-from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, ITERATIONS, LEVELS, NUM_EXPERTS, modes,
-                                 phased, row)
+from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, ENCODER, LEVELS, NUM_EXPERTS,
+                                 level_iterations, modes, phased, row)
 from distill_utils.evaluation.sources import EVAL_MODES
 from distill_utils.evaluation.summary import COLUMNS
 
@@ -143,7 +143,7 @@ def budget_records(bench, level, n, run):
             continue
         cells = {m: by_mode[m]["final"]["mean"]["r_mean"] if m in by_mode else None for m in EVAL_MODES}
         its = bench.iterations(level)
-        short = its != LEVELS[level].get("iterations", ITERATIONS)  # never stored under the full run's label
+        short = its != level_iterations(level)  # never stored under the full run's label
         out.append(_row(level, n, "main", name + (SHORT_RUN.format(its) if short else ""), next(order),
                         report, run, mode=mode, val=val_of(report), modes=cells if by_mode else None, s_per_it=s_iter,
                         peak_mb=peak, iterations=its))

@@ -128,6 +128,11 @@ AUTHORS_ROWS = ("PTM+ST+EMA", "PTM+ST+EMA, conditioned")  # also evaluated under
 CROSS_SIZE = 50  # the cross-architecture check runs at this budget
 
 
+def level_iterations(level):
+    """The level's distillation iterations per phase (what --iterations overrides)."""
+    return LEVELS[level].get("iterations", ITERATIONS)
+
+
 def phase_sizes(level, run, n):
     """The pair count of each phase of `run` at budget n: the level's split, or `run`'s share; one phase: all."""
     phases, split = RUNS[run].phases, RUNS[run].split

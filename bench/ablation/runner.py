@@ -7,9 +7,9 @@ import sys
 import time
 
 from bench.ablation import collect
-from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, ENCODER, EXPERTS, ITERATIONS,
-                                 LEVELS, NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, modes, phase_sizes, phased, row,
-                                 slug)
+from bench.ablation.plan import (AUTHORS_ROWS, CROSS_ENCODER, CROSS_SIZE, DISTILL, ENCODER, EXPERTS, LEVELS,
+                                 NUM_EXPERTS, PROTOCOL, RUNS, TEXT, heads, level_iterations, modes, phase_sizes,
+                                 phased, row, slug)
 from distill_utils.files.buffers import BufferDir
 from distill_utils.method.matching import MATCHING
 
@@ -93,28 +93,29 @@ class Bench:
 
     def iterations(self, level):
         """Iterations per phase: --iterations, else the level's."""
-        return self.a.iterations or LEVELS[level].get("iterations", ITERATIONS)
+        return self.a.iterations or level_iterations(level)
 
     def tag(self, level):
         """'_it<k>' for runs with fewer iterations than the level's, '' otherwise: their run directories and
         evaluations are their own, never taken for (or resumed as) the full ones."""
-        return f"_it{self.iterations(level)}" if self.iterations(level) != LEVELS[level].get("iterations", ITERATIONS) else ""
+        return f"_it{self.iterations(level)}" if self.iterations(level) != level_iterations(level) else ""
 
     def run_dir(self, level, run, n):
         return os.path.join(self.work, "runs", level, f"{run}_N{n}{self.tag(level)}")
 
     def distill_job(self, level, run, n):
-        phases, ema, conditioning, matching, _, blend, on_heads, lrs = RUNS[run]
+        r = RUNS[run]
+        phases = r.phases
         sizes, its = phase_sizes(level, run, n), self.iterations(level)
         run_dir = self.run_dir(level, run, n)
         args = [*DISTILL, *self.data(level), "--subset_num", str(len(phases)), "--eval_it", str(self.eval_it(level)),
-                "--buffer_path", *[os.path.join(self.traj(level, on_heads), t) for t, _, _ in phases],
+                "--buffer_path", *[os.path.join(self.traj(level, r.heads), t) for t, _, _ in phases],
                 "--min_start_epoch", *[str(lo) for _, lo, _ in phases], "--max_start_epoch", *[str(hi) for _, _, hi in phases],
                 "--num_queries", *map(str, sizes), "--Iteration", *[str(its)] * len(phases),
-                "--ema_decay", str(ema), "--phase_conditioning", conditioning, "--matching", matching,
+                "--ema_decay", str(r.ema), "--phase_conditioning", r.conditioning, "--matching", r.matching,
                 "--runs_dir", os.path.join(self.work, "runs"), "--name", os.path.basename(run_dir),
-                *self.net(level, on_heads), *(["--blend", str(blend)] if blend else []),
-                *[x for flag, value in lrs for x in (f"--{flag}", str(value))]]
+                *self.net(level, r.heads), *(["--blend", str(r.blend)] if r.blend else []),
+                *[x for flag, value in r.lrs for x in (f"--{flag}", str(value))]]
         # decided at launch: a run that a killed bench (or anyone) started continues
         args.append(lambda: ["--resume"] if os.path.isfile(os.path.join(run_dir, "config.json")) else [])
         last = os.path.join(run_dir, f"distilled_{len(phases) - 1}_final.pt")
